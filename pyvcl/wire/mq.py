@@ -1,0 +1,68 @@
+"""svm message queue structures: ``src/svm/message_queue.h``.
+
+At an mq's offset: ``svm_msg_q_shared_t`` (n_rings), then the queue header
+``svm_msg_q_shared_queue_t`` (glibc process-shared mutex + condvar, indices) followed by
+``maxsize`` 8-byte ``svm_msg_q_msg_t`` handles, then each ring header
+``svm_msg_q_ring_shared_t`` followed by ``nitems`` slots of ``elsize`` bytes, back to back.
+"""
+
+from __future__ import annotations
+
+import construct as cs
+
+from ._decl import Decl, pad, u32
+
+PTHREAD_MUTEX_SIZE = 40  # glibc x86_64/aarch64 pthread_mutex_t
+PTHREAD_COND_SIZE = 48  # glibc pthread_cond_t
+
+SVM_MSG_Q_SHARED = Decl(
+    "svm_msg_q_shared_t",
+    cs.Struct("n_rings" / u32, "pad" / u32),
+    "Followed directly by the queue (svm_msg_q_shared_queue_t).",
+)
+
+SVM_MSG_Q_SHARED_QUEUE = Decl(
+    "svm_msg_q_shared_queue_t",
+    cs.Struct(
+        "mutex" / cs.Bytes(PTHREAD_MUTEX_SIZE),
+        "condvar" / cs.Bytes(PTHREAD_COND_SIZE),
+        "head" / u32,  # consumer index
+        "tail" / u32,  # producer index
+        "cursize" / u32,  # atomic
+        "maxsize" / u32,
+        "elsize" / u32,  # 8: one svm_msg_q_msg_t
+        "pad" / u32,
+    ),
+    "Followed by maxsize message handles.",
+)
+
+SVM_MSG_Q_MSG = Decl(
+    "svm_msg_q_msg_t",
+    cs.Struct("ring_index" / u32, "elt_index" / u32),
+)
+
+SVM_MSG_Q_RING_SHARED = Decl(
+    "svm_msg_q_ring_shared_t",
+    cs.Struct(
+        "cursize" / u32,  # atomic
+        "nitems" / u32,
+        "head" / u32,
+        "tail" / u32,
+        "elsize" / u32,
+    ),
+    "Followed by nitems slots of elsize bytes (unaligned).",
+)
+
+# glibc pthread internals the inspector shows (struct __pthread_mutex_s / __pthread_cond_s).
+PTHREAD_MUTEX_FIELDS = Decl(
+    "pthread_mutex_t",
+    cs.Struct(
+        "__lock" / u32,
+        "__count" / u32,
+        "__owner" / u32,
+        "__nusers" / u32,
+        "__kind" / u32,
+        pad(20),
+    ),
+    "glibc x86_64 layout: __kind 144 = robust (16) | process-shared (128).",
+)
