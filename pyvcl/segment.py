@@ -41,13 +41,13 @@ class Segment:
         self._atomics: Any = None
         if self.size < _SSVM.size:
             raise SharedMemoryError(f"segment {name!r}: {self.size} bytes, smaller than a header")
-        fsh = _SSVM["opaque"].get(self.view)[0]
+        fsh: int = int(_SSVM["opaque"].get(self.view)[0])
         if fsh == 0:
             raise SharedMemoryError(f"segment {name!r} has no fifo segment header (opaque[0]=0)")
         if fsh % 64 or fsh + _FSH.size > self.size:
             raise SharedMemoryError(f"segment {name!r}: fifo header offset {fsh} is invalid")
         self.fsh = fsh
-        self.n_slices = _FSH["n_slices"].get(self.view, fsh)
+        self.n_slices: int = int(_FSH["n_slices"].get(self.view, fsh))
         if self.fsh + _FSH.size + self.n_slices * _SLICE.size > self.size:
             raise SharedMemoryError(f"segment {name!r}: {self.n_slices} slices do not fit")
 
@@ -63,7 +63,7 @@ class Segment:
         if file_size < _PAGE:
             raise SharedMemoryError(f"segment {name!r}: memfd is only {file_size} bytes")
         with mmap.mmap(fd, _PAGE, mmap.MAP_SHARED, mmap.PROT_READ) as first:
-            ssvm_size = _SSVM_SIZE.get(first)
+            ssvm_size = int(_SSVM_SIZE.get(first))
         if not _PAGE <= ssvm_size <= file_size:
             raise SharedMemoryError(
                 f"segment {name!r}: ssvm_size {ssvm_size} does not fit the {file_size}-byte memfd"
@@ -135,7 +135,7 @@ class Segment:
     def free_bytes(self) -> int:
         """Bytes the bump allocator can still hand out (max_byte_index - byte_index)."""
         h = self.fifo_header()
-        return max(0, h.max_byte_index - h.byte_index)
+        return max(0, int(h.max_byte_index) - int(h.byte_index))
 
     def __repr__(self) -> str:
         return f"<Segment {self.name!r} handle={self.handle} size={self.size}>"

@@ -1,0 +1,95 @@
+"""Session events as they sit in message-queue ring slots (protocol.md 6.1).
+
+An IO event (types 0..4) is an 18-byte ``session_event_t`` in ring 0: ``event_type``,
+``postponed``, ``session_index``.  A control event is a 256-byte ring-1 slot whose first two
+bytes are ``event_type``/``postponed`` and whose payload (``session_*_msg_t``) starts at byte 2.
+VPP's worker mqs also carry VPP-internal events (RPC, HALF_CLOSE, CLOSE, RESET) with pointers
+in ring 0; `decode` shows those raw.
+
+This module is pure: bytes in, `Event` out, and back.  Queues move the bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import RemoteError
+from ..wire.enums import MqRing, SessionEvent, ring_for_event
+from ..wire.session import (
+    CTRL_EVENT_SLOT_SIZE,
+    CTRL_PAYLOADS,
+    SESSION_EVENT,
+    SESSION_EVENT_PAYLOAD_OFFSET,
+    SESSION_EVENT_SIZE,
+)
+
+_EVENT_TYPE = SESSION_EVENT["event_type"]
+_SESSION_INDEX = SESSION_EVENT["session_index"]
+_PAYLOAD = SESSION_EVENT_PAYLOAD_OFFSET
+
+
+@dataclass(frozen=True)
+class Event:
+    """One decoded event.  ``msg`` is the payload's named tuple (ctrl events) or None;
+    ``session_index`` is set for IO events; ``raw`` keeps the slot bytes that were read."""
+
+    type: int
+    ring: int
+    session_index: int | None = None
+    msg: Any = None
+    raw: bytes = b""
+
+    @property
+    def name(self) -> str:
+        try:
+            return SessionEvent(self.type).name
+        except ValueError:
+            return f"UNKNOWN_{self.type}"
+
+    def fields(self) -> dict[str, Any]:
+        """The payload as a plain dict (for printing and JSON)."""
+        if self.msg is not None:
+            return dict(self.msg._asdict())
+        if self.session_index is not None:
+            return {"session_index": self.session_index}
+        return {}
+
+
+def encode_io(event_type: int, session_index: int) -> bytes:
+    """An 18-byte IO event (VCL's ``app_send_io_evt_to_vpp`` sets only these two fields)."""
+    if ring_for_event(event_type) != MqRing.IO_EVT:
+        raise ValueError(f"event type {event_type} is not an IO event")
+    buf = bytearray(SESSION_EVENT_SIZE)
+    _EVENT_TYPE.put(buf, 0, event_type)
+    _SESSION_INDEX.put(buf, 0, session_index)
+    return bytes(buf)
+
+
+def encode_ctrl(event_type: int, **fields: Any) -> bytes:
+    """A control event: type byte, postponed 0, then the payload built from ``fields`` (missing
+    fields zero).  Returns ``2 + sizeof(payload)`` bytes; the rest of the slot is left alone,
+    as VPP copies only the payload size."""
+    decl = CTRL_PAYLOADS.get(event_type)
+    if decl is None:
+        raise ValueError(f"event type {event_type} has no control payload")
+    payload = decl.build(**fields)
+    return bytes((event_type, 0)) + payload
+
+
+def decode(ring: int, data: bytes | bytearray | memoryview) -> Event:
+    """Decode one slot's bytes (an 18-byte IO slot or a 256-byte ctrl slot)."""
+    if len(data) < SESSION_EVENT_SIZE:
+        raise RemoteError(f"event slot of {len(data)} bytes is shorter than session_event_t")
+    event_type = int(data[0])
+    raw = bytes(data)
+    if event_type < SessionEvent.CTRL_RPC:
+        return Event(event_type, ring, session_index=int(_SESSION_INDEX.get(data)), raw=raw)
+    decl = CTRL_PAYLOADS.get(event_type)
+    if decl is None or ring == MqRing.IO_EVT:
+        # VPP-internal events (RPC, HALF_CLOSE, CLOSE, RESET in ring 0) carry pointers or a
+        # session handle that mean nothing outside VPP: keep the bytes.
+        return Event(event_type, ring, raw=raw)
+    if _PAYLOAD + decl.size > len(data) or len(data) > CTRL_EVENT_SLOT_SIZE:
+        raise RemoteError(f"{decl.c_name} does not fit a {len(data)}-byte slot")
+    return Event(event_type, ring, msg=decl.unpack(data, _PAYLOAD), raw=raw)
