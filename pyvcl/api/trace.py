@@ -1,0 +1,129 @@
+"""Recorded app-socket exchanges: load a trace file and decode it message by message.
+
+The format is the one in ``shared/vpp-v26.06/traces/``: a JSON object whose ``events`` each have
+``dir`` ("app->vpp" / "vpp->app"), ``len``, ``hex`` (the frame), ``fds`` (the descriptor numbers
+the process received with it) and optionally ``mmaps`` (how those fds were then mapped).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import AppSocketError
+from ..wire.enums import SapiMsgType
+from ..wire.sapi import PAYLOADS, SAPI_MSG_SIZE, SAPI_PAYLOAD_OFFSET
+from .messages import (
+    AttachReply,
+    CertKeyReply,
+    WorkerAddDelReply,
+    assign_fds,
+    decode_attach,
+)
+
+
+@dataclass
+class TraceMessage:
+    index: int
+    direction: str
+    type: int
+    fields: dict[str, Any]
+    fds: list[int] = field(default_factory=list)
+    fd_roles: dict[str, list[int]] = field(default_factory=dict)
+    mmaps: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def type_name(self) -> str:
+        try:
+            return SapiMsgType(self.type).name
+        except ValueError:
+            return f"UNKNOWN_{self.type}"
+
+
+def decode_frame(
+    frame: bytes, fds: list[int] | None = None
+) -> tuple[int, dict[str, Any], dict[str, list[int]]]:
+    """Decode one 209-byte frame: (type, fields, fds by role)."""
+    if len(frame) != SAPI_MSG_SIZE:
+        raise AppSocketError(f"frame of {len(frame)} bytes; sapi frames are {SAPI_MSG_SIZE}")
+    msg_type = frame[0]
+    payload = frame[SAPI_PAYLOAD_OFFSET:]
+    fds = fds or []
+    roles: dict[str, list[int]] = {}
+    fields: dict[str, Any]
+    if msg_type == SapiMsgType.ATTACH:
+        a = decode_attach(payload)
+        fields = {"name": a.name, "flags": a.flags}
+        fields.update((k, v) for k, v in a.options.items() if k != "FLAGS")
+    elif msg_type == SapiMsgType.ATTACH_REPLY:
+        r = AttachReply.decode(payload)
+        fields = dict(vars(r))
+        roles = {str(k.name): v for k, v in assign_fds(r.fd_flags, r.n_fds, fds).items()}
+    elif msg_type == SapiMsgType.ADD_DEL_WORKER_REPLY:
+        w = WorkerAddDelReply.decode(payload)
+        fields = dict(vars(w))
+        roles = {str(k.name): v for k, v in assign_fds(w.fd_flags, w.n_fds, fds).items()}
+    elif msg_type == SapiMsgType.ADD_DEL_CERT_KEY_REPLY:
+        fields = dict(vars(CertKeyReply.decode(payload)))
+    elif msg_type == SapiMsgType.SEND_FDS:
+        if len(fds) != 1:
+            raise AppSocketError(f"SEND_FDS carries {len(fds)} fds; it must carry exactly one")
+        fields = {}
+        roles = {"SEGMENT": fds}
+    elif msg_type in PAYLOADS:
+        fields = dict(PAYLOADS[msg_type].unpack(payload)._asdict())
+    else:
+        raise AppSocketError(f"unknown app socket message type {msg_type}")
+    return msg_type, fields, roles
+
+
+def load_trace(path: str | Path) -> list[TraceMessage]:
+    data = json.loads(Path(path).read_text())
+    out: list[TraceMessage] = []
+    for i, ev in enumerate(data.get("events", [])):
+        frame = bytes.fromhex(ev["hex"])
+        if ev.get("len", len(frame)) != len(frame):
+            raise AppSocketError(f"event {i}: len {ev['len']} but {len(frame)} bytes of hex")
+        fds = [int(fd) for fd in ev.get("fds", [])]
+        msg_type, fields, roles = decode_frame(frame, fds)
+        out.append(TraceMessage(i, ev["dir"], msg_type, fields, fds, roles, ev.get("mmaps", [])))
+    return out
+
+
+def format_trace(messages: list[TraceMessage]) -> str:
+    """Human-readable rendering, one block per message."""
+    lines: list[str] = []
+    for m in messages:
+        lines.append(f"#{m.index} {m.direction:9} {m.type_name}")
+        for k, v in m.fields.items():
+            lines.append(f"    {k:26} {_fmt(k, v)}")
+        for role, fds in m.fd_roles.items():
+            lines.append(f"    fd {role:23} {', '.join(map(str, fds))}")
+        for mm in m.mmaps:
+            role = _role_of(m, mm.get("fd_index", -1))
+            lines.append(
+                f"    mmap fd#{mm.get('fd_index')} ({role}) {mm.get('length')} bytes "
+                f"{mm.get('flags', '')} {mm.get('prot', '')}"
+            )
+    return "\n".join(lines)
+
+
+def _role_of(m: TraceMessage, fd_index: int) -> str:
+    if not 0 <= fd_index < len(m.fds):
+        return "?"
+    fd = m.fds[fd_index]
+    return next((role for role, fds in m.fd_roles.items() if fd in fds), "?")
+
+
+def _fmt(key: str, value: Any) -> str:
+    if isinstance(value, enum.Flag):
+        names = "|".join(str(m.name) for m in type(value) if m in value and m.value)
+        return f"{value.value:#x} ({names or 0})"
+    if isinstance(value, enum.Enum):
+        return f"{value.value} ({value.name})"
+    if isinstance(value, int) and any(s in key for s in ("mq", "handle", "address", "FLAGS")):
+        return f"{value:#x}"
+    return repr(value) if isinstance(value, str) else str(value)
