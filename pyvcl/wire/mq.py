@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import construct as cs
 
-from ._decl import Decl, pad, u32
+from ._decl import Decl, array, pad, u32, u64
 
 PTHREAD_MUTEX_SIZE = 40  # glibc x86_64/aarch64 pthread_mutex_t
 PTHREAD_COND_SIZE = 48  # glibc pthread_cond_t
@@ -65,4 +65,18 @@ PTHREAD_MUTEX_FIELDS = Decl(
         pad(20),
     ),
     "glibc x86_64 layout: __kind 144 = robust (16) | process-shared (128).",
+)
+
+PTHREAD_COND_FIELDS = Decl(
+    "pthread_cond_t",
+    cs.Struct(
+        "__wseq" / u64,
+        "__g1_start" / u64,
+        "__g_refs" / array(2, u32),
+        "__g_size" / array(2, u32),
+        "__g1_orig_size" / u32,
+        "__wrefs" / u32,  # bit 0: process-shared (glibc >= 2.25 condvar)
+        "__g_signals" / array(2, u32),
+    ),
+    "glibc >= 2.25 layout (struct __pthread_cond_s), 48 bytes.",
 )

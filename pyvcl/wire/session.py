@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import construct as cs
 
-from ._decl import Decl, array, i32, pad, session_handle_t, u8, u16, u32, u64, uword
+from ._decl import Decl, array, i32, pad, pointer, session_handle_t, u8, u16, u32, u64, uword
 
 IP46 = cs.Bytes(16)  # ip46_address_t: IPv4 in bytes 12..15, bytes 0..11 zero
 
@@ -39,6 +39,11 @@ SESSION_EVENT = Decl(
     "IO events use session_index; a ctrl payload starts at offset 2 (`payload_offset`).",
 )
 SESSION_EVENT_PAYLOAD_OFFSET = SESSION_EVENT.offset("session_index")
+SESSION_RPC_ARGS = Decl(
+    "session_rpc_args_t",
+    cs.Struct("fp" / pointer, "arg" / pointer),
+    "The RPC arm of session_event_t's union (VPP-internal CTRL_EVT_RPC in a worker mq's ring 0).",
+)
 SESSION_EVENT_SIZE = SESSION_EVENT.size  # the IO ring's slot size
 CTRL_EVENT_SLOT_SIZE = 256  # SESSION_CTRL_MSG_MAX_SIZE: the ctrl ring's slot size
 
