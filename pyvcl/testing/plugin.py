@@ -1,0 +1,112 @@
+"""pytest plugin: private-VPP fixtures.  Load it with ``pytest_plugins = ["pyvcl.testing.plugin"]``.
+
+Fixtures:
+
+* ``vpp_install`` (session) -- the `VppInstall` from `find_vpp`; skips the test, with
+  `why_missing`'s reason, when there is none.
+* ``vpp`` (module) -- a running `VppInstance` shared by a module's tests.  A module can
+  override the ``vpp_options`` fixture (module scope, a dict of `VppInstance` keyword
+  arguments) to configure it.
+* ``vpp_factory`` (function) -- ``vpp_factory(**kwargs)`` starts a new instance with those
+  `VppInstance` arguments; every instance it made is stopped at teardown.
+
+Tests that use any of these (directly or through other fixtures) get the ``vpp`` marker, so
+``pytest -m vpp`` / ``-m "not vpp"`` select them.  When such a test fails, the tail of each
+VPP's console and log is added to the report.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Iterator
+from typing import Any
+
+import pytest
+
+from pyvcl.testing.vpp import VppInstall, VppInstance, find_vpp, why_missing
+
+__all__ = ["VppFactory", "vpp", "vpp_factory", "vpp_install", "vpp_options"]
+
+_VPP_FIXTURES = frozenset({"vpp_install", "vpp", "vpp_factory"})
+
+
+class VppFactory:
+    """Starts `VppInstance`s on demand (``factory(**kwargs)``) and stops them all at the end."""
+
+    def __init__(self, install: VppInstall) -> None:
+        self.install = install
+        self.instances: list[VppInstance] = []
+
+    def __call__(self, **kwargs: Any) -> VppInstance:
+        inst = VppInstance(self.install, **kwargs)
+        self.instances.append(inst)
+        return inst.start()
+
+    def stop_all(self) -> None:
+        for inst in reversed(self.instances):
+            inst.stop()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "vpp: needs a real VPP (found through PYVCL_VPP_PREFIX or `vpp` on PATH); "
+        "skipped otherwise",
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if _VPP_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.vpp)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, Any, None]:
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()
+    if not report.failed:
+        return
+    funcargs: dict[str, Any] = getattr(item, "funcargs", {})
+    instances: list[VppInstance] = []
+    for value in funcargs.values():
+        if isinstance(value, VppInstance):
+            instances.append(value)
+        elif isinstance(value, VppFactory):
+            instances.extend(value.instances)
+    for inst in dict.fromkeys(instances):
+        state = "running" if inst.is_running() else f"exited, status {inst.returncode}"
+        report.sections.append((f"VPP pid {inst.pid} ({state})", inst.log_tail(40)))
+
+
+@pytest.fixture(scope="session")
+def vpp_install() -> VppInstall:
+    """The VPP install to test against; skips when there is none."""
+    install = find_vpp()
+    if install is None:
+        pytest.skip(why_missing())
+    return install
+
+
+@pytest.fixture(scope="module")
+def vpp_options() -> dict[str, Any]:
+    """`VppInstance` keyword arguments for the module's ``vpp``; override in a module."""
+    return {}
+
+
+@pytest.fixture(scope="module")
+def vpp(vpp_install: VppInstall, vpp_options: dict[str, Any]) -> Iterator[VppInstance]:
+    """A running private VPP shared by the module's tests."""
+    with VppInstance(vpp_install, **vpp_options) as inst:
+        yield inst
+
+
+@pytest.fixture
+def vpp_factory(vpp_install: VppInstall) -> Iterator[VppFactory]:
+    """Start instances with custom arguments: ``vpp_factory(workers=1)``; all stopped after."""
+    factory = VppFactory(vpp_install)
+    try:
+        yield factory
+    finally:
+        factory.stop_all()
