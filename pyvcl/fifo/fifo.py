@@ -1,0 +1,675 @@
+"""`Fifo`: an ``svm_fifo_shared_t`` in a mapped segment, read and written from Python.
+
+A fifo is single-producer / single-consumer (protocol.md 4.3).  The app produces into its tx
+fifos and consumes its rx fifos; for cut-through sessions both ends are apps.  One `Fifo` object
+can play either role, but each side must be one object used by one thread at a time.
+
+Ordering follows ``src/svm/svm_fifo.c``: the producer loads ``head`` with acquire, writes data,
+links chunks and release-stores ``tail`` last; the consumer loads ``tail`` with acquire, reads
+data, unlinks and frees chunks, then release-stores ``head``.  The one chunk link both sides
+may touch at the same moment -- the ``next`` of the last chunk, which the producer sets while the
+consumer, its head at that chunk's end, looks past it -- is stored and loaded with 8-byte
+atomics; fields owned by one side (``start_chunk``/``head_chunk`` by the consumer,
+``end_chunk``/``tail_chunk`` by the producer) are plain, as in VPP.
+
+Common operations take a fast path: a read or write that stays strictly inside the chunk
+holding ``head`` / ``tail`` costs two atomics (load the other index, store ours), two header
+reads and one slice copy.  Crossing a chunk boundary walks the chain and allocates or frees
+chunks (protocol.md 4.4-4.5).
+
+The data path never uses construct: every offset and codec is derived once, at import, from the
+declarations in `pyvcl.wire.fifo`, and data moves with memoryview slice assignment.
+
+Everything read from shared memory is checked (`SharedMemoryError`): chunk offsets and lengths,
+chain continuity (each chunk's ``start_byte`` = previous end), that ``head_chunk``/``tail_chunk``
+hold ``head``/``tail``, and walks are bounded.  A check fails before the shared state is
+modified, so a hostile or corrupt header never leads to a corrupting write.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from ..atomics import AtomicRegion
+from ..errors import LocalError, SharedMemoryError
+from ..segment import Segment
+from ..wire.enums import DeqNotify
+from ..wire.fifo import CHUNK_DATA_OFFSET, SVM_FIFO_CHUNK, SVM_FIFO_SHARED
+from .chunks import CH_NEXT, CH_RB, CH_RB_CODEC, ChunkAllocator, ChunkInfo, span_codec
+from .signals import Signals, fifo_header_m
+
+__all__ = ["Fifo"]
+
+M32 = 0xFFFFFFFF
+_HALF = 1 << 31  # positions compare by signed 32-bit difference (f_pos_lt and friends)
+
+_F = SVM_FIFO_SHARED
+_SHR_OFF, _SHR = span_codec(_F, "start_chunk", "slice_index")  # start, end, min_alloc, size, slice
+_HEADREC_OFF, _HEADREC = span_codec(_F, "head_chunk", "head")
+_TAILREC_OFF, _TAILREC = span_codec(_F, "tail_chunk", "tail")
+_START = _F.offset("start_chunk")
+_END = _F.offset("end_chunk")
+_SIZE_OFF = _F.offset("size")
+_SIZE = _F["size"].codec
+_HEAD = _F.offset("head")
+_TAIL = _F.offset("tail")
+_HEAD_CHUNK = _F.offset("head_chunk")
+_TAIL_CHUNK = _F.offset("tail_chunk")
+_DATA = CHUNK_DATA_OFFSET
+_START_BYTE = SVM_FIFO_CHUNK.offset("start_byte")
+_START_BYTE_CODEC = SVM_FIFO_CHUNK["start_byte"].codec
+_PTR = _F["start_chunk"].codec  # every fs_sptr_t field: plain u64
+
+
+def _bytes_view(data: Any) -> memoryview:
+    mv = memoryview(data)
+    if mv.format != "B" or mv.ndim != 1:
+        mv = mv.cast("B")
+    return mv
+
+
+class Fifo:
+    """The fifo whose ``svm_fifo_shared_t`` is at fsh-relative ``offset`` in ``segment``.
+
+    ``signals`` selects where the event / notification words live: by default the fifo's own
+    header; pass a `Signals` or ``(segment, offset)`` of another fifo header for the connecting
+    side of a cut-through session.
+    """
+
+    __slots__ = (
+        "_a",
+        "_chunk",
+        "_end_m",
+        "_head_chunk_m",
+        "_head_m",
+        "_headrec_m",
+        "_load32",
+        "_load64",
+        "_m",
+        "_max_chunks",
+        "_max_size",
+        "_peek",
+        "_start_m",
+        "_store32",
+        "_store64",
+        "_tail_chunk_m",
+        "_tail_m",
+        "_tailrec_m",
+        "_view",
+        "allocator",
+        "offset",
+        "segment",
+        "signals",
+    )
+
+    def __init__(
+        self,
+        segment: Segment,
+        offset: int,
+        *,
+        signals: Signals | tuple[Segment, int] | None = None,
+    ) -> None:
+        self.segment = segment
+        self.offset = offset
+        self._m = m = fifo_header_m(segment, offset)
+        self._view = segment.view
+        self._a: AtomicRegion = segment.atomics
+        self._load32: Callable[[int], int] = self._a.load32
+        self._load64: Callable[[int], int] = self._a.load64
+        self._store32: Callable[[int, int], None] = self._a.store32
+        self._store64: Callable[[int, int], None] = self._a.store64
+        self.allocator = ChunkAllocator(segment)
+        self._chunk = self.allocator.chunk
+        self._max_chunks = self.allocator.max_chunks
+        # No fifo can be larger than its segment (VPP: 1 << max_log2_fifo_size, half of it).
+        self._max_size = min(segment.size - segment.fsh, _HALF)
+        self._start_m = m + _START
+        self._end_m = m + _END
+        self._head_m = m + _HEAD
+        self._tail_m = m + _TAIL
+        self._headrec_m = m + _HEADREC_OFF  # (head_chunk, head)
+        self._tailrec_m = m + _TAILREC_OFF  # (tail_chunk, tail)
+        self._head_chunk_m = m + _HEAD_CHUNK
+        self._tail_chunk_m = m + _TAIL_CHUNK
+        self._peek: tuple[int, int] | None = None  # consumer's last peeked chunk (offset, start)
+        if signals is None:
+            self.signals = Signals(segment, offset)
+        elif isinstance(signals, Signals):
+            self.signals = signals
+        else:
+            self.signals = Signals(*signals)
+
+    # -- header fields -----------------------------------------------------------------------
+    @property
+    def size(self) -> int:
+        """Capacity in bytes, re-read every time (VPP's fifo tuning may change it)."""
+        size = int(_SIZE.unpack_from(self._view, self._m + _SIZE_OFF)[0])
+        if size > self._max_size:
+            raise SharedMemoryError(
+                f"fifo {self.offset:#x}: size {size} is larger than its segment"
+            )
+        return size
+
+    @property
+    def head(self) -> int:
+        return int(self._load32(self._head_m))
+
+    @property
+    def tail(self) -> int:
+        return int(self._load32(self._tail_m))
+
+    def _ptr(self, m: int) -> int:
+        return int(_PTR.unpack_from(self._view, m)[0])
+
+    @property
+    def head_chunk(self) -> int:
+        return self._ptr(self._head_chunk_m)
+
+    @property
+    def tail_chunk(self) -> int:
+        return self._ptr(self._tail_chunk_m)
+
+    @property
+    def start_chunk(self) -> int:
+        return self._ptr(self._start_m)
+
+    @property
+    def end_chunk(self) -> int:
+        return self._ptr(self._end_m)
+
+    @property
+    def min_alloc(self) -> int:
+        return int(_SHR.unpack_from(self._view, self._m + _SHR_OFF)[2])
+
+    @property
+    def slice_index(self) -> int:
+        return int(_SHR.unpack_from(self._view, self._m + _SHR_OFF)[4])
+
+    def max_dequeue(self) -> int:
+        """Bytes present (``svm_fifo_max_dequeue``: both positions loaded with acquire)."""
+        tail = self._load32(self._tail_m)
+        return (tail - self._load32(self._head_m)) & M32
+
+    def max_enqueue(self) -> int:
+        """Free bytes (``svm_fifo_max_enqueue``); 0 if VPP shrank ``size`` below the content."""
+        tail = self._load32(self._tail_m)
+        used = (tail - self._load32(self._head_m)) & M32
+        return max(0, self.size - used)
+
+    def is_empty(self) -> bool:
+        return self.max_dequeue() == 0
+
+    def is_full(self) -> bool:
+        return self.max_enqueue() == 0
+
+    def chunks(self) -> list[ChunkInfo]:
+        """The chain from ``start_chunk`` to its end (checked, bounded; a snapshot)."""
+        out: list[ChunkInfo] = []
+        c = self.start_chunk
+        while c:
+            if len(out) >= self._max_chunks:
+                raise SharedMemoryError(f"fifo {self.offset:#x}: chunk chain is cyclic")
+            info = self.allocator.read_chunk(c)
+            out.append(info)
+            c = info.next
+        return out
+
+    # -- chain walking -----------------------------------------------------------------------
+    def _pieces(
+        self, c: int, pos: int, n: int, hdr: tuple[int, int, int, int] | None = None
+    ) -> tuple[list[memoryview], int]:
+        """Views over the ``n`` bytes at position ``pos``, ``c`` being the chunk holding ``pos``
+        (``hdr``: its checked header if already read); and the chunk that holds ``pos + n`` --
+        the next one (or 0) when the span ends exactly at a chunk end, as VPP's copy functions
+        leave ``head_chunk``/``tail_chunk``."""
+        if not c:
+            raise SharedMemoryError(f"fifo {self.offset:#x}: no chunk holds position {pos}")
+        chunk, view = self._chunk, self._view
+        m, start, length, _ = hdr or chunk(c)
+        idx = (pos - start) & M32
+        if idx >= length:
+            raise SharedMemoryError(
+                f"fifo {self.offset:#x}: chunk {c:#x} [{start}, +{length}) does not hold "
+                f"position {pos}"
+            )
+        out: list[memoryview] = []
+        left = n
+        for _ in range(self._max_chunks):
+            d = m + _DATA + idx
+            k = length - idx
+            if k > left:
+                out.append(view[d : d + left])
+                return out, c
+            out.append(view[d : d + k])
+            left -= k
+            if not left:  # ends exactly at this chunk's end: the other side may be linking
+                return out, self._load64(m + CH_NEXT)
+            end = (start + length) & M32
+            c = _PTR.unpack_from(view, m + CH_NEXT)[0]  # fresh: the producer may have grown it
+            if not c:
+                raise SharedMemoryError(
+                    f"fifo {self.offset:#x}: chunk chain ends at {end} before position "
+                    f"{(pos + n) & M32}"
+                )
+            m, start, length, _ = chunk(c)
+            if start != end:
+                raise SharedMemoryError(
+                    f"fifo {self.offset:#x}: chunk {c:#x} starts at {start}, not {end}"
+                )
+            idx = 0
+        raise SharedMemoryError(f"fifo {self.offset:#x}: chunk chain is cyclic")
+
+    def _walk_to(self, c: int, pos: int) -> int:
+        """From chunk ``c`` (at or before ``pos``) forward to the chunk holding ``pos``
+        (``svm_fifo_find_next_chunk``), checking continuity."""
+        chunk = self._chunk
+        end = -1
+        for _ in range(self._max_chunks):
+            if not c:
+                raise SharedMemoryError(f"fifo {self.offset:#x}: no chunk holds position {pos}")
+            _m, start, length, nxt = chunk(c)
+            if end >= 0 and start != end:
+                raise SharedMemoryError(
+                    f"fifo {self.offset:#x}: chunk {c:#x} starts at {start}, not {end}"
+                )
+            if (pos - start) & M32 < length:
+                return c
+            end = (start + length) & M32
+            c = nxt
+        raise SharedMemoryError(f"fifo {self.offset:#x}: chunk chain is cyclic")
+
+    # -- producer ----------------------------------------------------------------------------
+    def _prepare_write(
+        self,
+        head: int,
+        tail: int,
+        tail_c: int,
+        n: int,
+        tail_hdr: tuple[int, int, int, int] | None = None,
+    ) -> tuple[int, int]:
+        """Step 2 of an enqueue (protocol.md 4.4) for ``n`` bytes that fit ``size``: grow the
+        chain if it ends before ``tail + n``.  Returns (bytes writable now, tail_chunk); fewer
+        bytes (0 = ``SVM_FIFO_EGROW``) if the segment has no chunk memory."""
+        view = self._view
+        _s, end_c, min_alloc, size, slice_index = _SHR.unpack_from(view, self._m + _SHR_OFF)
+        em, estart, elen, _nxt = tail_hdr if tail_hdr and end_c == tail_c else self._chunk(end_c)
+        eend = (estart + elen) & M32
+        avail = (eend - tail) & M32
+        if avail >= _HALF:
+            raise SharedMemoryError(
+                f"fifo {self.offset:#x}: tail {tail} is beyond the end chunk [{estart}, {eend})"
+            )
+        if n <= avail:
+            return n, tail_c
+        used = (tail - head) & M32
+        alloc_size = max(min(min_alloc, size - used), n - avail)
+        first = self.allocator.alloc(slice_index, alloc_size)
+        if not first:
+            return avail, tail_c  # short write
+        # f_try_chunk_alloc: number the new chunks, then append them after end_chunk
+        chunk = self._chunk
+        pos, c, last = eend, first, 0
+        for _ in range(self._max_chunks):
+            if not c:
+                break
+            cm, _start, length, nxt = chunk(c)
+            _START_BYTE_CODEC.pack_into(view, cm + _START_BYTE, pos)
+            CH_RB_CODEC.pack_into(view, cm + CH_RB, 0, 0)  # RBTREE_TNIL_INDEX
+            pos = (pos + length) & M32
+            last, c = c, nxt
+        else:
+            raise SharedMemoryError(f"fifo {self.offset:#x}: allocated chunk list is cyclic")
+        self._store64(em + CH_NEXT, first)  # the consumer may be looking past the old end
+        _PTR.pack_into(view, self._end_m, last)
+        if not tail_c:
+            tail_c = first
+            _PTR.pack_into(view, self._tail_chunk_m, first)
+        return n, tail_c
+
+    def _room(self, want: int) -> tuple[int, int, int, int]:
+        """Step 1 of an enqueue: (head, tail, tail_chunk, bytes that fit ``size``)."""
+        head = self._load32(self._head_m)  # acquire: the consumer's index
+        tail_c, tail = _TAILREC.unpack_from(self._view, self._tailrec_m)  # ours
+        size = int(_SIZE.unpack_from(self._view, self._m + _SIZE_OFF)[0])
+        if size > self._max_size:
+            raise SharedMemoryError(f"fifo {self.offset:#x}: size {size} exceeds its segment")
+        used = (tail - head) & M32
+        return head, tail, tail_c, (min(want, size - used) if used < size else 0)
+
+    def enqueue(self, data: Any) -> int:
+        """Append as much of ``data`` (any bytes-like object) as fits; the number of bytes
+        written.  0 means the fifo is full, or -- if `max_enqueue` is not 0 -- that the segment
+        has no chunk memory left (VPP's ``SVM_FIFO_EGROW``); a short write can happen for the
+        same reason.  Call `set_event` afterwards to know whether to send an IO event."""
+        src = memoryview(data)
+        if src.format != "B" or src.ndim != 1:
+            src = src.cast("B")
+        want = len(src)
+        if not want:
+            return 0
+        head, tail, tail_c, n = self._room(want)
+        if not n:
+            return 0  # SVM_FIFO_EFULL
+        hdr = None
+        if tail_c:
+            hdr = self._chunk(tail_c)
+            m, start, length, _nxt = hdr
+            idx = (tail - start) & M32
+            if idx + n < length:  # fast path: strictly inside the tail chunk
+                d = m + _DATA + idx
+                self._view[d : d + n] = src if n == want else src[:n]
+                self._store32(self._tail_m, (tail + n) & M32)  # release
+                return n
+        old_tail_c = tail_c
+        n, tail_c = self._prepare_write(head, tail, tail_c, n, hdr)
+        if not n:
+            return 0  # SVM_FIFO_EGROW
+        pieces, last = self._pieces(tail_c, tail, n, hdr if tail_c == old_tail_c else None)
+        done = 0
+        for p in pieces:
+            k = len(p)
+            p[:] = src[done : done + k]
+            done += k
+        del pieces
+        if last != tail_c:
+            _PTR.pack_into(self._view, self._tail_chunk_m, last)
+        self._store32(self._tail_m, (tail + n) & M32)  # release: publishes data and chunks
+        return n
+
+    def reserve(self, n: int) -> list[memoryview]:
+        """Zero-copy write, step 1 (``svm_fifo_provision_chunks``): writable views over up to
+        ``n`` bytes at the tail, growing the chain as needed; fewer bytes (or none) when the
+        fifo is full or the segment out of chunk memory.  Fill them, release them, then
+        `commit` the number of bytes written."""
+        if n <= 0:
+            return []
+        head, tail, tail_c, k = self._room(n)
+        if not k:
+            return []
+        k, tail_c = self._prepare_write(head, tail, tail_c, k)
+        if not k:
+            return []
+        return self._pieces(tail_c, tail, k)[0]
+
+    def commit(self, n: int) -> int:
+        """Zero-copy write, step 2 (``svm_fifo_enqueue_nocopy``): publish ``n`` bytes written
+        into views from `reserve`."""
+        if n < 0:
+            raise ValueError("commit of a negative length")
+        if not n:
+            return 0
+        _head, tail, tail_c, room = self._room(n)
+        if n > room:
+            raise LocalError(f"commit({n}) exceeds the free space of the fifo")
+        new_tail = (tail + n) & M32
+        chunk = self._chunk
+        c = tail_c
+        for _ in range(self._max_chunks):
+            if not c:
+                raise LocalError(f"commit({n}): those bytes were not reserved")
+            _m, start, length, nxt = chunk(c)
+            off = (new_tail - start) & M32
+            if off < length:
+                break
+            if off == length and not nxt:
+                c = 0
+                break
+            c = nxt
+        else:
+            raise SharedMemoryError(f"fifo {self.offset:#x}: chunk chain is cyclic")
+        if c != tail_c:
+            _PTR.pack_into(self._view, self._tail_chunk_m, c)
+        self._store32(self._tail_m, new_tail)
+        return n
+
+    # -- consumer ----------------------------------------------------------------------------
+    def _read_start(self, n: int, offset: int = 0) -> tuple[int, int, int] | None:
+        """(head, head_chunk, bytes to read at head + offset), or None if there are none;
+        finds and stores ``head_chunk`` when it is 0, as VPP's consumer does."""
+        tail = self._load32(self._tail_m)  # acquire: the producer's index
+        head_c, head = _HEADREC.unpack_from(self._view, self._headrec_m)  # ours
+        present = (tail - head) & M32
+        if present <= offset or n <= 0:
+            return None
+        if not head_c:
+            head_c = self._walk_to(self.start_chunk, head)
+            _PTR.pack_into(self._view, self._head_chunk_m, head_c)
+        return head, head_c, min(n, present - offset)
+
+    def _advance_head(
+        self, head: int, n: int, head_c: int, last: int, hdr: tuple[int, int, int, int]
+    ) -> None:
+        """Steps 4-5 of a dequeue: move ``head_chunk``, unlink and free the chunks entirely
+        behind the new head (never the last one), then release-store ``head``.  ``hdr``: the
+        header of ``head_c`` as read."""
+        new_head = (head + n) & M32
+        start_c = self.start_chunk
+        sm, sstart, slen, _nxt = hdr if start_c == head_c else self._chunk(start_c)
+        if (new_head - sstart - slen) & M32 < _HALF:  # f_pos_geq (head, start chunk end)
+            self._unlink(start_c, sm, sstart, slen, new_head)
+        if last != head_c:
+            _PTR.pack_into(self._view, self._head_chunk_m, last)
+        self._store32(self._head_m, new_head)  # release
+
+    def _unlink(self, c: int, cm: int, cstart: int, clen: int, end_pos: int) -> int:
+        """``f_unlink_chunks`` + ``fsh_collect_chunks``: detach the chunks before the one
+        holding ``end_pos`` (keeping at least the last chunk), free them to the fifo's slice;
+        the new ``start_chunk``.  Everything is checked before anything is written."""
+        chunk, view = self._chunk, self._view
+        start_c, prev_m = c, 0
+        gone: list[tuple[int, int]] = []
+        for _ in range(self._max_chunks):
+            end = (cstart + clen) & M32
+            # Only a chunk ending exactly at end_pos (<= tail) can be the end chunk the
+            # producer is extending right now; links behind tail are published and stable.
+            nxt = (
+                self._load64(cm + CH_NEXT)
+                if end == end_pos
+                else _PTR.unpack_from(view, cm + CH_NEXT)[0]
+            )
+            if not nxt:
+                break
+            gone.append((c, clen))
+            prev_m = cm
+            c = nxt
+            cm, cstart, clen, _ = chunk(c)
+            if cstart != end:
+                raise SharedMemoryError(
+                    f"fifo {self.offset:#x}: chunk {c:#x} starts at {cstart}, not {end}"
+                )
+            if (end_pos - cstart) & M32 < clen:
+                break
+        else:
+            raise SharedMemoryError(f"fifo {self.offset:#x}: chunk chain is cyclic")
+        if not gone:
+            return start_c
+        slice_index = int(_SHR.unpack_from(view, self._m + _SHR_OFF)[4])
+        self.allocator.slice_m(slice_index)  # checked before the chain is touched
+        _PTR.pack_into(view, prev_m + CH_NEXT, 0)
+        _PTR.pack_into(view, self._start_m, c)
+        self._peek = None
+        self.allocator.free_chunks(slice_index, gone)  # freed before head is published
+        return c
+
+    def dequeue(self, n: int) -> bytes:
+        """Remove and return up to ``n`` bytes (b"" if the fifo is empty)."""
+        r = self._read_start(n)
+        if r is None:
+            return b""
+        head, head_c, n = r
+        hdr = self._chunk(head_c)
+        m, start, length, _nxt = hdr
+        idx = (head - start) & M32
+        if idx + n < length and head_c == _PTR.unpack_from(self._view, self._start_m)[0]:
+            # fast path: strictly inside the chunk holding head, nothing to unlink
+            data = self._view[m + _DATA + idx : m + _DATA + idx + n].tobytes()
+            self._store32(self._head_m, (head + n) & M32)  # release
+            return data
+        pieces, last = self._pieces(head_c, head, n, hdr)
+        data = b"".join(pieces)
+        del pieces
+        self._advance_head(head, n, head_c, last, hdr)
+        return data
+
+    def dequeue_into(self, buffer: Any) -> int:
+        """Remove up to ``len(buffer)`` bytes into the writable ``buffer``; the count (0 if
+        empty).  One copy, straight from the chunks."""
+        dst = _bytes_view(buffer)
+        r = self._read_start(len(dst))
+        if r is None:
+            return 0
+        head, head_c, n = r
+        hdr = self._chunk(head_c)
+        m, start, length, _nxt = hdr
+        idx = (head - start) & M32
+        if idx + n < length and head_c == _PTR.unpack_from(self._view, self._start_m)[0]:
+            dst[:n] = self._view[m + _DATA + idx : m + _DATA + idx + n]
+            self._store32(self._head_m, (head + n) & M32)
+            return n
+        pieces, last = self._pieces(head_c, head, n, hdr)
+        done = 0
+        for p in pieces:
+            k = len(p)
+            dst[done : done + k] = p
+            done += k
+        del pieces
+        self._advance_head(head, n, head_c, last, hdr)
+        return n
+
+    def drop(self, n: int) -> int:
+        """Discard up to ``n`` bytes at the head (``svm_fifo_dequeue_drop``); the count."""
+        tail = self._load32(self._tail_m)
+        _hc, head = _HEADREC.unpack_from(self._view, self._headrec_m)
+        present = (tail - head) & M32
+        if not present or n <= 0:
+            return 0
+        n = min(n, present)
+        new_head = (head + n) & M32
+        start_c = self.start_chunk
+        sm, sstart, slen, _nxt = self._chunk(start_c)
+        if (new_head - sstart - slen) & M32 < _HALF:
+            c = self._unlink(start_c, sm, sstart, slen, new_head)
+            _m, cstart, clen, _nxt = self._chunk(c)
+            hc = c if (new_head - cstart) & M32 < clen else 0
+            _PTR.pack_into(self._view, self._head_chunk_m, hc)
+        self._store32(self._head_m, new_head)
+        return n
+
+    def _locate(self, pos: int, head_c: int) -> int:
+        """The chunk holding ``pos`` (>= head), from the last peek's chunk when it is at or
+        before ``pos``, else from ``head_chunk``."""
+        cached = self._peek
+        if cached is not None:
+            c, start = cached
+            _m, cstart, _clen, _ = self._chunk(c)
+            if cstart == start and (pos - start) & M32 < _HALF:
+                return self._walk_to(c, pos)
+        return self._walk_to(head_c, pos)
+
+    def _peek_pieces(self, n: int, offset: int) -> list[memoryview]:
+        r = self._read_start(n, offset)
+        if r is None:
+            return []
+        head, head_c, n = r
+        pos = (head + offset) & M32
+        c = self._locate(pos, head_c) if offset else head_c
+        pieces, _last = self._pieces(c, pos, n)
+        if offset:
+            self._peek = (c, int(_START_BYTE_CODEC.unpack_from(self._view, self._chunk(c)[0])[0]))
+        return pieces
+
+    def peek(self, n: int, offset: int = 0) -> bytes:
+        """Up to ``n`` bytes at ``head + offset`` without consuming them (b"" if none)."""
+        return b"".join(self._peek_pieces(n, offset))
+
+    def peek_into(self, buffer: Any, offset: int = 0) -> int:
+        """Copy up to ``len(buffer)`` bytes at ``head + offset`` into ``buffer``; the count."""
+        dst = _bytes_view(buffer)
+        done = 0
+        for p in self._peek_pieces(len(dst), offset):
+            k = len(p)
+            dst[done : done + k] = p
+            done += k
+        return done
+
+    def segments(self, n: int, offset: int = 0) -> list[memoryview]:
+        """Zero-copy read (``svm_fifo_segments``): read-only views over up to ``n`` bytes at
+        ``head + offset``, one per chunk touched.  Release them, then `drop` what was used."""
+        return [p.toreadonly() for p in self._peek_pieces(n, offset)]
+
+    # -- signals -----------------------------------------------------------------------------
+    @property
+    def has_event(self) -> bool:
+        return self.signals.has_event
+
+    def set_event(self) -> bool:
+        """``svm_fifo_set_event``: True if the flag was clear, i.e. send an IO event now."""
+        return self.signals.set_event()
+
+    def unset_event(self) -> None:
+        """``svm_fifo_unset_event``: after draining an rx fifo (then re-check emptiness)."""
+        self.signals.unset_event()
+
+    @property
+    def want_deq_ntf(self) -> int:
+        return self.signals.want_deq_ntf
+
+    def add_want_deq_ntf(self, bits: int) -> None:
+        self.signals.add_want_deq_ntf(bits)
+
+    def del_want_deq_ntf(self, bits: int) -> None:
+        self.signals.del_want_deq_ntf(bits)
+
+    @property
+    def has_deq_ntf(self) -> bool:
+        return self.signals.has_deq_ntf
+
+    def reset_has_deq_ntf(self) -> None:
+        self.signals.reset_has_deq_ntf()
+
+    @property
+    def deq_thresh(self) -> int:
+        return self.signals.deq_thresh
+
+    @deq_thresh.setter
+    def deq_thresh(self, value: int) -> None:
+        self.signals.deq_thresh = value
+
+    def clear_deq_ntf(self) -> None:
+        """``svm_fifo_clear_deq_ntf``: call after sending the dequeue notification."""
+        self.signals.clear_deq_ntf()
+
+    def needs_deq_ntf(self, n_last_deq: int) -> bool:
+        """``svm_fifo_needs_deq_ntf``: after a consumer read of ``n_last_deq`` bytes, must the
+        producer be notified?  (Same u32 arithmetic as VPP.)"""
+        s = self.signals
+        want = s.want_deq_ntf
+        if not want:
+            return False
+        if want & DeqNotify.WANT_DEQ_NOTIF:
+            tail = self._load32(self._tail_m)
+            used = (tail - self._load32(self._head_m)) & M32
+            size = int(_SIZE.unpack_from(self._view, self._m + _SIZE_OFF)[0])
+            return (size - used) & M32 >= s.deq_thresh
+        if want & DeqNotify.WANT_DEQ_NOTIF_IF_FULL:
+            head = int(_HEADREC.unpack_from(self._view, self._headrec_m)[1])
+            max_deq = (self._load32(self._tail_m) - head) & M32
+            size = int(_SIZE.unpack_from(self._view, self._m + _SIZE_OFF)[0])
+            if max_deq < size and (max_deq + n_last_deq) & M32 >= size and not s.has_deq_ntf:
+                return True
+        return bool(
+            want & DeqNotify.WANT_DEQ_NOTIF_IF_EMPTY
+            and not s.has_deq_ntf
+            and self.max_dequeue() == 0
+        )
+
+    def __repr__(self) -> str:
+        try:
+            state = (
+                f"head={self.head} tail={self.tail} size={self.size} "
+                f"chunks={self.start_chunk:#x}..{self.end_chunk:#x}"
+            )
+        except Exception as e:  # a repr must not raise on a closed or corrupt segment
+            state = f"unreadable: {e}"
+        return f"<Fifo {self.segment.name!r}@{self.offset:#x} {state}>"
