@@ -1,0 +1,687 @@
+"""The svm message queue, read and written in place (protocol.md section 5).
+
+A `MessageQueue` is attached at an fsh-relative offset of a `Segment`: ``svm_msg_q_shared_t``,
+the queue header (glibc mutex + condvar, head/tail/cursize/maxsize) followed by ``maxsize``
+8-byte handles ``{ring_index, elt_index}``, then ring 0 (18-byte IO slots) and ring 1 (256-byte
+ctrl slots) back to back.  Everything read from the header is validated at attach, and every
+index read later (queue head/tail, ring head/tail, handles) is checked again before use: a bad
+value raises `SharedMemoryError`, never an access outside the mapping.
+
+Two signalling modes (5.5), picked at attach:
+
+* **eventfd** (``eventfd=fd``): the app worker mq with ``MQ_EVENTFD``, or a VPP worker mq with
+  VPP's ``VPP_MQ_EVENTFD`` (private rx mqs).  Producers are serialised by a process-local lock
+  (the shared mutex is never touched, as in VPP); the producer writes the fd on empty->non-empty,
+  the consumer on full->not-full, and the consumer polls + reads the fd to wait.
+* **condvar** (no fd): producers take the shared robust mutex, broadcast the condvar under it on
+  empty->non-empty; the consumer locks, re-checks, waits and unlocks (and locks, broadcasts,
+  unlocks on full->not-full).  The mutex is never held outside those few calls.
+
+The app is the only consumer of its worker mq and one producer among many of VPP's mqs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any, NamedTuple
+
+from ..atomics import ProcessSharedCond, ProcessSharedMutex
+from ..errors import LocalError, SharedMemoryError, Timeout, WouldBlock
+from ..segment import Segment
+from ..wire.enums import MqRing, ring_for_event
+from ..wire.mq import (
+    PTHREAD_COND_FIELDS,
+    PTHREAD_MUTEX_FIELDS,
+    SVM_MSG_Q_MSG,
+    SVM_MSG_Q_RING_SHARED,
+    SVM_MSG_Q_SHARED,
+    SVM_MSG_Q_SHARED_QUEUE,
+)
+from ..wire.segment import FIFO_SEGMENT_HEADER, FIFO_SEGMENT_SLICE
+from ..wire.session import CTRL_EVENT_SLOT_SIZE, SESSION_EVENT_SIZE
+from . import events
+from .events import Event
+
+__all__ = ["CONDVAR", "EVENTFD", "MessageQueue", "WaitResult"]
+
+EVENTFD = "eventfd"
+CONDVAR = "condvar"
+
+_SMQ = SVM_MSG_Q_SHARED
+_Q = SVM_MSG_Q_SHARED_QUEUE
+_R = SVM_MSG_Q_RING_SHARED
+_MSG = SVM_MSG_Q_MSG
+_HANDLE = SVM_MSG_Q_MSG.codec  # {ring_index u32, elt_index u32}
+# head/tail words are written by one side only (the consumer, or producers under the lock) and
+# read by nobody else on the hot path, so plain accesses suffice; the release/acquire ordering
+# comes from the atomic read-modify-write of cursize that follows/precedes them.
+_U32 = _Q["head"].codec
+# What session events need of the rings, by ring index: IO events are the 18-byte
+# session_event_t, ctrl events a 256-byte slot (payload at +2).
+SLOT_SIZES = {MqRing.IO_EVT: SESSION_EVENT_SIZE, MqRing.CTRL_EVT: CTRL_EVENT_SLOT_SIZE}
+_N_RINGS = int(MqRing.N_RINGS)
+# glibc mutex __kind bits VPP sets (svm_msg_q_init_mutex): robust and process-shared.
+_MUTEX_ROBUST, _MUTEX_PSHARED = 0x10, 0x80
+
+_ONE = (1).to_bytes(8, "little")  # an eventfd write of 1
+_RESYNC = 1.0  # longest single sleep of an untimed wait: re-check shared state this often
+_BACKOFF_MIN, _BACKOFF_MAX = 50e-6, 2e-3  # producer sleeps while a VPP-eventfd mq is full
+
+
+class WaitResult(NamedTuple):
+    """What `MessageQueue.wait` saw: ``pending`` messages, and which ``also_fds`` fired
+    (readable, hung up or in error).  Both empty means the timeout expired."""
+
+    pending: bool
+    fds: tuple[int, ...] = ()
+
+
+class _Ring:
+    __slots__ = ("cursize", "data", "elsize", "hdr", "head", "index", "nitems", "tail", "zero")
+
+    def __init__(self, index: int, hdr: int, nitems: int, elsize: int) -> None:
+        self.index = index
+        self.hdr = hdr  # mapping offsets
+        self.cursize = hdr + _R.offset("cursize")
+        self.head = hdr + _R.offset("head")
+        self.tail = hdr + _R.offset("tail")
+        self.data = hdr + _R.size
+        self.nitems = nitems
+        self.elsize = elsize
+        self.zero = bytes(elsize)
+
+
+class MessageQueue:
+    """An svm message queue at fsh-relative ``offset`` in ``segment``.
+
+    ``eventfd`` selects eventfd signalling (the fd stays owned by the caller; as VCL does, the
+    consumer side sets it non-blocking).  Without it the queue's shared mutex/condvar are used.
+    """
+
+    def __init__(
+        self, segment: Segment, offset: int, *, eventfd: int | None = None, name: str = ""
+    ) -> None:
+        self.segment = segment
+        self.offset = offset
+        self.name = name or f"mq@{offset:#x}"
+        self.eventfd = eventfd
+        self.mode = CONDVAR if eventfd is None else EVENTFD
+        self.recovered_owner_deaths = 0  # EOWNERDEAD recoveries seen by this process
+        view = segment.view
+        self._view = view
+        header_end = _header_end(segment)
+        if offset < header_end:
+            raise SharedMemoryError(
+                f"{self.name}: offset {offset:#x} overlaps the fifo segment header (ends at "
+                f"{header_end:#x})"
+            )
+        base = segment.at(offset, _SMQ.size + _Q.size, "message queue header")
+        if base % 8:
+            raise SharedMemoryError(f"{self.name}: queue at {offset:#x} is not 8-byte aligned")
+        n_rings = int(_SMQ["n_rings"].get(view, base))
+        if n_rings != _N_RINGS:
+            raise SharedMemoryError(f"{self.name}: n_rings {n_rings}, session queues have 2")
+        q = base + _SMQ.size
+        maxsize = int(_Q["maxsize"].get(view, q))
+        elsize = int(_Q["elsize"].get(view, q))
+        if elsize != _MSG.size:
+            raise SharedMemoryError(f"{self.name}: queue elsize {elsize}, expected {_MSG.size}")
+        if maxsize < 1:
+            raise SharedMemoryError(f"{self.name}: queue maxsize {maxsize}")
+        self.maxsize = maxsize
+        self.n_rings = n_rings
+        self._q = q
+        self._q_head = q + _Q.offset("head")
+        self._q_tail = q + _Q.offset("tail")
+        self._q_cursize = q + _Q.offset("cursize")
+        rel = offset + _SMQ.size + _Q.size
+        self._q_data = segment.at(rel, maxsize * _MSG.size, "message queue handles")
+        rel += maxsize * _MSG.size
+        rings: list[_Ring] = []
+        for i in range(n_rings):
+            hdr = segment.at(rel, _R.size, f"ring {i} header")
+            nitems = int(_R["nitems"].get(view, hdr))
+            r_elsize = int(_R["elsize"].get(view, hdr))
+            if r_elsize != SLOT_SIZES[MqRing(i)]:
+                raise SharedMemoryError(
+                    f"{self.name}: ring {i} slots are {r_elsize} bytes, session events need "
+                    f"{SLOT_SIZES[MqRing(i)]}"
+                )
+            if nitems < 1:
+                raise SharedMemoryError(f"{self.name}: ring {i} has {nitems} items")
+            if hdr % 4:
+                # An odd IO ring size puts the next ring's atomic cursize off 4-byte alignment;
+                # VPP's inline atomics cope (split locks), portable atomics cannot.
+                raise SharedMemoryError(
+                    f"{self.name}: ring {i} header at {rel:#x} is not 4-byte aligned"
+                )
+            segment.at(rel + _R.size, nitems * r_elsize, f"ring {i} slots")
+            rings.append(_Ring(i, hdr, nitems, r_elsize))
+            rel += _R.size + nitems * r_elsize
+        self._rings = rings
+        self._slot_bounds = [(rg.data, rg.elsize) for rg in rings]
+        self.size = rel - offset  # svm_msg_q_size_to_alloc
+        self._a = segment.atomics
+        self._mutex = ProcessSharedMutex(self._a, q + _Q.offset("mutex"))
+        self._cond = ProcessSharedCond(self._a, q + _Q.offset("condvar"))
+        if self.mode == CONDVAR:
+            kind = int(PTHREAD_MUTEX_FIELDS["__kind"].get(view, q + _Q.offset("mutex")))
+            if kind & (_MUTEX_ROBUST | _MUTEX_PSHARED) != _MUTEX_ROBUST | _MUTEX_PSHARED:
+                raise SharedMemoryError(
+                    f"{self.name}: mutex __kind {kind:#x} is not robust + process-shared"
+                )
+        self._prod_lock = threading.Lock()  # eventfd mode: the producers' lock
+        self._cons_lock = threading.Lock()  # one consumer at a time within this process
+        self._fd_nonblocking = False
+        self._poller: Any = None
+        # Indices in shared memory must be sane now; they are re-checked on every use.
+        self._queue_indices()
+        for ring in rings:
+            self._ring_indices(ring)
+
+    # -- small helpers -------------------------------------------------------------------------
+    def __repr__(self) -> str:
+        return (
+            f"<MessageQueue {self.name} {self.mode} maxsize={self.maxsize} "
+            f"rings={[(r.nitems, r.elsize) for r in self._rings]}>"
+        )
+
+    def _bad(self, what: str) -> SharedMemoryError:
+        return SharedMemoryError(f"{self.name}: {what}")
+
+    def _queue_indices(self) -> tuple[int, int, int]:
+        a = self._a
+        get, view = _U32.unpack_from, self._view
+        head, tail = get(view, self._q_head)[0], get(view, self._q_tail)[0]
+        size = a.load32(self._q_cursize)
+        if head >= self.maxsize or tail >= self.maxsize or size > self.maxsize:
+            raise self._bad(
+                f"queue head {head} / tail {tail} / cursize {size} invalid for maxsize "
+                f"{self.maxsize}"
+            )
+        return head, tail, size
+
+    def _ring_indices(self, ring: _Ring) -> tuple[int, int, int]:
+        a = self._a
+        get, view = _U32.unpack_from, self._view
+        head, tail = get(view, ring.head)[0], get(view, ring.tail)[0]
+        size = a.load32(ring.cursize)
+        if head >= ring.nitems or tail >= ring.nitems or size > ring.nitems:
+            raise self._bad(
+                f"ring {ring.index} head {head} / tail {tail} / cursize {size} invalid for "
+                f"{ring.nitems} items"
+            )
+        return head, tail, size
+
+    def ring_nitems(self, ring: int) -> int:
+        return self._rings[ring].nitems
+
+    def ring_elsize(self, ring: int) -> int:
+        return self._rings[ring].elsize
+
+    def size_now(self) -> int:
+        """Messages in the queue now (``cursize``)."""
+        n = self._a.load32(self._q_cursize)
+        if n > self.maxsize:
+            raise self._bad(f"queue cursize {n} > maxsize {self.maxsize}")
+        return int(n)
+
+    def fileno(self) -> int:
+        """The eventfd (eventfd mode only), for selectors/asyncio.  When it is readable call
+        `clear_signal` and then `drain` until it returns nothing."""
+        if self.eventfd is None:
+            raise LocalError(f"{self.name}: a condvar-mode queue has no file descriptor")
+        return self.eventfd
+
+    def close(self) -> None:
+        """Forget the segment (the eventfd stays the caller's).  Idempotent."""
+        self._poller = None
+
+    # -- signalling ----------------------------------------------------------------------------
+    def _lock_mutex(self, timeout: float | None = None) -> None:
+        if self._mutex.lock(timeout):
+            self.recovered_owner_deaths += 1
+
+    def _signal(self, consumer: bool) -> None:
+        """svm_msg_q_send_signal: condvar broadcast (the consumer takes the mutex for it, a
+        producer already holds it) or one eventfd write."""
+        fd = self.eventfd
+        if fd is None:
+            if consumer:
+                self._lock_mutex()
+                try:
+                    self._cond.broadcast()
+                finally:
+                    self._mutex.unlock()
+            else:
+                self._cond.broadcast()
+            return
+        with contextlib.suppress(BlockingIOError):  # counter at its maximum: already signalled
+            os.write(fd, _ONE)
+
+    def _consumer_fd(self) -> int:
+        fd = self.eventfd
+        assert fd is not None
+        if not self._fd_nonblocking:
+            # VCL does the same (vcl_mq_epoll_add_evfd): a read racing another reader of the
+            # shared eventfd must never block.
+            os.set_blocking(fd, False)
+            self._fd_nonblocking = True
+        return fd
+
+    def clear_signal(self) -> int:
+        """Reset the eventfd (eventfd mode) and return its counter (0 if it was not set).
+        Call before `drain` when a selector reported `fileno` readable."""
+        if self.eventfd is None:
+            return 0
+        try:
+            return int.from_bytes(os.read(self._consumer_fd(), 8), "little")
+        except BlockingIOError:
+            return 0
+
+    # -- producer side (app -> VPP) ------------------------------------------------------------
+    def send(
+        self,
+        data: bytes | bytearray | memoryview,
+        ring: int | None = None,
+        timeout: float | None = None,
+        block: bool = True,
+    ) -> None:
+        """Post one message: ``data`` is copied into a zeroed slot of ``ring`` (by default the
+        ring of its event type, byte 0).  Pass `events.encode_io` / `encode_ctrl` output.
+
+        Blocks while the queue or the ring is full, up to ``timeout`` seconds (`Timeout`);
+        with ``block=False`` a full queue/ring or a busy lock raises `WouldBlock`.
+        """
+        n = len(data)
+        if n == 0:
+            raise LocalError(f"{self.name}: empty message")
+        r = int(ring_for_event(data[0])) if ring is None else ring
+        if not 0 <= r < self.n_rings:
+            raise LocalError(f"{self.name}: no ring {r}")
+        rg = self._rings[r]
+        if n > rg.elsize:
+            raise LocalError(f"{self.name}: {n}-byte message does not fit ring {r} ({rg.elsize})")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if self.eventfd is None:
+            self._send_condvar(rg, data, deadline, block, timeout)
+        else:
+            self._send_eventfd(rg, data, deadline, block)
+
+    def _full(self, rg: _Ring) -> bool:
+        a = self._a
+        qsize = a.load32(self._q_cursize)
+        rsize = a.load32(rg.cursize)
+        if qsize > self.maxsize or rsize > rg.nitems:
+            raise self._bad(f"queue cursize {qsize} / ring {rg.index} cursize {rsize} too large")
+        return bool(qsize == self.maxsize or rsize == rg.nitems)
+
+    def _send_condvar(
+        self,
+        rg: _Ring,
+        data: bytes | bytearray | memoryview,
+        deadline: float | None,
+        block: bool,
+        timeout: float | None,
+    ) -> None:
+        mutex = self._mutex
+        if block:
+            self._lock_mutex(timeout)
+        elif not mutex.trylock():  # (recoveries from a dead owner are not reported here)
+            raise WouldBlock(f"{self.name}: queue lock busy")
+        try:
+            while self._full(rg):
+                if not block:
+                    raise WouldBlock(f"{self.name}: queue or ring {rg.index} full")
+                wait = _RESYNC
+                if deadline is not None:
+                    wait = min(wait, deadline - time.monotonic())
+                    if wait <= 0:
+                        raise Timeout(f"{self.name}: queue or ring {rg.index} still full")
+                # The consumer broadcasts on full->not-full; re-check either way.
+                self._cond.wait(mutex, wait)
+            self._put(rg, data)
+        finally:
+            mutex.unlock()
+
+    def _send_eventfd(
+        self,
+        rg: _Ring,
+        data: bytes | bytearray | memoryview,
+        deadline: float | None,
+        block: bool,
+    ) -> None:
+        lock = self._prod_lock
+        backoff = _BACKOFF_MIN
+        while True:
+            if block:
+                left = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
+                if not lock.acquire(True, left):
+                    raise Timeout(f"{self.name}: producer lock not acquired")
+            elif not lock.acquire(False):
+                raise WouldBlock(f"{self.name}: queue lock busy")
+            try:
+                if not self._full(rg):
+                    self._put(rg, data)
+                    return
+            finally:
+                lock.release()
+            if not block:
+                raise WouldBlock(f"{self.name}: queue or ring {rg.index} full")
+            # Waiting for room without reading the eventfd: it is also the consumer's wake-up
+            # (VPP's own epoll on its VPP_MQ_EVENTFD), and stealing a count can leave VPP's
+            # blocking read() parked.  Poll the shared state with a short backoff instead.
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise Timeout(f"{self.name}: queue or ring {rg.index} still full")
+                backoff = min(backoff, left)
+            time.sleep(backoff)
+            backoff = min(backoff * 2, _BACKOFF_MAX)
+
+    def _put(self, rg: _Ring, data: bytes | bytearray | memoryview) -> None:
+        """Reserve a slot, fill it, enqueue its handle (lock held, room checked).
+
+        The slot and the handle are written into free space first and published last (ring
+        tail + cursize, then queue tail + cursize), in svm_msg_q_alloc_msg_w_ring /
+        svm_msg_q_add_raw order, so a producer dying before the publish leaves no trace."""
+        view = self._view
+        t = _U32.unpack_from(view, rg.tail)[0]
+        if t >= rg.nitems:
+            raise self._bad(f"ring {rg.index} tail {t} >= {rg.nitems}")
+        qt = _U32.unpack_from(view, self._q_tail)[0]
+        if qt >= self.maxsize:
+            raise self._bad(f"queue tail {qt} >= {self.maxsize}")
+        slot = rg.data + t * rg.elsize
+        n = len(data)
+        if n < rg.elsize:
+            view[slot : slot + rg.elsize] = rg.zero
+        view[slot : slot + n] = data
+        _HANDLE.pack_into(view, self._q_data + qt * 8, rg.index, t)
+        self._publish(rg, t, qt)
+
+    def _publish(self, rg: _Ring, t: int, qt: int) -> None:
+        a, put, view = self._a, _U32.pack_into, self._view
+        put(view, rg.tail, (t + 1) % rg.nitems)
+        a.fetch_add32(rg.cursize, 1)
+        put(view, self._q_tail, (qt + 1) % self.maxsize)
+        if a.fetch_add32(self._q_cursize, 1) == 0:
+            self._signal(consumer=False)
+
+    def send_io(
+        self,
+        event_type: int,
+        session_index: int,
+        timeout: float | None = None,
+        block: bool = True,
+    ) -> None:
+        """An IO event (``app_send_io_evt_to_vpp``): type + session index in ring 0."""
+        self.send(events.encode_io(event_type, session_index), MqRing.IO_EVT, timeout, block)
+
+    def send_ctrl(
+        self, event_type: int, *, timeout: float | None = None, block: bool = True, **fields: Any
+    ) -> None:
+        """A ctrl event in ring 1: the payload of ``event_type`` built from ``fields``."""
+        self.send(events.encode_ctrl(event_type, **fields), MqRing.CTRL_EVT, timeout, block)
+
+    # -- consumer side (VPP -> app) ------------------------------------------------------------
+    def drain(self, max_n: int | None = None, decode: bool = True) -> list[Any]:
+        """Dequeue up to ``max_n`` (default: all) pending messages without blocking.
+
+        Returns `Event` objects, or ``(ring, slot_bytes)`` with ``decode=False``.  Every handle
+        is validated before anything is consumed, so a bad one raises `SharedMemoryError` with
+        the queue untouched.
+        """
+        with self._cons_lock:
+            a, view, maxsize = self._a, self._view, self.maxsize
+            size = a.load32(self._q_cursize)
+            if size == 0:
+                return []
+            if size > maxsize:
+                raise self._bad(f"queue cursize {size} > maxsize {maxsize}")
+            n = size if max_n is None or max_n >= size else max(0, max_n)
+            if n == 0:
+                return []
+            get, put = _U32.unpack_from, _U32.pack_into
+            head = get(view, self._q_head)[0]
+            if head >= maxsize:
+                raise self._bad(f"queue head {head} >= maxsize {maxsize}")
+            handles = self._read_handles(head, n)
+            rings = self._rings
+            n_rings = self.n_rings
+            # Validate the whole batch first: ring and element in range, and each ring's
+            # elements consumed in order from its head (svm_msg_q_free_msg's rule).
+            heads = [-1] * n_rings
+            counts = [0] * n_rings
+            for r, e in handles:
+                if r >= n_rings:
+                    raise self._bad(f"handle names ring {r} of {n_rings}")
+                rg = rings[r]
+                if e >= rg.nitems:
+                    raise self._bad(f"handle names element {e} of ring {r} ({rg.nitems} items)")
+                h = heads[r]
+                if h < 0:
+                    h = get(view, rg.head)[0]
+                    if h >= rg.nitems:
+                        raise self._bad(f"ring {r} head {h} >= {rg.nitems}")
+                if h != e:
+                    raise self._bad(f"message out of order: ring {r} element {e}, head {h}")
+                heads[r] = (h + 1) % rg.nitems
+                counts[r] += 1
+            for rg in rings:
+                k = counts[rg.index]
+                if k:
+                    c = a.load32(rg.cursize)
+                    if not k <= c <= rg.nitems:
+                        raise self._bad(f"ring {rg.index} cursize {c} with {k} messages pending")
+            # Consume the handles (svm_msg_q_sub_raw_batch), copy the slots, then free them:
+            # each ring's head moves over its slots in order and its cursize drops once.
+            put(view, self._q_head, (head + n) % maxsize)
+            need_signal = a.fetch_sub32(self._q_cursize, n) == maxsize
+            raws = []
+            for r, e in handles:
+                base, size_ = self._slot_bounds[r]
+                slot = base + e * size_
+                raws.append((r, bytes(view[slot : slot + size_])))
+            for rg in rings:
+                k = counts[rg.index]
+                if k:
+                    put(view, rg.head, heads[rg.index])
+                    if a.fetch_sub32(rg.cursize, k) >= rg.nitems:  # was full: wake producers
+                        need_signal = True
+            if need_signal:
+                self._signal(consumer=True)
+            if not decode:
+                return raws
+            dec = events.decode
+            return [dec(r, raw) for r, raw in raws]
+
+    def _read_handles(self, head: int, n: int) -> list[tuple[int, int]]:
+        view, data = self._view, self._q_data
+        first = min(n, self.maxsize - head)
+        start = data + head * 8
+        handles = list(_HANDLE.iter_unpack(view[start : start + first * 8]))
+        if first < n:
+            handles += _HANDLE.iter_unpack(view[data : data + (n - first) * 8])
+        return handles
+
+    def wait(self, timeout: float | None = None, also_fds: Iterable[int] = ()) -> WaitResult:
+        """Block until messages are pending, one of ``also_fds`` (e.g. the app socket, to
+        notice VPP going away) is readable/hung up, or ``timeout`` expires.
+
+        eventfd mode polls the eventfd with the fds and reads it to reset it; condvar mode
+        locks the mutex, re-checks ``cursize`` under it, does one timed wait and unlocks (with
+        ``also_fds`` in slices of ``fd_poll_interval`` seconds, polling the fds in between).
+        Returns at once if messages are already pending.  Spurious returns are possible only
+        when nothing is pending and no fd fired, i.e. on timeout.
+        """
+        fds = tuple(also_fds)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if self.size_now():
+            return WaitResult(True, _poll_fds(fds, 0) if fds else ())
+        if self.eventfd is None:
+            return self._wait_condvar(deadline, fds)
+        return self._wait_eventfd(deadline, fds)
+
+    fd_poll_interval = 0.02
+
+    def _wait_eventfd(self, deadline: float | None, fds: tuple[int, ...]) -> WaitResult:
+        evfd = self._consumer_fd()
+        if fds:
+            poller = select.poll()
+            for fd in fds:
+                poller.register(fd, select.POLLIN | select.POLLPRI)
+        else:
+            poller = self._poller
+            if poller is None:
+                poller = self._poller = select.poll()
+        poller.register(evfd, select.POLLIN)
+        while True:
+            slice_ = _RESYNC if deadline is None else min(_RESYNC, deadline - time.monotonic())
+            ready = poller.poll(max(0, int(slice_ * 1000 + 0.999))) if slice_ > 0 else []
+            fired = tuple(fd for fd, _ in ready if fd != evfd)
+            if any(fd == evfd for fd, _ in ready):
+                with contextlib.suppress(BlockingIOError):
+                    os.read(evfd, 8)
+            pending = self.size_now() > 0
+            if pending or fired:
+                return WaitResult(pending, fired)
+            if deadline is not None and time.monotonic() >= deadline:
+                return WaitResult(False, ())
+
+    def _wait_condvar(self, deadline: float | None, fds: tuple[int, ...]) -> WaitResult:
+        mutex, cond = self._mutex, self._cond
+        cap = self.fd_poll_interval if fds else _RESYNC
+        while True:
+            slice_ = cap if deadline is None else min(cap, deadline - time.monotonic())
+            if slice_ > 0:
+                self._lock_mutex()
+                try:
+                    # Producers broadcast with the mutex held: checking under it loses nothing.
+                    if self._a.load32(self._q_cursize) == 0:
+                        cond.wait(mutex, slice_)
+                finally:
+                    mutex.unlock()
+            pending = self.size_now() > 0
+            fired = _poll_fds(fds, 0) if fds else ()
+            if pending or fired:
+                return WaitResult(pending, fired)
+            if deadline is not None and time.monotonic() >= deadline:
+                return WaitResult(False, ())
+
+    def recv(self, timeout: float | None = None, max_n: int | None = None) -> list[Event]:
+        """Wait for and return all pending events (up to ``max_n``); `Timeout` if none
+        arrived within ``timeout`` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            got: list[Event] = self.drain(max_n)
+            if got:
+                return got
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise Timeout(f"{self.name}: no message within {timeout} s")
+            self.wait(left)
+
+    # -- inspection ----------------------------------------------------------------------------
+    def describe(self) -> dict[str, Any]:
+        """Everything the inspector shows, read now (racy against live peers by nature).
+        Never raises for bad indices: they are reported under ``problems``."""
+        view, q = self._view, self._q
+        a = self._a
+        problems: list[str] = []
+        get = _U32.unpack_from
+        head, tail = get(view, self._q_head)[0], get(view, self._q_tail)[0]
+        size = a.load32(self._q_cursize)
+        if head >= self.maxsize or tail >= self.maxsize or size > self.maxsize:
+            problems.append(f"queue head {head} / tail {tail} / cursize {size} out of range")
+        mutex = _fields(PTHREAD_MUTEX_FIELDS, view, q + _Q.offset("mutex"))
+        condvar = _fields(PTHREAD_COND_FIELDS, view, q + _Q.offset("condvar"))
+        rings = []
+        for rg in self._rings:
+            rh, rt = get(view, rg.head)[0], get(view, rg.tail)[0]
+            rc = a.load32(rg.cursize)
+            if rh >= rg.nitems or rt >= rg.nitems or rc > rg.nitems:
+                problems.append(f"ring {rg.index} head {rh} / tail {rt} / cursize {rc} invalid")
+            rings.append(
+                {
+                    "index": rg.index,
+                    "offset": self.segment.offset_of(rg.hdr),
+                    "data_offset": self.segment.offset_of(rg.data),
+                    "nitems": rg.nitems,
+                    "elsize": rg.elsize,
+                    "head": rh,
+                    "tail": rt,
+                    "cursize": rc,
+                }
+            )
+        pending: list[dict[str, int]] = []
+        if not problems:
+            for r, e in self._read_handles(head, size) if size else []:
+                pending.append({"ring_index": r, "elt_index": e})
+        return {
+            "name": self.name,
+            "offset": self.offset,
+            "size": self.size,
+            "mode": self.mode,
+            "eventfd": self.eventfd,
+            "n_rings": self.n_rings,
+            "queue": {
+                "offset": self.segment.offset_of(q),
+                "head": head,
+                "tail": tail,
+                "cursize": size,
+                "maxsize": self.maxsize,
+                "elsize": _MSG.size,
+            },
+            "mutex": mutex,
+            "condvar": condvar,
+            "rings": rings,
+            "pending_handles": pending,
+            "recovered_owner_deaths": self.recovered_owner_deaths,
+            "problems": problems,
+        }
+
+    def pending(self) -> list[Event]:
+        """Decode the pending messages in queue order without consuming them."""
+        head, _, size = self._queue_indices()
+        out = []
+        for r, e in self._read_handles(head, size) if size else []:
+            out.append(self.peek_slot(r, e))
+        return out
+
+    def peek_slot(self, ring: int, elt: int) -> Event:
+        """Decode slot ``elt`` of ``ring`` as it is now, live or already consumed (consumed
+        slots keep their bytes until reused)."""
+        if not 0 <= ring < self.n_rings:
+            raise self._bad(f"no ring {ring}")
+        rg = self._rings[ring]
+        if not 0 <= elt < rg.nitems:
+            raise self._bad(f"element {elt} beyond ring {ring}'s {rg.nitems} items")
+        slot = rg.data + elt * rg.elsize
+        return events.decode(ring, bytes(self._view[slot : slot + rg.elsize]))
+
+
+def _fields(decl: Any, view: memoryview, off: int) -> dict[str, Any]:
+    """Every field of ``decl`` at ``off`` by its C name (arrays as lists)."""
+    out: dict[str, Any] = {}
+    for name, f in decl.fields.items():
+        v = f.get(view, off)
+        out[name] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def _header_end(segment: Segment) -> int:
+    """First fsh-relative offset after the fifo segment header and its slices."""
+    return FIFO_SEGMENT_HEADER.size + segment.n_slices * FIFO_SEGMENT_SLICE.size
+
+
+def _poll_fds(fds: tuple[int, ...], timeout_ms: int) -> tuple[int, ...]:
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN | select.POLLPRI)
+    return tuple(fd for fd, _ in poller.poll(timeout_ms))
