@@ -81,3 +81,62 @@ class SessionLayerError(VclError):
         super().__init__(f"{message}: {name} ({code})", errno)
         self.code = code
         self.name = name
+
+
+def session_error(message: str, retval: int) -> SessionLayerError:
+    """The exception for a non-zero ``session_error_t`` ``retval`` VPP answered with."""
+    from .wire.enums import SessionError  # late: the wire layer does not depend on errors
+
+    try:
+        name = SessionError(retval).name
+    except ValueError:
+        name = "UNKNOWN_CODE"
+    return SessionLayerError(
+        message, retval, f"SESSION_E_{name}", SESSION_ERRNO.get(name, _errno.EIO)
+    )
+
+
+# session_error_t name -> the errno a socket user would see for it.
+SESSION_ERRNO = {
+    "UNKNOWN": _errno.EIO,
+    "REFUSED": _errno.ECONNREFUSED,
+    "TIMEDOUT": _errno.ETIMEDOUT,
+    "ALLOC": _errno.ENOBUFS,
+    "OWNER": _errno.EPERM,
+    "NOROUTE": _errno.EHOSTUNREACH,
+    "NOINTF": _errno.EADDRNOTAVAIL,
+    "NOIP": _errno.EADDRNOTAVAIL,
+    "NOPORT": _errno.EADDRNOTAVAIL,
+    "NOSUPPORT": _errno.EOPNOTSUPP,
+    "NOLISTEN": _errno.ECONNREFUSED,
+    "NOSESSION": _errno.ENOTCONN,
+    "NOAPP": _errno.ENOENT,
+    "APP_ATTACHED": _errno.EISCONN,
+    "PORTINUSE": _errno.EADDRINUSE,
+    "IPINUSE": _errno.EADDRINUSE,
+    "ALREADY_LISTENING": _errno.EADDRINUSE,
+    "ADDR_NOT_IN_USE": _errno.EADDRNOTAVAIL,
+    "INVALID": _errno.EINVAL,
+    "INVALID_RMT_IP": _errno.EINVAL,
+    "INVALID_APPWRK": _errno.EINVAL,
+    "INVALID_NS": _errno.EINVAL,
+    "SEG_NO_SPACE": _errno.ENOBUFS,
+    "SEG_NO_SPACE2": _errno.ENOBUFS,
+    "SEG_CREATE": _errno.ENOMEM,
+    "FILTERED": _errno.ECONNREFUSED,
+    "SCOPE": _errno.EACCES,
+    "BAPI_NO_FD": _errno.EIO,
+    "BAPI_SEND_FD": _errno.EIO,
+    "BAPI_NO_REG": _errno.EIO,
+    "MQ_MSG_ALLOC": _errno.ENOBUFS,
+    "TLS_HANDSHAKE": _errno.ECONNABORTED,
+    "EVENTFD_ALLOC": _errno.EMFILE,
+    "NOEXTCFG": _errno.EINVAL,
+    "NOCRYPTOENG": _errno.EOPNOTSUPP,
+    "NOCRYPTOCKP": _errno.ENOENT,
+    "LOCAL_CONNECT": _errno.ECONNREFUSED,
+    "WRONG_NS_SECRET": _errno.EACCES,
+    "SYSCALL": _errno.EIO,
+    "TRANSPORT_NO_REG": _errno.EPROTONOSUPPORT,
+    "MAX_STREAMS_HIT": _errno.EAGAIN,
+}

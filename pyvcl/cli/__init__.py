@@ -1,1 +1,46 @@
-"""pyvcl.cli."""
+"""The ``pyvcl`` command: attach and show, decode recordings, check for VPP.
+
+Subcommands live in their own modules; each has ``add_parser(subparsers)`` and ``run(args)``.
+Library errors become one line on stderr and exit status 1 (2 for usage errors).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from ..errors import VclError
+from . import attach, decode, status
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pyvcl", description="A pure-Python client for VPP's host stack."
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module in (status, attach, decode):
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        args = parser.parse_args(["status", *(argv or [])])
+    try:
+        code: int = args.run(args)
+    except VclError as e:
+        print(f"pyvcl {args.command}: {e}", file=sys.stderr)
+        return 1
+    except (FileNotFoundError, IsADirectoryError, ValueError) as e:
+        print(f"pyvcl {args.command}: {e}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        return 0
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,7 @@
+"""``python -m pyvcl`` is the ``pyvcl`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

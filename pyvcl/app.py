@@ -1,0 +1,401 @@
+"""An attached application: the app socket, the segments VPP mapped for us, and the queues.
+
+`App.attach` follows VCL's ``vcl_sapi_attach`` (protocol.md 7.1): connect the namespace's app
+socket, send ATTACH, receive the reply and its fds, map the vpp-mq segment and the app's first
+segment, attach the app worker's mq and every VPP worker mq.  `App.poll` then delivers the
+session events VPP queues for us, handling segment add/del itself (7.13).  Closing the app (or
+the process dying) detaches it: VPP frees everything bound to the socket.
+
+An `App` belongs to the process that attached: a forked child must attach anew (8.5).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from .api.messages import (
+    AttachOptions,
+    AttachReply,
+    CertKeyReply,
+    WorkerAddDelReply,
+    assign_fds,
+    encode_attach,
+    encode_cert_key_add,
+    encode_cert_key_del,
+    encode_worker_add_del,
+)
+from .api.sapi import DEFAULT_TIMEOUT, SapiSocket
+from .errors import (
+    AppSocketError,
+    LocalError,
+    SessionLayerError,
+    Timeout,
+    VclError,
+    VppDisconnected,
+    session_error,
+)
+from .mq.events import Event
+from .mq.queue import MessageQueue
+from .segment import Segment
+from .wire.enums import SapiMsgType, SessionError, SessionEvent, SessionFdFlag
+from .wire.segment import FIFO_SEGMENT_HEADER
+from .wire.session import SEGMENT_NAME_LEN
+
+DEFAULT_RUNTIME_DIR = "/run/vpp"
+_FSH = FIFO_SEGMENT_HEADER
+
+
+def default_app_socket(namespace_id: str = "", runtime_dir: str | None = None) -> Path:
+    """Where VPP puts a namespace's app socket: ``<runtime-dir>/app_ns_sockets/<ns>``."""
+    env = os.environ.get("VCL_VPP_SAPI_SOCKET")
+    if env and not namespace_id and runtime_dir is None:
+        return Path(env)
+    base = Path(runtime_dir or DEFAULT_RUNTIME_DIR)
+    return base / "app_ns_sockets" / (namespace_id or "default")
+
+
+class App:
+    """Worker 0 of an attached app.  Create with `App.attach`; use as a context manager."""
+
+    def __init__(self, sapi: SapiSocket, options: AttachOptions) -> None:
+        self.sapi = sapi
+        self.options = options
+        self.pid = os.getpid()
+        self.reply: AttachReply | None = None
+        self.vpp_segment: Segment | None = None
+        self.segments: dict[int, Segment] = {}
+        self.fds: list[int] = []  # every fd we own (segment memfds, eventfds)
+        self.app_mq: MessageQueue | None = None
+        self.vpp_mqs: list[MessageQueue] = []
+        self.mq_eventfd: int | None = None
+        self.vpp_mq_eventfds: list[int] = []
+        self.closed = False
+
+    # -- attach ---------------------------------------------------------------------------------
+    @classmethod
+    def attach(
+        cls,
+        app_socket: str | os.PathLike[str] | None = None,
+        options: AttachOptions | None = None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        **option_values: Any,
+    ) -> App:
+        """Attach to VPP.  ``app_socket`` defaults to the namespace socket under /run/vpp;
+        ``option_values`` override fields of ``options`` (see `AttachOptions`)."""
+        opts = options or AttachOptions()
+        for key, value in option_values.items():
+            if not hasattr(opts, key):
+                raise TypeError(f"unknown attach option {key!r}")
+            setattr(opts, key, value)
+        payload = encode_attach(opts)  # validates before we touch the network
+        path = app_socket if app_socket is not None else default_app_socket(opts.namespace_id)
+        sapi = SapiSocket.connect(path, timeout)
+        app = cls(sapi, opts)
+        try:
+            sapi.send(SapiMsgType.ATTACH, payload)
+            msg = sapi.recv_expect(SapiMsgType.ATTACH_REPLY)
+            app.fds.extend(msg.fds)
+            reply = AttachReply.decode(msg.payload)
+            if reply.retval:
+                raise session_error("VPP refused the attach", reply.retval)
+            app._setup(reply, assign_fds(reply.fd_flags, reply.n_fds, msg.fds))
+        except BaseException:
+            app.close()
+            raise
+        return app
+
+    def _setup(self, reply: AttachReply, fds: dict[SessionFdFlag, list[int]]) -> None:
+        self.reply = reply
+        if SessionFdFlag.VPP_MQ_SEGMENT not in fds or SessionFdFlag.MEMFD_SEGMENT not in fds:
+            raise AppSocketError(f"attach reply lacks segment fds (flags {reply.fd_flags!r})")
+        if self.options.use_mq_eventfd and SessionFdFlag.MQ_EVENTFD not in fds:
+            raise AppSocketError("asked for an mq eventfd but the attach reply has none")
+        self.vpp_segment = Segment.map_fd(fds[SessionFdFlag.VPP_MQ_SEGMENT][0], name="vpp-mq-seg")
+        first = Segment.map_fd(fds[SessionFdFlag.MEMFD_SEGMENT][0], handle=reply.segment_handle)
+        self.segments[reply.segment_handle] = first
+        if SessionFdFlag.MQ_EVENTFD in fds:
+            self.mq_eventfd = fds[SessionFdFlag.MQ_EVENTFD][0]
+            os.set_blocking(self.mq_eventfd, False)
+        self.vpp_mq_eventfds = fds.get(SessionFdFlag.VPP_MQ_EVENTFD, [])
+        self.app_mq = MessageQueue(first, reply.app_mq, eventfd=self.mq_eventfd)
+        self.vpp_mqs = self._discover_vpp_mqs()
+        if not 0 <= reply.vpp_ctrl_mq_thread < len(self.vpp_mqs):
+            raise AppSocketError(
+                f"ctrl mq thread {reply.vpp_ctrl_mq_thread} but {len(self.vpp_mqs)} VPP mqs"
+            )
+        if self.vpp_mqs[reply.vpp_ctrl_mq_thread].offset != reply.vpp_ctrl_mq:
+            raise AppSocketError(
+                f"vpp_ctrl_mq {reply.vpp_ctrl_mq:#x} is not where thread "
+                f"{reply.vpp_ctrl_mq_thread}'s mq is"
+            )
+
+    def _discover_vpp_mqs(self) -> list[MessageQueue]:
+        """VPP's per-thread mqs, equally spaced after the header (fifo_segment_msg_qs_discover)."""
+        seg = self.vpp_segment
+        assert seg is not None
+        h = seg.fifo_header()
+        n = int(h.n_mqs)
+        if n == 0:
+            raise AppSocketError("the vpp-mq segment holds no message queues")
+        if self.vpp_mq_eventfds and len(self.vpp_mq_eventfds) != n:
+            raise AppSocketError(f"{len(self.vpp_mq_eventfds)} VPP mq eventfds for {n} mqs")
+        stride = (int(h.n_reserved_bytes) - int(h.start_byte_index)) // n
+        mqs = []
+        for i in range(n):
+            evfd = self.vpp_mq_eventfds[i] if self.vpp_mq_eventfds else None
+            mqs.append(MessageQueue(seg, int(h.start_byte_index) + i * stride, eventfd=evfd))
+        return mqs
+
+    # -- properties -------------------------------------------------------------------------
+    @property
+    def app_index(self) -> int:
+        return self._reply.app_index
+
+    @property
+    def api_client_handle(self) -> int:
+        return self._reply.api_client_handle
+
+    @property
+    def ctrl_mq(self) -> MessageQueue:
+        return self.vpp_mqs[self._reply.vpp_ctrl_mq_thread]
+
+    @property
+    def _reply(self) -> AttachReply:
+        self._check_usable()
+        assert self.reply is not None
+        return self.reply
+
+    def _check_usable(self) -> None:
+        if self.closed:
+            raise LocalError("this app is detached", errno.EBADF)
+        if os.getpid() != self.pid:
+            raise LocalError(
+                "an App cannot be used from a forked child; attach again in the child",
+                errno.EBADF,
+            )
+
+    # -- events ---------------------------------------------------------------------------------
+    def send_ctrl(self, event_type: int, mq: MessageQueue | None = None, **fields: Any) -> None:
+        """Queue a control event on ``mq`` (default: the ctrl mq)."""
+        self._check_usable()
+        (mq or self.ctrl_mq).send_ctrl(event_type, **fields)
+
+    def poll(self, timeout: float | None = 0.0) -> list[Event]:
+        """Events VPP queued for this worker, waiting up to ``timeout`` (None: forever) for the
+        first.  Segment add/del events are acted on before they are returned.  Raises
+        `VppDisconnected` if VPP closed the app socket."""
+        self._check_usable()
+        mq = self.app_mq
+        assert mq is not None
+        events = mq.drain()
+        if not events and timeout != 0:
+            woke = mq.wait(timeout, also_fds=(self.sapi.fileno(),))
+            if self.sapi.fileno() in woke.fds and self.sapi.poll_closed():
+                raise VppDisconnected(f"VPP closed the app socket {self.sapi.path}")
+            events = mq.drain()
+        for ev in events:
+            if ev.type == SessionEvent.CTRL_APP_ADD_SEGMENT:
+                self._add_segment(ev)
+            elif ev.type == SessionEvent.CTRL_APP_DEL_SEGMENT:
+                self._del_segment(ev)
+        return events
+
+    def wait_for(self, event_type: int, timeout: float, **match: Any) -> tuple[Event, list[Event]]:
+        """Poll until an event of ``event_type`` whose payload fields equal ``match`` arrives;
+        return it and every other event seen meanwhile (in order)."""
+        deadline = time.monotonic() + timeout
+        others: list[Event] = []
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise Timeout(f"no {SessionEvent(event_type).name} from VPP within {timeout} s")
+            for i, ev in enumerate(events := self.poll(remaining)):
+                fields = ev.fields()
+                if ev.type == event_type and all(fields.get(k) == v for k, v in match.items()):
+                    return ev, others + events[:i] + events[i + 1 :]
+            others.extend(events)
+
+    def _add_segment(self, ev: Event) -> None:
+        msg = ev.msg
+        name = (
+            bytes(msg.segment_name[:SEGMENT_NAME_LEN]).split(b"\0", 1)[0].decode(errors="replace")
+        )
+        if msg.segment_handle in self.segments:
+            raise AppSocketError(f"VPP added segment {msg.segment_handle:#x} twice")
+        if not msg.fd_flags:
+            raise AppSocketError(f"segment {name} announced without an fd (unsupported)")
+        # VPP sent the fd on our app socket just before queueing the event (7.13).
+        fd_msg = self.sapi.recv_expect(SapiMsgType.SEND_FDS)
+        if len(fd_msg.fds) != 1:
+            fd_msg.close_fds()
+            raise AppSocketError(f"SEND_FDS carried {len(fd_msg.fds)} fds, not 1")
+        fd = fd_msg.fds[0]
+        self.fds.append(fd)
+        seg = Segment.map_fd(fd, name=name, handle=msg.segment_handle)
+        if seg.size != msg.segment_size:
+            seg.close()
+            raise AppSocketError(
+                f"segment {name}: {seg.size} bytes mapped, {msg.segment_size} announced"
+            )
+        self.segments[msg.segment_handle] = seg
+
+    def _del_segment(self, ev: Event) -> None:
+        seg = self.segments.pop(ev.msg.segment_handle, None)
+        if seg is not None:
+            seg.close()
+
+    # -- workers and certificates --------------------------------------------------------------
+    def add_cert_key(self, cert: bytes, key: bytes, context: int = 0) -> int:
+        """Upload a PEM certificate and key; returns the ckpair index for TLS configs."""
+        self._check_usable()
+        header, blob = encode_cert_key_add(context, cert, key)
+        self.sapi.send(SapiMsgType.ADD_DEL_CERT_KEY, header)
+        self.sapi.send_raw(blob)
+        reply = CertKeyReply.decode(
+            self.sapi.recv_expect(SapiMsgType.ADD_DEL_CERT_KEY_REPLY).payload
+        )
+        if reply.retval:
+            raise session_error("VPP refused the certificate/key", reply.retval)
+        return reply.index
+
+    def del_cert_key(self, index: int, context: int = 0) -> None:
+        self._check_usable()
+        self.sapi.send(SapiMsgType.ADD_DEL_CERT_KEY, encode_cert_key_del(context, index))
+        reply = CertKeyReply.decode(
+            self.sapi.recv_expect(SapiMsgType.ADD_DEL_CERT_KEY_REPLY).payload
+        )
+        if reply.retval:
+            raise session_error(f"VPP refused to delete ckpair {index}", reply.retval)
+
+    def add_worker(self, timeout: float = DEFAULT_TIMEOUT) -> Worker:
+        """Register another app worker over a new app socket connection (protocol.md 7.11)."""
+        self._check_usable()
+        return Worker.add(self, timeout)
+
+    # -- teardown -------------------------------------------------------------------------------
+    def detach(self) -> None:
+        """Tell VPP we leave (APP_DETACH), then release everything.  Idempotent."""
+        if self.closed:
+            return
+        if os.getpid() == self.pid and self.reply is not None and self.vpp_mqs:
+            with contextlib.suppress(VclError, OSError):
+                self.send_ctrl(SessionEvent.CTRL_APP_DETACH, client_index=self.api_client_handle)
+        self.close()
+
+    def close(self) -> None:
+        """Release the socket, mappings and fds without messaging VPP (closing the socket
+        detaches us anyway).  Idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        for mq in [self.app_mq, *self.vpp_mqs]:
+            if mq is not None:
+                mq.close()
+        self.app_mq, self.vpp_mqs = None, []
+        for seg in [*self.segments.values(), self.vpp_segment]:
+            if seg is not None:
+                seg.close()
+        self.segments, self.vpp_segment = {}, None
+        _close_all(self.fds)
+        self.fds = []
+        self.sapi.close()
+
+    def __enter__(self) -> App:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.detach()
+
+    def __repr__(self) -> str:
+        state = "detached" if self.closed else f"app_index={self.reply and self.reply.app_index}"
+        return f"<App {self.options.app_name()!r} {state} via {self.sapi.path}>"
+
+
+class Worker:
+    """An additional app worker: its own app socket connection, first segment and mq."""
+
+    def __init__(self, app: App, sapi: SapiSocket) -> None:
+        self.app = app
+        self.sapi = sapi
+        self.reply: WorkerAddDelReply | None = None
+        self.segment: Segment | None = None
+        self.mq: MessageQueue | None = None
+        self.fds: list[int] = []
+        self.closed = False
+
+    @classmethod
+    def add(cls, app: App, timeout: float) -> Worker:
+        sapi = SapiSocket.connect(app.sapi.path, timeout)
+        worker = cls(app, sapi)
+        try:
+            sapi.send(SapiMsgType.ADD_DEL_WORKER, encode_worker_add_del(app.app_index, 0, True))
+            msg = sapi.recv_expect(SapiMsgType.ADD_DEL_WORKER_REPLY)
+            worker.fds.extend(msg.fds)
+            reply = WorkerAddDelReply.decode(msg.payload)
+            if reply.retval:
+                raise session_error("VPP refused the new worker", reply.retval)
+            worker.reply = reply
+            fds = assign_fds(reply.fd_flags, reply.n_fds, msg.fds)
+            if SessionFdFlag.MEMFD_SEGMENT not in fds:
+                raise AppSocketError("worker reply lacks its segment fd")
+            worker.segment = Segment.map_fd(
+                fds[SessionFdFlag.MEMFD_SEGMENT][0], handle=reply.segment_handle
+            )
+            evfd = fds.get(SessionFdFlag.MQ_EVENTFD, [None])[0]
+            if evfd is not None:
+                os.set_blocking(evfd, False)
+            worker.mq = MessageQueue(worker.segment, reply.app_event_queue_address, eventfd=evfd)
+        except BaseException:
+            worker.close(notify=False)
+            raise
+        return worker
+
+    @property
+    def wrk_index(self) -> int:
+        assert self.reply is not None
+        return self.reply.wrk_index
+
+    @property
+    def api_client_handle(self) -> int:
+        assert self.reply is not None
+        return self.reply.api_client_handle
+
+    def close(self, notify: bool = True) -> None:
+        """Delete the worker: ADD_DEL_WORKER(is_add=0) (VPP sends no reply) and close."""
+        if self.closed:
+            return
+        self.closed = True
+        if notify and self.reply is not None and not self.app.closed:
+            with contextlib.suppress(VclError, OSError):
+                self.sapi.send(
+                    SapiMsgType.ADD_DEL_WORKER,
+                    encode_worker_add_del(self.app.app_index, self.reply.wrk_index, False),
+                )
+        if self.mq is not None:
+            self.mq.close()
+        if self.segment is not None:
+            self.segment.close()
+        _close_all(self.fds)
+        self.sapi.close()
+
+    def __enter__(self) -> Worker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _close_all(fds: Iterable[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+__all__ = ["App", "AttachOptions", "SessionError", "SessionLayerError", "Worker"]

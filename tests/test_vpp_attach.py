@@ -1,0 +1,150 @@
+"""Attach to a real VPP v26.06 started by the harness: what the inspector and users rely on."""
+
+from __future__ import annotations
+
+import gc
+import os
+import time
+from typing import Any
+
+import psutil
+import pytest
+
+from pyvcl.app import App
+from pyvcl.errors import SessionLayerError, VppUnreachable
+from pyvcl.wire.addr import port_from_wire, port_to_wire
+from pyvcl.wire.enums import SessionEvent, SessionFdFlag, TransportProto
+
+SMALL = {"segment_size": 4 << 20, "add_segment_size": 4 << 20, "prealloc_fifo_pairs": 0}
+
+
+def app_names(vpp: Any) -> str:
+    return str(vpp.cli("show app"))
+
+
+@pytest.mark.parametrize("eventfd", [True, False], ids=["eventfd", "mutex"])
+def test_attach_maps_segments_and_queues(vpp: Any, eventfd: bool) -> None:
+    name = f"pyvcl-attach-{int(eventfd)}"
+    with App.attach(vpp.app_socket(), name=name, use_mq_eventfd=eventfd) as app:
+        r = app.reply
+        assert r is not None and r.retval == 0
+        want = SessionFdFlag.VPP_MQ_SEGMENT | SessionFdFlag.MEMFD_SEGMENT
+        if eventfd:
+            want |= SessionFdFlag.MQ_EVENTFD
+        assert r.fd_flags == want
+        assert (app.mq_eventfd is not None) == eventfd
+        assert r.api_client_handle >> 16 == 0  # default namespace
+        assert app.vpp_segment is not None and len(app.vpp_mqs) >= 1
+        assert app.ctrl_mq.offset == r.vpp_ctrl_mq
+        first = app.segments[r.segment_handle]
+        assert first.size >= 256 << 20
+        assert app.app_mq is not None and app.app_mq.offset == r.app_mq
+        d = app.app_mq.describe()
+        assert d["queue"]["maxsize"] == 2048
+        assert name in app_names(vpp)
+        assert app.poll(0) == []
+    deadline = time.monotonic() + 5
+    while name in app_names(vpp) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert name not in app_names(vpp)
+
+
+@pytest.mark.parametrize("eventfd", [True, False], ids=["eventfd", "mutex"])
+def test_listen_bound_unlisten_roundtrip_through_vpp_queues(vpp: Any, eventfd: bool) -> None:
+    """A LISTEN on VPP's ctrl mq is answered by BOUND on ours; UNLISTEN by UNLISTEN_REPLY."""
+    with App.attach(vpp.app_socket(), name="pyvcl-listen", use_mq_eventfd=eventfd) as app:
+        port = 17000 + int(eventfd)
+        app.send_ctrl(
+            SessionEvent.CTRL_LISTEN,
+            client_index=app.api_client_handle,
+            context=42,
+            wrk_index=0,
+            port=port_to_wire(port),
+            proto=TransportProto.TCP,
+            is_ip4=1,
+        )
+        bound, _ = app.wait_for(SessionEvent.CTRL_BOUND, 5.0, context=42)
+        assert bound.msg.retval == 0
+        assert port_from_wire(bound.msg.lcl_port) == port
+        handle = bound.msg.handle
+        assert f":{port}" in vpp.cli("show session verbose 2") or str(port) in vpp.cli(
+            "show session verbose"
+        )
+        # A second listen on the same port is refused with a session error.
+        app.send_ctrl(
+            SessionEvent.CTRL_LISTEN,
+            client_index=app.api_client_handle,
+            context=43,
+            port=port_to_wire(port),
+            is_ip4=1,
+        )
+        again, _ = app.wait_for(SessionEvent.CTRL_BOUND, 5.0, context=43)
+        assert again.msg.retval != 0
+        app.send_ctrl(
+            SessionEvent.CTRL_UNLISTEN,
+            client_index=app.api_client_handle,
+            context=44,
+            handle=handle,
+        )
+        reply, _ = app.wait_for(SessionEvent.CTRL_UNLISTEN_REPLY, 5.0, context=44)
+        assert reply.msg.retval == 0 and reply.msg.handle == handle
+
+
+def test_namespace_socket_and_secret_is_not_checked(vpp: Any) -> None:
+    """docs/namespaces.md: on the app-socket path the namespace is the socket's, and v26.06
+    never compares the secret."""
+    vpp.add_app_namespace("pyvclns", 1234)
+    sock = vpp.app_socket("pyvclns")
+    handles = []
+    for secret in (1234, 0, 9999):
+        with App.attach(sock, name=f"pyvcl-ns-{secret}", namespace_secret=secret) as app:
+            handles.append(app.api_client_handle)
+            assert f"pyvcl-ns-{secret}" in app_names(vpp)
+    ns_indices = {h >> 16 for h in handles}
+    assert len(ns_indices) == 1 and ns_indices != {0}
+
+
+def test_unreachable_and_refused(vpp: Any, tmp_path: Any) -> None:
+    with pytest.raises(VppUnreachable):
+        App.attach(tmp_path / "nope", timeout=1)
+    with App.attach(vpp.app_socket(), name="pyvcl-dup") as app:
+        # Attaching twice on one socket is refused by VPP (APP_ATTACHED) → a clear error.
+        from pyvcl.api.messages import encode_attach
+        from pyvcl.wire.enums import SapiMsgType
+
+        app.sapi.send(SapiMsgType.ATTACH, encode_attach(app.options))
+        msg = app.sapi.recv_expect(SapiMsgType.ATTACH_REPLY)
+        msg.close_fds()
+        from pyvcl.api.messages import AttachReply
+
+        assert AttachReply.decode(msg.payload).retval != 0
+    with pytest.raises((SessionLayerError, ValueError)):
+        App.attach(vpp.app_socket(), name="x" * 80)
+
+
+def _resources() -> tuple[int, int, int]:
+    p = psutil.Process()
+    return p.num_fds(), len(p.memory_maps(grouped=False)), p.memory_info().rss
+
+
+@pytest.mark.parametrize("opts", [SMALL, {}], ids=["small-segments", "vcl-defaults"])
+def test_1000_attach_detach_cycles_leak_nothing(vpp: Any, opts: dict[str, int]) -> None:
+    for _ in range(20):  # warm up allocator caches before measuring
+        App.attach(vpp.app_socket(), name="pyvcl-cycle", **opts).detach()
+    gc.collect()
+    fds0, maps0, rss0 = _resources()
+    t0 = time.monotonic()
+    for _ in range(1000):
+        App.attach(vpp.app_socket(), name="pyvcl-cycle", **opts).detach()
+    elapsed = time.monotonic() - t0
+    gc.collect()
+    fds1, maps1, rss1 = _resources()
+    print(f"1000 attach/detach cycles in {elapsed:.1f} s; rss {rss0} -> {rss1}")
+    assert fds1 == fds0
+    assert maps1 == maps0
+    assert rss1 - rss0 < 8 << 20
+    deadline = time.monotonic() + 5
+    while "pyvcl-cycle" in app_names(vpp) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "pyvcl-cycle" not in app_names(vpp)
+    assert os.getpid() > 0
