@@ -96,8 +96,9 @@ class AttachOptions:
             v = getattr(self, name)
             if not 0 <= v <= _U64_MAX:
                 raise ValueError(f"{name} out of range: {v}")
-        if not 0 < self.evt_queue_size <= _U32_MAX:
-            raise ValueError(f"evt_queue_size must be positive, not {self.evt_queue_size}")
+        if not 0 < self.evt_queue_size <= _U32_MAX or self.evt_queue_size % 2:
+            # Odd sizes leave the ctrl ring's atomic counter misaligned in shared memory.
+            raise ValueError(f"evt_queue_size must be even and positive, not {self.evt_queue_size}")
         for name in ("high_watermark", "low_watermark", "pct_first_alloc"):
             v = getattr(self, name)
             if not 0 <= v <= 100:

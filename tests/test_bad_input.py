@@ -1,0 +1,143 @@
+"""Bad input from the app socket and from shared memory: a clear pyvcl error every time,
+never a hang, a crash or a leaked descriptor.  No VPP needed (tests/fake_vpp.py)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pyvcl.app import App
+from pyvcl.errors import (
+    AppSocketError,
+    SessionLayerError,
+    SharedMemoryError,
+    Timeout,
+    VclError,
+    VppDisconnected,
+    VppUnreachable,
+)
+from pyvcl.wire.enums import SapiMsgType, SessionError
+
+from .fake_vpp import CLOSE, SILENT, Send, attach_reply, fake_vpp, vpp_like_segments
+
+
+def open_fds() -> set[int]:
+    return {int(n) for n in os.listdir("/proc/self/fd")}
+
+
+@pytest.fixture(autouse=True)
+def no_fd_leaks() -> Iterator[None]:
+    before = open_fds()
+    yield
+    leaked = open_fds() - before
+    assert not leaked, {fd: os.readlink(f"/proc/self/fd/{fd}") for fd in leaked}
+
+
+def attach(path: Path, **kw: object) -> App:
+    return App.attach(path, timeout=1.0, name="badinput", **kw)  # type: ignore[arg-type]
+
+
+def test_nothing_at_the_path(tmp_path: Path) -> None:
+    with pytest.raises(VppUnreachable) as e:
+        attach(tmp_path / "absent.sock")
+    assert e.value.errno == errno.ENOENT and "absent.sock" in str(e.value)
+
+
+def test_a_file_that_is_not_a_socket(tmp_path: Path) -> None:
+    p = tmp_path / "plain"
+    p.write_text("hi")
+    with pytest.raises(VppUnreachable):
+        attach(p)
+
+
+def test_a_stream_socket_is_not_vpp(tmp_path: Path) -> None:
+    with (
+        fake_vpp(tmp_path, [], kind=socket.SOCK_STREAM) as fake,
+        pytest.raises(VppUnreachable) as e,
+    ):
+        attach(fake.path)
+    assert "not a VPP app socket" in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("script", "error", "text"),
+    [
+        ([CLOSE], VppDisconnected, "closed"),
+        ([SILENT], Timeout, "did not answer"),
+        ([Send(b"\x02" * 100)], AppSocketError, "100 bytes"),
+        ([Send(b"\x02" * 300)], AppSocketError, "every message must be 209"),
+        (
+            [Send(bytes([SapiMsgType.SEND_FDS]) + bytes(208))],
+            AppSocketError,
+            "expected ATTACH_REPLY",
+        ),
+        ([Send(attach_reply(retval=SessionError.APP_ATTACHED))], SessionLayerError, "APP_ATTACHED"),
+        ([Send(attach_reply())], AppSocketError, "2 fds but 0"),
+    ],
+    ids=["eof", "silent", "short", "oversized", "wrong-type", "refused", "fds-missing"],
+)
+def test_bad_replies(tmp_path: Path, script: list[object], error: type, text: str) -> None:
+    with fake_vpp(tmp_path, script) as fake, pytest.raises(error, match=text) as e:
+        attach(fake.path)
+    assert isinstance(e.value, VclError) and isinstance(e.value, OSError)
+    assert len(fake.received[0]) == 209  # what we sent was one whole frame
+
+
+def test_refusal_errno_is_what_a_socket_user_expects(tmp_path: Path) -> None:
+    script = [Send(attach_reply(retval=SessionError.APP_ATTACHED))]
+    with fake_vpp(tmp_path, script) as fake, pytest.raises(SessionLayerError) as e:
+        attach(fake.path)
+    assert e.value.errno == errno.EISCONN and e.value.code == SessionError.APP_ATTACHED
+
+
+def _segments_reply(tmp_path: Path, **overrides: int) -> tuple[list[Send], list[int]]:
+    vfd, voff, afd, aoff = vpp_like_segments()
+    fields = {"app_mq": aoff, "vpp_ctrl_mq": voff, "segment_handle": 1 << 32}
+    fields.update(overrides)
+    return [Send(attach_reply(**fields), [vfd, afd])], [vfd, afd]
+
+
+def test_a_well_formed_fake_attaches(tmp_path: Path) -> None:
+    """The fixture itself is sane: with good offsets the attach succeeds and nothing leaks."""
+    script, fds = _segments_reply(tmp_path)
+    with fake_vpp(tmp_path, script) as fake, attach(fake.path, use_mq_eventfd=False) as app:
+        assert app.app_mq is not None and app.ctrl_mq.offset == app.reply.vpp_ctrl_mq  # type: ignore[union-attr]
+        assert app.poll(0) == []
+    for fd in fds:
+        os.close(fd)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{"app_mq": 1 << 40}, {"app_mq": 8}, {"vpp_ctrl_mq": 3 << 30}, {"vpp_ctrl_mq_thread": 7}],
+    ids=["app-mq-beyond", "app-mq-in-header", "ctrl-mq-beyond", "no-such-thread"],
+)
+def test_offsets_outside_the_segments(tmp_path: Path, overrides: dict[str, int]) -> None:
+    script, fds = _segments_reply(tmp_path, **overrides)
+    with fake_vpp(tmp_path, script) as fake, pytest.raises((SharedMemoryError, AppSocketError)):
+        attach(fake.path, use_mq_eventfd=False)
+    for fd in fds:
+        os.close(fd)
+
+
+def test_segment_larger_than_its_memfd(tmp_path: Path) -> None:
+    vfd, voff, afd, aoff = vpp_like_segments()
+    os.ftruncate(afd, 8192)  # the ssvm header now claims more than the file holds
+    script = [Send(attach_reply(app_mq=aoff, vpp_ctrl_mq=voff), [vfd, afd])]
+    with fake_vpp(tmp_path, script) as fake, pytest.raises(SharedMemoryError, match="ssvm_size"):
+        attach(fake.path, use_mq_eventfd=False)
+    os.close(vfd)
+    os.close(afd)
+
+
+def test_eventfd_promised_but_absent(tmp_path: Path) -> None:
+    script, fds = _segments_reply(tmp_path)
+    with fake_vpp(tmp_path, script) as fake, pytest.raises(AppSocketError, match="eventfd"):
+        attach(fake.path, use_mq_eventfd=True)
+    for fd in fds:
+        os.close(fd)
