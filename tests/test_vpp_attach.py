@@ -148,3 +148,71 @@ def test_1000_attach_detach_cycles_leak_nothing(vpp: Any, opts: dict[str, int]) 
         time.sleep(0.05)
     assert "pyvcl-cycle" not in app_names(vpp)
     assert os.getpid() > 0
+
+
+def test_worker_add_and_delete(vpp: Any) -> None:
+    with App.attach(vpp.app_socket(), name="pyvcl-workers") as app:
+        with app.add_worker() as w1, app.add_worker() as w2:
+            assert {w1.wrk_index, w2.wrk_index} == {1, 2} or w1.wrk_index != w2.wrk_index
+            assert w1.api_client_handle != app.api_client_handle
+            assert w1.mq is not None and w1.mq.describe()["queue"]["maxsize"] == 2048
+            assert w1.segment is not None and w1.segment.handle != app.reply.segment_handle  # type: ignore[union-attr]
+            # The new worker can listen with its own index and gets BOUND on its own mq.
+            app.send_ctrl(
+                SessionEvent.CTRL_LISTEN,
+                client_index=w1.api_client_handle,
+                context=7,
+                wrk_index=w1.wrk_index,
+                port=port_to_wire(17100),
+                is_ip4=1,
+            )
+            deadline = time.monotonic() + 5
+            got: list[Any] = []
+            while not got and time.monotonic() < deadline:
+                w1.mq.wait(0.1)
+                got = w1.mq.drain()
+            assert [e.type for e in got] == [SessionEvent.CTRL_BOUND]
+            assert got[0].msg.context == 7 and got[0].msg.retval == 0
+            assert app.poll(0.05) == []  # nothing for worker 0
+        # deleting workers (no reply from VPP) leaves worker 0 working
+        app.send_ctrl(
+            SessionEvent.CTRL_LISTEN,
+            client_index=app.api_client_handle,
+            context=8,
+            port=port_to_wire(17101),
+            is_ip4=1,
+        )
+        bound, _ = app.wait_for(SessionEvent.CTRL_BOUND, 5.0, context=8)
+        assert bound.msg.retval == 0
+
+
+def test_cert_key_add_and_delete(vpp: Any, tmp_path: Any) -> None:
+    import shutil
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl command not available to make a test certificate")
+    key, cert = tmp_path / "k.pem", tmp_path / "c.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+         "-nodes", "-subj", "/CN=pyvcl-test", "-days", "1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    with App.attach(vpp.app_socket(), name="pyvcl-certs") as app:
+        i1 = app.add_cert_key(cert.read_bytes(), key.read_bytes())
+        i2 = app.add_cert_key(cert.read_bytes(), key.read_bytes())
+        assert i1 != i2
+        app.del_cert_key(i1)
+        with pytest.raises(SessionLayerError):
+            app.del_cert_key(0xFFFF)
+        app.del_cert_key(i2)
+        # the socket is still in sync: a normal ctrl round trip works afterwards
+        app.send_ctrl(
+            SessionEvent.CTRL_LISTEN,
+            client_index=app.api_client_handle,
+            context=9,
+            port=port_to_wire(17102),
+            is_ip4=1,
+        )
+        bound, _ = app.wait_for(SessionEvent.CTRL_BOUND, 5.0, context=9)
+        assert bound.msg.retval == 0
