@@ -11,7 +11,7 @@ import psutil
 import pytest
 
 from pyvcl.app import App
-from pyvcl.errors import SessionLayerError, VppUnreachable
+from pyvcl.errors import SessionLayerError, VppDisconnected, VppUnreachable
 from pyvcl.wire.addr import port_from_wire, port_to_wire
 from pyvcl.wire.enums import SessionEvent, SessionFdFlag, TransportProto
 
@@ -215,4 +215,41 @@ def test_cert_key_add_and_delete(vpp: Any, tmp_path: Any) -> None:
             is_ip4=1,
         )
         bound, _ = app.wait_for(SessionEvent.CTRL_BOUND, 5.0, context=9)
+        assert bound.msg.retval == 0
+
+
+@pytest.mark.parametrize("eventfd", [True, False], ids=["eventfd", "mutex"])
+def test_vpp_dying_wakes_a_blocked_poll(vpp_factory: Any, eventfd: bool) -> None:
+    """VPP killed while we wait for events: poll returns an error promptly, never hangs."""
+    import signal
+    import threading
+
+    inst = vpp_factory()
+    app = App.attach(inst.app_socket(), name="pyvcl-orphan", use_mq_eventfd=eventfd)
+    try:
+        killer = threading.Timer(0.3, lambda: os.kill(inst.pid, signal.SIGKILL))
+        killer.start()
+        t0 = time.monotonic()
+        with pytest.raises(VppDisconnected):
+            app.poll(timeout=10)
+        assert time.monotonic() - t0 < 1.5
+        killer.join()
+    finally:
+        app.close()
+
+
+def test_vpp_with_workers_has_one_mq_per_thread(vpp_factory: Any) -> None:
+    inst = vpp_factory(workers=1)
+    with App.attach(inst.app_socket(), name="pyvcl-wk") as app:
+        assert len(app.vpp_mqs) == 2
+        assert app.reply is not None and app.reply.vpp_ctrl_mq_thread == 1
+        assert app.ctrl_mq is app.vpp_mqs[1]
+        app.send_ctrl(
+            SessionEvent.CTRL_LISTEN,
+            client_index=app.api_client_handle,
+            context=5,
+            port=port_to_wire(17200),
+            is_ip4=1,
+        )
+        bound, _ = app.wait_for(SessionEvent.CTRL_BOUND, 5.0, context=5)
         assert bound.msg.retval == 0
