@@ -71,6 +71,30 @@ class Timeout(VclError, TimeoutError):
     default_errno = _errno.ETIMEDOUT
 
 
+class ConnectionRefused(VclError, ConnectionRefusedError):
+    """The peer (or VPP on its behalf) refused the connection."""
+
+    default_errno = _errno.ECONNREFUSED
+
+
+class ConnectionReset(VclError, ConnectionResetError):
+    """The peer reset the connection (VPP sent RESET), or the session vanished."""
+
+    default_errno = _errno.ECONNRESET
+
+
+class BrokenPipe(VclError, BrokenPipeError):
+    """Writing after shutdown(SHUT_WR), close, or after the peer closed the connection."""
+
+    default_errno = _errno.EPIPE
+
+
+class NotConnected(LocalError):
+    """The operation needs a connected session."""
+
+    default_errno = _errno.ENOTCONN
+
+
 class SessionLayerError(VclError):
     """VPP answered a request with a non-zero ``session_error_t``.
 
@@ -81,6 +105,10 @@ class SessionLayerError(VclError):
         super().__init__(f"{message}: {name} ({code})", errno)
         self.code = code
         self.name = name
+
+
+class SessionRefused(SessionLayerError, ConnectionRefusedError):
+    """A session_error_t that means "refused" (REFUSED, NOLISTEN, FILTERED, LOCAL_CONNECT)."""
 
 
 def session_error(message: str, retval: int) -> SessionLayerError:

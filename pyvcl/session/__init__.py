@@ -1,0 +1,1 @@
+"""Sessions: the IO-free state machines (`core`) and the blocking adapter (`worker`)."""

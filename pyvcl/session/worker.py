@@ -1,0 +1,258 @@
+"""The blocking adapter: one app worker's event loop and data path.
+
+`SessionWorker` feeds the worker mq's events to the IO-free `SessionLayer`, sends the actions
+it returns on the right VPP queue, and maps the fifos each session names.  Threads may block
+on different sessions at once: whichever thread needs to wait becomes the *poller* (the only
+consumer of the app mq, as the protocol requires) while the others sleep on a condition; after
+every round of events the poller wakes them all to re-check what they wait for.
+
+The data path follows C VCL (``vppcom_session_read_internal`` / ``write_inline``):
+- read: dequeue; when the fifo is drained clear ``has_event`` so VPP sends the next RX event;
+  then, if the producer asked for a dequeue notification (TCP zero window, a blocked
+  cut-through writer), send it an RX event (protocol.md 4.7, gotcha 10).
+- write: enqueue; send a TX event only when ``has_event`` goes 0 -> 1; when the fifo is full,
+  ask for a dequeue notification and wait for VPP's TX event.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ..app import App
+from ..errors import (
+    BrokenPipe,
+    ConnectionReset,
+    LocalError,
+    NotConnected,
+    RemoteError,
+    Timeout,
+    VclError,
+    VppDisconnected,
+    WouldBlock,
+)
+from ..errors import session_error as _session_error
+from ..fifo import Fifo
+from ..mq.queue import MessageQueue
+from ..wire.enums import DeqNotify
+from ..wire.enums import SessionEvent as E
+from .core import Action, Session, SessionLayer, State
+
+POLL_SLICE = 0.05  # longest single wait of the poller, so new waiters' deadlines are honoured
+
+
+class SessionWorker:
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.layer = SessionLayer(app.api_client_handle)
+        self.lock = threading.RLock()
+        self.cond = threading.Condition(self.lock)
+        self._polling = False
+        self._fifos: dict[int, tuple[Fifo, Fifo]] = {}
+        self.dead: VclError | None = None  # set when VPP went away
+
+    # -- event loop --------------------------------------------------------------------------
+    def execute(self, actions: list[Action]) -> None:
+        for a in actions:
+            mq = self.app.ctrl_mq if a.mq_offset is None else self.vpp_mq(a.mq_offset)
+            mq.send_ctrl(a.event_type, **a.fields)
+
+    def vpp_mq(self, offset: int) -> MessageQueue:
+        for mq in self.app.vpp_mqs:
+            if mq.offset == offset:
+                return mq
+        raise RemoteError(f"VPP named a message queue at {offset:#x} that does not exist")
+
+    def wait_until(self, ready: Callable[[], bool], timeout: float | None) -> bool:
+        """Wait until ``ready()`` (called with the lock held) is true; False on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self.lock:
+            while True:
+                if self.dead is not None:
+                    raise self.dead
+                if ready():
+                    return True
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                if self._polling:
+                    self.cond.wait(remaining)
+                    continue
+                self._poll_round(POLL_SLICE if remaining is None else min(remaining, POLL_SLICE))
+
+    def _poll_round(self, timeout: float) -> None:
+        """Become the poller for one wait on the app mq (lock held on entry and exit)."""
+        self._polling = True
+        try:
+            self.lock.release()
+            try:
+                events = self.app.poll(timeout)
+            finally:
+                self.lock.acquire()
+            for ev in events:
+                self.execute(self.layer.handle_event(ev))
+        except VppDisconnected as e:
+            self._vpp_gone(e)
+        finally:
+            self._polling = False
+            self.cond.notify_all()
+
+    def pump(self) -> None:
+        """Handle whatever events are queued now, without waiting."""
+        self.wait_until(lambda: True, 0)
+        with self.lock:
+            if not self._polling:
+                self._poll_round(0)
+
+    def _vpp_gone(self, e: VclError) -> None:
+        self.dead = VppDisconnected(f"VPP went away: {e.strerror}")
+        for s in self.layer.sessions.values():
+            if s.state not in (State.CLOSED, State.FAILED):
+                s.state = State.RESET
+        self._fifos.clear()
+
+    # -- fifos ------------------------------------------------------------------------------
+    def fifos(self, s: Session) -> tuple[Fifo, Fifo]:
+        pair = self._fifos.get(s.index)
+        if pair is not None:
+            return pair
+        ref = s.fifos
+        if ref is None:
+            raise LocalError("session has no fifos (not connected)")
+        seg = self.app.segments.get(ref.segment_handle)
+        if seg is None:
+            raise RemoteError(f"session fifos in unknown segment {ref.segment_handle:#x}")
+        rx_sig = tx_sig = None
+        if ref.signal_segment_handle is not None:
+            sig_seg = self.app.segments.get(ref.signal_segment_handle)
+            if sig_seg is None or ref.rx_signals is None or ref.tx_signals is None:
+                raise RemoteError(f"signal fifos in unknown segment {ref.signal_segment_handle}")
+            rx_sig, tx_sig = (sig_seg, ref.rx_signals), (sig_seg, ref.tx_signals)
+        pair = (Fifo(seg, ref.rx, signals=rx_sig), Fifo(seg, ref.tx, signals=tx_sig))
+        self._fifos[s.index] = pair
+        return pair
+
+    def forget(self, s: Session) -> None:
+        self._fifos.pop(s.index, None)
+
+    # -- requests with waits -----------------------------------------------------------------
+    def request(self, actions: list[Action]) -> None:
+        with self.lock:
+            if self.dead is not None:
+                raise self.dead
+            self.execute(actions)
+
+    def wait_state(self, s: Session, states: set[State], timeout: float | None, what: str) -> None:
+        if not self.wait_until(lambda: s.state in states or s.state == State.FAILED, timeout):
+            raise Timeout(f"{what} timed out after {timeout} s")
+        if s.state == State.FAILED:
+            raise session_error(what, s.error)
+
+    # -- data path ---------------------------------------------------------------------------
+    def recv_into(self, s: Session, buf: Any, timeout: float | None) -> int:
+        """Read into ``buf``; 0 at EOF.  ``timeout`` 0 = non-blocking."""
+        if len(buf) == 0:
+            return 0
+        while True:
+            with self.lock:
+                self._check_readable(s)
+                if s.state in (State.READY, State.PEER_CLOSED):
+                    rx, _ = self.fifos(s)
+                    n = rx.dequeue_into(buf)
+                    if n:
+                        self._after_read(s, rx, n)
+                        return n
+                    rx.unset_event()  # drained: VPP must tell us about the next bytes
+                    if rx.max_dequeue():
+                        continue
+                    if s.state == State.PEER_CLOSED or s.shut_rd:
+                        return 0
+            if timeout == 0:
+                raise WouldBlock("no data to read")
+            if not self.wait_until(lambda: self._readable(s), timeout):
+                raise Timeout("recv timed out")
+
+    def _readable(self, s: Session) -> bool:
+        if s.state not in (State.READY, State.PEER_CLOSED) or s.shut_rd:
+            return True
+        rx, _ = self.fifos(s)
+        return rx.max_dequeue() > 0 or s.state == State.PEER_CLOSED
+
+    def _after_read(self, s: Session, rx: Fifo, n: int) -> None:
+        if rx.max_dequeue() == 0:
+            rx.unset_event()
+        if rx.needs_deq_ntf(n):
+            rx.clear_deq_ntf()
+            self.vpp_mq(self._mq_of(s)).send_io(E.IO_RX, s.vpp_index)
+
+    def _check_readable(self, s: Session) -> None:
+        if self.dead is not None and s.state == State.RESET:
+            raise self.dead
+        if s.state == State.RESET:
+            raise ConnectionReset("connection reset by peer")
+        if s.state in (State.CLOSING, State.CLOSED) and s.app_closed:
+            raise LocalError("session is closed", 9)
+        if s.state in (State.CREATED, State.CONNECTING, State.LISTEN_PENDING, State.LISTENING):
+            raise NotConnected("session is not connected")
+
+    def send(self, s: Session, data: Any, timeout: float | None) -> int:
+        """Write as much of ``data`` as fits now (waiting for room first when blocking)."""
+        view = memoryview(data).cast("B")
+        if not len(view):
+            return 0
+        while True:
+            with self.lock:
+                self._check_writable(s)
+                _, tx = self.fifos(s)
+                n = tx.enqueue(view)
+                if n:
+                    if tx.set_event():
+                        self.vpp_mq(self._mq_of(s)).send_io(E.IO_TX, s.vpp_index)
+                    return n
+                tx.add_want_deq_ntf(DeqNotify.WANT_DEQ_NOTIF)
+                if tx.max_enqueue():  # room appeared while we asked: go again
+                    continue
+            if timeout == 0:
+                raise WouldBlock("send buffer (tx fifo) is full")
+            if not self.wait_until(lambda: self._writable(s), timeout):
+                raise Timeout("send timed out")
+
+    def _writable(self, s: Session) -> bool:
+        if s.state != State.READY or s.shut_wr:
+            return True
+        _, tx = self.fifos(s)
+        return tx.max_enqueue() > 0
+
+    def _check_writable(self, s: Session) -> None:
+        if self.dead is not None and s.state == State.RESET:
+            raise self.dead
+        if s.state == State.RESET:
+            raise ConnectionReset("connection reset by peer")
+        if s.shut_wr or s.app_closed:
+            raise BrokenPipe("cannot send after shutdown or close")
+        if s.state == State.PEER_CLOSED:
+            raise BrokenPipe("the peer closed the connection")
+        if s.state != State.READY:
+            raise NotConnected("session is not connected")
+
+    def _mq_of(self, s: Session) -> int:
+        if s.vpp_mq is None:
+            raise RemoteError("session has no VPP message queue")
+        return s.vpp_mq
+
+    def close(self, s: Session) -> None:
+        with self.lock:
+            if self.dead is not None:
+                self.layer.sessions.pop(s.index, None)
+                self.forget(s)
+                return
+            with contextlib.suppress(VclError):
+                self.execute(self.layer.close(s))
+            self.forget(s)
+
+
+def session_error(what: str, code: int) -> VclError:
+    return _session_error(f"{what} failed", code)
