@@ -70,6 +70,7 @@ class App:
         self.reply: AttachReply | None = None
         self.vpp_segment: Segment | None = None
         self.segments: dict[int, Segment] = {}
+        self.retired_segments: list[Segment] = []
         self.fds: list[int] = []  # every fd we own (segment memfds, eventfds)
         self.app_mq: MessageQueue | None = None
         self.vpp_mqs: list[MessageQueue] = []
@@ -227,8 +228,6 @@ class App:
         name = (
             bytes(msg.segment_name[:SEGMENT_NAME_LEN]).split(b"\0", 1)[0].decode(errors="replace")
         )
-        if msg.segment_handle in self.segments:
-            raise AppSocketError(f"VPP added segment {msg.segment_handle:#x} twice")
         if not msg.fd_flags:
             raise AppSocketError(f"segment {name} announced without an fd (unsupported)")
         # VPP sent the fd on our app socket just before queueing the event (7.13).
@@ -244,6 +243,11 @@ class App:
             raise AppSocketError(
                 f"segment {name}: {seg.size} bytes mapped, {msg.segment_size} announced"
             )
+        old = self.segments.get(msg.segment_handle)
+        if old is not None:
+            # VPP reuses a handle only once the old segment is gone on its side; sessions of
+            # ours may still hold views of it, so retire it rather than unmap under them.
+            self.retired_segments.append(old)
         self.segments[msg.segment_handle] = seg
 
     def _del_segment(self, ev: Event) -> None:
@@ -299,10 +303,10 @@ class App:
             if mq is not None:
                 mq.close()
         self.app_mq, self.vpp_mqs = None, []
-        for seg in [*self.segments.values(), self.vpp_segment]:
+        for seg in [*self.segments.values(), *self.retired_segments, self.vpp_segment]:
             if seg is not None:
                 seg.close()
-        self.segments, self.vpp_segment = {}, None
+        self.segments, self.retired_segments, self.vpp_segment = {}, [], None
         _close_all(self.fds)
         self.fds = []
         self.sapi.close()

@@ -325,19 +325,20 @@ class SessionLayer:
         s = self._by_handle(m.handle, ev)
         if s is None:
             return []
+        # A late DISCONNECTED on a session the app already closed needs no answer: our
+        # DISCONNECT closes it (vcl_session_disconnected_handler); a reply here would be a
+        # second close of the same session.
         if s.state == State.READY:
             s.state = State.PEER_CLOSED
-        elif s.state == State.CLOSING:  # both closed at once: VPP still wants the reply
-            return [self._reply(s, E.CTRL_DISCONNECTED_REPLY)]
         return []
 
     def _reset(self, ev: Event, m: Any) -> list[Action]:
         s = self._by_handle(m.handle, ev)
         if s is None:
             return []
-        if s.state == State.CLOSING:
-            return [self._reply(s, E.CTRL_RESET_REPLY)]
-        s.state, s.error = State.RESET, SessionError.REFUSED if s.state == State.CONNECTING else 0
+        # After our own close nothing is owed (vcl_session_reset_handler).
+        if s.state != State.CLOSING:
+            s.state = State.RESET
         return []
 
     def _cleanup(self, ev: Event, m: Any) -> list[Action]:

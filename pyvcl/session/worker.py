@@ -17,6 +17,7 @@ The data path follows C VCL (``vppcom_session_read_internal`` / ``write_inline``
 from __future__ import annotations
 
 import contextlib
+import errno
 import threading
 import time
 from collections.abc import Callable
@@ -29,6 +30,8 @@ from ..errors import (
     LocalError,
     NotConnected,
     RemoteError,
+    SessionLayerError,
+    SessionRefused,
     Timeout,
     VclError,
     VppDisconnected,
@@ -149,7 +152,7 @@ class SessionWorker:
         if not self.wait_until(lambda: s.state in states or s.state == State.FAILED, timeout):
             raise Timeout(f"{what} timed out after {timeout} s")
         if s.state == State.FAILED:
-            raise session_error(what, s.error)
+            raise session_error(what, s.error, connect=s.is_listener is False)
 
     # -- data path ---------------------------------------------------------------------------
     def recv_into(self, s: Session, buf: Any, timeout: float | None) -> int:
@@ -254,5 +257,12 @@ class SessionWorker:
             self.forget(s)
 
 
-def session_error(what: str, code: int) -> VclError:
-    return _session_error(f"{what} failed", code)
+def session_error(what: str, code: int, connect: bool = False) -> VclError:
+    """The error for a failed listen/connect.  Like VCL (vppcom_wait_for_session_state_change),
+    every connect failure but "address in use" is reported as ECONNREFUSED; the exception
+    keeps VPP's own code (``.code``, ``.name``) for the curious."""
+    err = _session_error(f"{what} failed", code)
+    if connect and err.errno != errno.EADDRINUSE and not isinstance(err, ConnectionRefusedError):
+        assert isinstance(err, SessionLayerError)
+        return SessionRefused(f"{what} failed", err.code, err.name, errno.ECONNREFUSED)
+    return err

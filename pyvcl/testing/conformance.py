@@ -1,0 +1,317 @@
+"""One behavioural suite for "socket-like": the same tests over kernel sockets and over pyvcl.
+
+A *stack* gives listening and connecting sockets; every ``check_*`` function takes one and
+asserts what a socket user relies on.  `tests/test_conformance.py` runs them over the kernel
+(the reference), pyvcl cut-through and pyvcl through VPP's TCP stack; users can run them over
+their own setup the same way:
+
+    from pyvcl.testing.conformance import CHECKS, KernelStack
+    @pytest.mark.parametrize("check", CHECKS)
+    def test_socket_like(check, my_stack): check(my_stack)
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, Protocol
+
+Address = tuple[Any, ...]
+
+
+class Stack(Protocol):
+    name: str
+
+    def server(self) -> tuple[Any, Address]:
+        """A listening socket and the address clients connect to."""
+
+    def connect(self, address: Address, timeout: float | None = None) -> Any: ...
+
+    def unused_address(self) -> Address:
+        """An address where nothing listens (connects must be refused)."""
+
+
+class KernelStack:
+    """The reference: Python's own sockets on loopback."""
+
+    name = "kernel"
+
+    def server(self) -> tuple[Any, Address]:
+        s = socket.create_server(("127.0.0.1", 0))
+        return s, s.getsockname()
+
+    def connect(self, address: Address, timeout: float | None = None) -> Any:
+        return socket.create_connection(address, timeout=timeout)
+
+    def unused_address(self) -> Address:
+        s = socket.create_server(("127.0.0.1", 0))
+        addr = s.getsockname()
+        s.close()
+        return addr
+
+
+@contextmanager
+def pair(stack: Stack) -> Iterator[tuple[Any, Any, Any]]:
+    """(listener, client, accepted) connected to each other; all closed afterwards."""
+    srv, addr = stack.server()
+    out: dict[str, Any] = {}
+    t = threading.Thread(target=lambda: out.setdefault("conn", srv.accept()[0]), daemon=True)
+    t.start()
+    cli = None
+    try:
+        cli = stack.connect(addr, timeout=10)
+        t.join(10)
+        assert "conn" in out, "accept did not complete"
+        yield srv, cli, out["conn"]
+    finally:
+        t.join(10)
+        for s in (out.get("conn"), cli, srv):
+            if s is not None:
+                s.close()
+
+
+def _recv_exactly(s: Any, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = s.recv(min(1 << 20, n - len(buf)))
+        assert chunk, f"EOF after {len(buf)} of {n} bytes"
+        buf += chunk
+    return bytes(buf)
+
+
+def _recv_all(s: Any) -> bytes:
+    buf = bytearray()
+    while chunk := s.recv(1 << 20):
+        buf += chunk
+    return bytes(buf)
+
+
+# -- the checks ----------------------------------------------------------------------------
+def check_echo(stack: Stack) -> None:
+    with pair(stack) as (_, cli, conn):
+        cli.sendall(b"ping")
+        assert _recv_exactly(conn, 4) == b"ping"
+        conn.sendall(b"pong!")
+        assert _recv_exactly(cli, 5) == b"pong!"
+
+
+def check_bulk_both_ways(stack: Stack) -> None:
+    size = 8 << 20
+    up, down = os.urandom(size), os.urandom(size // 2)
+    with pair(stack) as (_, cli, conn):
+        got: dict[str, bytes] = {}
+        t = threading.Thread(target=lambda: got.setdefault("up", _recv_exactly(conn, size)))
+        t.start()
+        cli.sendall(up)
+        t.join(60)
+        t2 = threading.Thread(target=lambda: conn.sendall(down))
+        t2.start()
+        got["down"] = _recv_exactly(cli, len(down))
+        t2.join(60)
+    assert hashlib.sha256(got["up"]).digest() == hashlib.sha256(up).digest()
+    assert got["down"] == down
+
+
+def check_eof_after_peer_close(stack: Stack) -> None:
+    with pair(stack) as (_, cli, conn):
+        cli.sendall(b"last words")
+        cli.close()
+        assert _recv_all(conn) == b"last words"
+        assert conn.recv(10) == b""  # EOF stays EOF
+
+
+def check_connect_refused(stack: Stack) -> None:
+    try:
+        s = stack.connect(stack.unused_address(), timeout=10)
+    except ConnectionRefusedError as e:
+        assert e.errno == errno.ECONNREFUSED
+    else:
+        s.close()
+        raise AssertionError("connect to an unused address succeeded")
+
+
+def check_recv_timeout(stack: Stack) -> None:
+    with pair(stack) as (_, cli, _conn):
+        cli.settimeout(0.2)
+        assert cli.gettimeout() == 0.2
+        t0 = time.monotonic()
+        try:
+            cli.recv(10)
+        except TimeoutError:
+            pass
+        else:
+            raise AssertionError("recv without data did not time out")
+        assert 0.15 < time.monotonic() - t0 < 5
+
+
+def check_nonblocking_recv(stack: Stack) -> None:
+    with pair(stack) as (_, cli, conn):
+        cli.setblocking(False)
+        assert not cli.getblocking()
+        try:
+            cli.recv(10)
+        except BlockingIOError as e:
+            assert e.errno in (errno.EAGAIN, errno.EWOULDBLOCK)
+        else:
+            raise AssertionError("non-blocking recv without data returned")
+        conn.sendall(b"x")
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                assert cli.recv(10) == b"x"
+                break
+            except BlockingIOError:
+                assert time.monotonic() < deadline
+                time.sleep(0.005)
+
+
+def check_send_after_shutdown_is_broken_pipe(stack: Stack) -> None:
+    with pair(stack) as (_, cli, _conn):
+        cli.shutdown(socket.SHUT_WR)
+        try:
+            cli.send(b"x")
+        except BrokenPipeError as e:
+            assert e.errno == errno.EPIPE
+        else:
+            raise AssertionError("send after shutdown(SHUT_WR) succeeded")
+
+
+def check_addresses(stack: Stack) -> None:
+    with pair(stack) as (srv, cli, conn):
+        host, port = srv.getsockname()[:2]
+        assert isinstance(host, str) and isinstance(port, int) and port > 0
+        assert cli.getpeername()[1] == port
+        assert isinstance(conn.getsockname()[1], int)
+
+
+def check_accept_timeout(stack: Stack) -> None:
+    srv, _ = stack.server()
+    try:
+        srv.settimeout(0.2)
+        try:
+            srv.accept()
+        except TimeoutError:
+            pass
+        else:
+            raise AssertionError("accept without a client did not time out")
+    finally:
+        srv.close()
+
+
+def check_sequential_connections(stack: Stack) -> None:
+    srv, addr = stack.server()
+    n = 50
+
+    def serve() -> None:
+        for _ in range(n):
+            conn, _ = srv.accept()
+            with conn:
+                conn.sendall(_recv_exactly(conn, 8))
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        for i in range(n):
+            with stack.connect(addr, timeout=10) as c:
+                c.sendall(i.to_bytes(8, "little"))
+                assert _recv_exactly(c, 8) == i.to_bytes(8, "little")
+        t.join(30)
+    finally:
+        srv.close()
+
+
+def check_concurrent_connections(stack: Stack) -> None:
+    srv, addr = stack.server()
+    n = 20
+    conns = []
+    try:
+        clients = []
+        for _ in range(n):
+            t = threading.Thread(target=lambda: conns.append(srv.accept()[0]), daemon=True)
+            t.start()
+            clients.append(stack.connect(addr, timeout=10))
+            t.join(10)
+        assert len(conns) == n
+        for i, c in enumerate(clients):
+            c.sendall(bytes([i]) * 100)
+        received = sorted(_recv_exactly(s, 100)[0] for s in conns)
+        assert received == list(range(n))
+        for c in clients:
+            c.close()
+    finally:
+        for s in conns:
+            s.close()
+        srv.close()
+
+
+def check_use_after_close(stack: Stack) -> None:
+    with pair(stack) as (_, cli, _conn):
+        cli.close()
+        cli.close()  # idempotent
+        try:
+            cli.send(b"x")
+        except OSError as e:
+            assert e.errno == errno.EBADF
+        else:
+            raise AssertionError("send on a closed socket succeeded")
+
+
+CHECKS: list[Callable[[Stack], None]] = [
+    check_echo,
+    check_bulk_both_ways,
+    check_eof_after_peer_close,
+    check_connect_refused,
+    check_recv_timeout,
+    check_nonblocking_recv,
+    check_send_after_shutdown_is_broken_pipe,
+    check_addresses,
+    check_accept_timeout,
+    check_sequential_connections,
+    check_concurrent_connections,
+    check_use_after_close,
+]
+
+
+class VclStack:
+    """pyvcl over a running VPP: a server app and a client app, cut-through (``scope``
+    "local") or through VPP's TCP stack ("global", with `VppInstance.setup_two_vrf_tcp`)."""
+
+    def __init__(self, vpp: Any, scope: str = "local", first_port: int = 21000) -> None:
+        from ..sockets import VclApp
+
+        self.name = f"pyvcl-{'ct' if scope == 'local' else 'tcp'}"
+        self._port = first_port
+        if scope == "local":
+            srv_sock = cli_sock = vpp.app_socket()
+            self.host = "127.0.0.1"
+            opts: dict[str, Any] = {"scope_local": True, "scope_global": False}
+        else:
+            topo = vpp.setup_two_vrf_tcp()
+            srv_sock, cli_sock, self.host = topo.server_socket, topo.client_socket, topo.server_addr
+            opts = {"scope_local": False, "scope_global": True}
+        self.server_app = VclApp(srv_sock, name=f"{self.name}-srv", **opts)
+        self.client_app = VclApp(cli_sock, name=f"{self.name}-cli", **opts)
+
+    def _next_port(self) -> int:
+        self._port += 1
+        return self._port
+
+    def server(self) -> tuple[Any, Address]:
+        addr = (self.host, self._next_port())
+        return self.server_app.create_server(addr), addr
+
+    def connect(self, address: Address, timeout: float | None = None) -> Any:
+        return self.client_app.create_connection(address, timeout=timeout)
+
+    def unused_address(self) -> Address:
+        return (self.host, self._next_port())
+
+    def close(self) -> None:
+        self.client_app.close()
+        self.server_app.close()

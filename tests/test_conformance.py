@@ -1,0 +1,38 @@
+"""The socket-like behaviour suite (pyvcl.testing.conformance) over the kernel and pyvcl."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from pyvcl.testing.conformance import CHECKS, KernelStack, Stack, VclStack
+
+
+@pytest.fixture(scope="module")
+def vcl_ct(vpp: Any) -> Iterator[VclStack]:
+    stack = VclStack(vpp, "local")
+    yield stack
+    stack.close()
+
+
+@pytest.fixture(scope="module")
+def vcl_tcp(vpp: Any) -> Iterator[VclStack]:
+    stack = VclStack(vpp, "global", first_port=23000)
+    yield stack
+    stack.close()
+
+
+@pytest.fixture(params=["kernel", "pyvcl-ct", "pyvcl-tcp"])
+def stack(request: pytest.FixtureRequest) -> Stack:
+    if request.param == "kernel":
+        return KernelStack()
+    fixture = "vcl_ct" if request.param == "pyvcl-ct" else "vcl_tcp"
+    result: Stack = request.getfixturevalue(fixture)
+    return result
+
+
+@pytest.mark.parametrize("check", CHECKS, ids=[c.__name__.removeprefix("check_") for c in CHECKS])
+def test_socket_like(check: Callable[[Stack], None], stack: Stack) -> None:
+    check(stack)
