@@ -48,6 +48,7 @@ from .wire.segment import FIFO_SEGMENT_HEADER
 from .wire.session import SEGMENT_NAME_LEN
 
 DEFAULT_RUNTIME_DIR = "/run/vpp"
+INVALID_HANDLE = 0xFFFFFFFFFFFFFFFF  # VCL rejects a first segment with this handle
 _FSH = FIFO_SEGMENT_HEADER
 
 
@@ -71,6 +72,7 @@ class App:
         self.vpp_segment: Segment | None = None
         self.segments: dict[int, Segment] = {}
         self.retired_segments: list[Segment] = []
+        self._segment_fds: dict[int, int] = {}  # memfds of segments added after attach
         self.fds: list[int] = []  # every fd we own (segment memfds, eventfds)
         self.app_mq: MessageQueue | None = None
         self.vpp_mqs: list[MessageQueue] = []
@@ -114,6 +116,8 @@ class App:
 
     def _setup(self, reply: AttachReply, fds: dict[SessionFdFlag, list[int]]) -> None:
         self.reply = reply
+        if reply.segment_handle == INVALID_HANDLE:
+            raise AppSocketError("attach reply names no first segment (handle ~0)")
         if SessionFdFlag.VPP_MQ_SEGMENT not in fds or SessionFdFlag.MEMFD_SEGMENT not in fds:
             raise AppSocketError(f"attach reply lacks segment fds (flags {reply.fd_flags!r})")
         if self.options.use_mq_eventfd and SessionFdFlag.MQ_EVENTFD not in fds:
@@ -236,8 +240,12 @@ class App:
             fd_msg.close_fds()
             raise AppSocketError(f"SEND_FDS carried {len(fd_msg.fds)} fds, not 1")
         fd = fd_msg.fds[0]
-        self.fds.append(fd)
-        seg = Segment.map_fd(fd, name=name, handle=msg.segment_handle)
+        try:
+            seg = Segment.map_fd(fd, name=name, handle=msg.segment_handle)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._segment_fds[msg.segment_handle] = fd
         if seg.size != msg.segment_size:
             seg.close()
             raise AppSocketError(
@@ -248,12 +256,18 @@ class App:
             # VPP reuses a handle only once the old segment is gone on its side; sessions of
             # ours may still hold views of it, so retire it rather than unmap under them.
             self.retired_segments.append(old)
+            old_fd = self._segment_fds.pop(msg.segment_handle, None)
+            if old_fd is not None:
+                self.fds.append(old_fd)  # closed with the app
         self.segments[msg.segment_handle] = seg
 
     def _del_segment(self, ev: Event) -> None:
         seg = self.segments.pop(ev.msg.segment_handle, None)
         if seg is not None:
             seg.close()
+        fd = self._segment_fds.pop(ev.msg.segment_handle, None)
+        if fd is not None:
+            os.close(fd)
 
     # -- workers and certificates --------------------------------------------------------------
     def add_cert_key(self, cert: bytes, key: bytes, context: int = 0) -> int:
@@ -307,8 +321,8 @@ class App:
             if seg is not None:
                 seg.close()
         self.segments, self.retired_segments, self.vpp_segment = {}, [], None
-        _close_all(self.fds)
-        self.fds = []
+        _close_all([*self.fds, *self._segment_fds.values()])
+        self.fds, self._segment_fds = [], {}
         self.sapi.close()
 
     def __enter__(self) -> App:

@@ -28,8 +28,8 @@ class Segment:
     """One mapped segment.  ``buf`` is the whole mapping (an mmap, or a bytearray in tests).
 
     ``fsh`` is the mapping offset of the fifo segment header; `at` turns an fsh-relative offset
-    into a checked mapping offset.  ``handle`` is VPP's segment handle (or pyvcl's key for the
-    vpp-mq segment), ``name`` the memfd/segment name when known.
+    into a checked mapping offset.  ``handle`` is VPP's segment handle (None for the
+    vpp-mq segment, which has none), ``name`` the memfd/segment name when known.
     """
 
     def __init__(self, buf: Any, *, name: str = "", handle: int | None = None) -> None:

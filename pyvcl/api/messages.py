@@ -1,7 +1,7 @@
 """App-socket requests and replies: attach, worker add/del, cert/key add/del (protocol.md 2.3-2.7).
 
 Pure codecs: options in, 208-byte payloads out; payload bytes (+ fds) in, typed replies out.
-`pyvcl.api.client` does the IO.
+`pyvcl.api.sapi` and `pyvcl.app` do the IO.
 """
 
 from __future__ import annotations
