@@ -331,10 +331,8 @@ def _parse_line(cfg: VclConfig, line: str, source: str, lineno: int) -> None:
     if found is None:
         if first in _BY_NAME:
             given = line[len(first) :].strip(_WS)
-            raise fail(
-                f"{first}: {f'invalid value {given!r}' if given else 'missing value'}"
-                " (C VCL warns and keeps its default)"
-            )
+            what = "missing value" if given[:1] in ("", "#") else f"invalid value {given!r}"
+            raise fail(f"{first}: {what} (C VCL warns and keeps its default)")
         cfg.unknown.append(line)
         return
     key, value, end = found

@@ -51,7 +51,7 @@ class KernelStack:
 
     def unused_address(self) -> Address:
         s = socket.create_server(("127.0.0.1", 0))
-        addr = s.getsockname()
+        addr: Address = s.getsockname()
         s.close()
         return addr
 
