@@ -212,7 +212,7 @@ class VclSocket:
         sock = VclSocket.__new__(VclSocket)
         sock.family, sock._app, sock._worker, sock._s = self.family, self._app, w, new
         sock._timeout, sock._bound, sock._closed = socket.getdefaulttimeout(), None, False
-        return sock, new.peer or ("0.0.0.0", 0)
+        return sock, sock._sockaddr(new.peer or ("0.0.0.0", 0))
 
     # -- data -------------------------------------------------------------------------------
     def send(self, data: Any, flags: int = 0) -> int:
@@ -278,15 +278,24 @@ class VclSocket:
     # -- addresses --------------------------------------------------------------------------
     def getsockname(self) -> Address:
         if self._s.local is not None:
-            return self._s.local
+            return self._sockaddr(self._s.local)
         if self._bound is not None:
-            return self._bound
-        return ("0.0.0.0", 0) if self.family == socket.AF_INET else ("::", 0, 0, 0)
+            return self._sockaddr(self._bound)
+        return self._sockaddr(("0.0.0.0" if self.family == socket.AF_INET else "::", 0))
 
     def getpeername(self) -> Address:
         if self._s.peer is None or self._s.state not in (State.READY, State.PEER_CLOSED):
             raise NotConnected("socket is not connected")
-        return self._s.peer
+        return self._sockaddr(self._s.peer)
+
+    def _sockaddr(self, addr: tuple[str, int]) -> Address:
+        """As the socket module returns them: (host, port) or (host, port, flowinfo, scope)."""
+        if self.family == socket.AF_INET6:
+            host = addr[0]
+            if ":" not in host:  # VPP left an IPv4-shaped zero address on a v6 session
+                host = "::" if host == "0.0.0.0" else f"::ffff:{host}"
+            return (host, addr[1], 0, 0)
+        return addr
 
     def __enter__(self) -> VclSocket:
         return self
