@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import threading
 import time
 from collections.abc import Callable
@@ -215,19 +216,23 @@ class SessionWorker:
                     if tx.set_event():
                         self.vpp_mq(self._mq_of(s)).send_io(E.IO_TX, s.vpp_index)
                     return n
+                if timeout == 0:
+                    raise WouldBlock("send buffer (tx fifo) is full")
+                # Ask to be told once a useful amount is free, not after every dequeue: a
+                # wake-up per few bytes would make writer and reader ping-pong through VPP.
+                want = min(len(view), max(1, tx.size // 4))
+                tx.deq_thresh = want
                 tx.add_want_deq_ntf(DeqNotify.WANT_DEQ_NOTIF)
-                if tx.max_enqueue():  # room appeared while we asked: go again
+                if tx.max_enqueue() >= want:  # room appeared while we asked: go again
                     continue
-            if timeout == 0:
-                raise WouldBlock("send buffer (tx fifo) is full")
-            if not self.wait_until(lambda: self._writable(s), timeout):
+            if not self.wait_until(functools.partial(self._writable, s, want), timeout):
                 raise Timeout("send timed out")
 
-    def _writable(self, s: Session) -> bool:
+    def _writable(self, s: Session, want: int = 1) -> bool:
         if s.state != State.READY or s.shut_wr:
             return True
         _, tx = self.fifos(s)
-        return tx.max_enqueue() > 0
+        return tx.max_enqueue() >= want
 
     def _check_writable(self, s: Session) -> None:
         if self.dead is not None and s.state == State.RESET:
