@@ -49,6 +49,8 @@ from .wire.session import SEGMENT_NAME_LEN
 
 DEFAULT_RUNTIME_DIR = "/run/vpp"
 INVALID_HANDLE = 0xFFFFFFFFFFFFFFFF  # VCL rejects a first segment with this handle
+DETACH_SYNC_TIMEOUT = 1.0  # longest wait for VPP to handle our messages before detaching
+SYNC_CONTEXT = 0xFFFFFF00  # contexts of sync_with_vpp's probes (never a session index)
 _FSH = FIFO_SEGMENT_HEADER
 
 
@@ -304,8 +306,37 @@ class App:
             return
         if os.getpid() == self.pid and self.reply is not None and self.vpp_mqs:
             with contextlib.suppress(VclError, OSError):
+                self.sync_with_vpp(DETACH_SYNC_TIMEOUT)
                 self.send_ctrl(SessionEvent.CTRL_APP_DETACH, client_index=self.api_client_handle)
         self.close()
+
+    def sync_with_vpp(self, timeout: float) -> bool:
+        """Wait until VPP has handled everything we queued on its mqs; True if it did.
+
+        VPP v26.06 frees the app as soon as its socket closes, and a message of ours it
+        handles afterwards (an ACCEPTED_REPLY, say) can crash it
+        (session_mq_accepted_reply_handler dereferences the freed app worker).  VPP handles
+        each mq's events in order, so an UNLISTEN of a handle that cannot exist, answered by
+        an UNLISTEN_REPLY, marks the point where all earlier messages were handled.  Events
+        that arrive meanwhile are consumed (this is for teardown)."""
+        contexts = {SYNC_CONTEXT + i for i in range(len(self.vpp_mqs))}
+        for i, mq in enumerate(self.vpp_mqs):
+            mq.send_ctrl(
+                SessionEvent.CTRL_UNLISTEN,
+                client_index=self.api_client_handle,
+                context=SYNC_CONTEXT + i,
+                handle=INVALID_HANDLE,
+                block=False,
+            )
+        deadline = time.monotonic() + timeout
+        while contexts:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            for ev in self.poll(remaining):
+                if ev.type == SessionEvent.CTRL_UNLISTEN_REPLY:
+                    contexts.discard(ev.msg.context)
+        return True
 
     def close(self) -> None:
         """Release the socket, mappings and fds without messaging VPP (closing the socket

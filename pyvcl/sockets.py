@@ -105,6 +105,10 @@ class VclApp:
         return s
 
     def close(self) -> None:
+        """Detach.  Threads still blocked in this app's sockets get an error (EBADF)."""
+        if self.app.closed:
+            return
+        self.worker.shutdown_worker(LocalError("the VclApp was closed", 9))
         self.app.detach()
 
     @property

@@ -1,4 +1,4 @@
-"""The ``pyvcl`` command: attach and show, decode recordings, check for VPP.
+"""The ``pyvcl`` command: attach and show, decode recordings, check for VPP, netcat.
 
 Subcommands live in their own modules; each has ``add_parser(subparsers)`` and ``run(args)``.
 Library errors become one line on stderr and exit status 1 (2 for usage errors).
@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import VclError
-from . import attach, decode, status
+from . import attach, decode, nc, status
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,7 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="pyvcl", description="A pure-Python client for VPP's host stack."
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (status, attach, decode):
+    for module in (status, attach, decode, nc):
         module.add_parser(sub)
     return parser
 

@@ -83,6 +83,9 @@ class Session:
     shut_wr: bool = False
     shut_rd: bool = False
     app_closed: bool = False
+    peer_closed: bool = False  # DISCONNECTED seen (sending is still allowed, as in VCL)
+    confirmed: bool = False  # we answered VPP's close already (on CLEANUP(TRANSPORT))
+    freed: bool = False  # VPP sent CLEANUP(SESSION): its handle is void (and maybe reused)
     accepted: deque[Event] = field(default_factory=deque)  # listeners: ACCEPTED not yet taken
     rx_events: int = 0  # IO RX events seen (informative; readiness comes from the fifo)
     tx_events: int = 0  # IO TX (dequeue notifications) seen
@@ -96,11 +99,14 @@ class Session:
 
     @property
     def readable_state(self) -> bool:
-        return self.state in (State.READY, State.PEER_CLOSED)
+        return self.state in (State.READY, State.PEER_CLOSED) and not self.freed
 
     @property
     def writable_state(self) -> bool:
-        return self.state == State.READY and not self.shut_wr
+        # Not once VPP freed it: its fifos and index may already belong to another session.
+        return (
+            self.state in (State.READY, State.PEER_CLOSED) and not self.shut_wr and not self.freed
+        )
 
 
 class SessionLayer:
@@ -195,7 +201,7 @@ class SessionLayer:
 
     def shutdown(self, s: Session) -> list[Action]:
         """Half-close: no more writes; VPP sends FIN after the tx fifo drains."""
-        if s.shut_wr or s.state != State.READY:
+        if s.shut_wr or s.state not in (State.READY, State.PEER_CLOSED):
             s.shut_wr = True
             return []
         s.shut_wr = True
@@ -208,9 +214,21 @@ class SessionLayer:
         s.app_closed = True
         st = s.state
         if s.is_listener:
+            # Refuse what the app never accepted, or VPP keeps those sessions (and their
+            # peers) open (vppcom_session_unbind).
+            refusals = [
+                Action(
+                    E.CTRL_ACCEPTED_REPLY,
+                    dict(context=ev.msg.context, retval=SessionError.REFUSED, handle=ev.msg.handle),
+                    ev.msg.vpp_event_queue_address,
+                )
+                for ev in s.accepted
+            ]
+            s.accepted.clear()
             if st == State.LISTENING and s.handle is not None:
                 s.state = State.CLOSING
                 return [
+                    *refusals,
                     Action(
                         E.CTRL_UNLISTEN,
                         dict(
@@ -219,12 +237,19 @@ class SessionLayer:
                             wrk_index=self.wrk_index,
                             handle=s.handle,
                         ),
-                    )
+                    ),
                 ]
             if st == State.LISTEN_PENDING:
                 s.state = State.CLOSING  # unlisten once BOUND arrives
-                return []
-            return self._forget(s)
+                return refusals
+            return refusals + self._forget(s)
+        if s.freed or s.confirmed:
+            # VPP freed it already (CLEANUP(SESSION)), or we confirmed its end when the
+            # transport went: nothing more to say (VCL's DETACHED / UPDATED states).
+            if s.freed:
+                return self._forget(s)
+            s.state = State.CLOSING
+            return []
         if st == State.READY:
             s.state = State.CLOSING
             return [self._msg(s, E.CTRL_DISCONNECT)]
@@ -330,6 +355,7 @@ class SessionLayer:
         # second close of the same session.
         if s.state == State.READY:
             s.state = State.PEER_CLOSED
+        s.peer_closed = True
         return []
 
     def _reset(self, ev: Event, m: Any) -> list[Action]:
@@ -349,9 +375,11 @@ class SessionLayer:
             if s.app_closed:
                 return []
             # Transport gone while the app holds the session: confirm now (vcl_session_cleanup).
-            if s.state == State.PEER_CLOSED:
+            if s.state == State.PEER_CLOSED and not s.confirmed:
+                s.confirmed = True
                 return [self._reply(s, E.CTRL_DISCONNECTED_REPLY)]
-            if s.state == State.RESET:
+            if s.state == State.RESET and not s.confirmed:
+                s.confirmed = True
                 return [self._reply(s, E.CTRL_RESET_REPLY)]
             return []
         # CLEANUP(SESSION): VPP freed it and will reuse the handle.
@@ -361,7 +389,7 @@ class SessionLayer:
         else:
             if s.state in (State.READY, State.CONNECTING, State.ACCEPTING):
                 s.state = State.RESET  # gone without a close we saw: treat as reset
-            s.handle = None
+            s.handle, s.freed = None, True
         return []
 
     def _migrated(self, ev: Event, m: Any) -> list[Action]:

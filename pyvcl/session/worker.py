@@ -163,6 +163,10 @@ class SessionWorker:
         while True:
             with self.lock:
                 self._check_readable(s)
+                if s.freed:  # VPP freed the fifos: what was unread is gone
+                    if s.peer_closed:
+                        return 0
+                    raise ConnectionReset("connection reset (VPP freed the session)")
                 if s.state in (State.READY, State.PEER_CLOSED):
                     rx, _ = self.fifos(s)
                     n = rx.dequeue_into(buf)
@@ -180,7 +184,7 @@ class SessionWorker:
                 raise Timeout("recv timed out")
 
     def _readable(self, s: Session) -> bool:
-        if s.state not in (State.READY, State.PEER_CLOSED) or s.shut_rd:
+        if not s.readable_state or s.shut_rd:
             return True
         rx, _ = self.fifos(s)
         return rx.max_dequeue() > 0 or s.state == State.PEER_CLOSED
@@ -229,7 +233,7 @@ class SessionWorker:
                 raise Timeout("send timed out")
 
     def _writable(self, s: Session, want: int = 1) -> bool:
-        if s.state != State.READY or s.shut_wr:
+        if not s.writable_state:
             return True
         _, tx = self.fifos(s)
         return tx.max_enqueue() >= want
@@ -238,18 +242,33 @@ class SessionWorker:
         if self.dead is not None and s.state == State.RESET:
             raise self.dead
         if s.state == State.RESET:
+            # Like a kernel socket: writing into a connection the peer closed and then reset
+            # is a broken pipe; a reset out of the blue is a reset.
+            if s.peer_closed:
+                raise BrokenPipe("the peer closed the connection")
             raise ConnectionReset("connection reset by peer")
         if s.shut_wr or s.app_closed:
             raise BrokenPipe("cannot send after shutdown or close")
-        if s.state == State.PEER_CLOSED:
-            raise BrokenPipe("the peer closed the connection")
-        if s.state != State.READY:
+        if s.freed:
+            raise NotConnected("VPP freed this session")
+        if not s.writable_state:
             raise NotConnected("session is not connected")
 
     def _mq_of(self, s: Session) -> int:
         if s.vpp_mq is None:
             raise RemoteError("session has no VPP message queue")
         return s.vpp_mq
+
+    def shutdown_worker(self, reason: VclError, timeout: float = 1.0) -> None:
+        """Fail every waiter with ``reason`` and wait (bounded) for the poller to leave the
+        app mq, so the app can be closed without pulling fds from under a thread."""
+        deadline = time.monotonic() + timeout
+        with self.lock:
+            if self.dead is None:
+                self.dead = reason
+            self.cond.notify_all()
+            while self._polling and time.monotonic() < deadline:
+                self.cond.wait(deadline - time.monotonic())
 
     def close(self, s: Session) -> None:
         with self.lock:
