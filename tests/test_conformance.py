@@ -33,6 +33,19 @@ def stack(request: pytest.FixtureRequest) -> Stack:
     return result
 
 
+# Known differences from kernel TCP, each with the reason.
+DIFFERENCES = {
+    ("send_after_peer_close_is_broken_pipe", "pyvcl-tcp"): (
+        "through VPP's TCP stack a peer's close and half-close both arrive as DISCONNECTED; "
+        "pyvcl, like C VCL, keeps sending allowed (request/response over a half-closed "
+        "connection must work) and VPP v26.06 sends no reset for data to a closed peer"
+    ),
+}
+
+
 @pytest.mark.parametrize("check", CHECKS, ids=[c.__name__.removeprefix("check_") for c in CHECKS])
 def test_socket_like(check: Callable[[Stack], None], stack: Stack) -> None:
+    reason = DIFFERENCES.get((check.__name__.removeprefix("check_"), stack.name))
+    if reason:
+        pytest.xfail(reason)
     check(stack)

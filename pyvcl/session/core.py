@@ -86,6 +86,7 @@ class Session:
     peer_closed: bool = False  # DISCONNECTED seen (sending is still allowed, as in VCL)
     confirmed: bool = False  # we answered VPP's close already (on CLEANUP(TRANSPORT))
     freed: bool = False  # VPP sent CLEANUP(SESSION): its handle is void (and maybe reused)
+    cut_through: bool = False  # both ends are apps on this VPP (no half-close exists there)
     accepted: deque[Event] = field(default_factory=deque)  # listeners: ACCEPTED not yet taken
     rx_events: int = 0  # IO RX events seen (informative; readiness comes from the fifo)
     tx_events: int = 0  # IO TX (dequeue notifications) seen
@@ -103,6 +104,11 @@ class Session:
 
     @property
     def writable_state(self) -> bool:
+        # After the peer's close a TCP session may still send (the peer may have only
+        # half-closed, as C VCL allows); cut-through has no half-close in VPP v26.06, so
+        # there DISCONNECTED means the peer is gone and writing is a broken pipe.
+        if self.state == State.PEER_CLOSED and self.cut_through:
+            return False
         # Not once VPP freed it: its fifos and index may already belong to another session.
         return (
             self.state in (State.READY, State.PEER_CLOSED) and not self.shut_wr and not self.freed
@@ -182,9 +188,11 @@ class SessionLayer:
             s.fifos = FifoRef(m.segment_handle, m.server_rx_fifo, m.server_tx_fifo)
             s.local = (ip_from_wire(m.lcl_ip, m.lcl_is_ip4), port_from_wire(m.lcl_port))
             s.peer = (ip_from_wire(m.rmt_ip, m.rmt_is_ip4), port_from_wire(m.rmt_port))
-            if not any(m.lcl_ip) and listener.local is not None:
+            if not any(m.lcl_ip) and not m.rmt_port:
                 # Cut-through accepts carry only the listener's port (protocol.md 6.3).
-                s.local = (listener.local[0], s.local[1] or listener.local[1])
+                s.cut_through = True
+                if listener.local is not None:
+                    s.local = (listener.local[0], s.local[1] or listener.local[1])
             pre = self.by_handle.get(m.handle)
             early = self.sessions.pop(pre) if pre is not None and pre != s.index else None
             self.by_handle[m.handle] = s.index
@@ -336,6 +344,7 @@ class SessionLayer:
         self.by_handle[m.handle] = s.index
         s.local = (ip_from_wire(m.lcl_ip, m.lcl_is_ip4), port_from_wire(m.lcl_port))
         if m.ct_rx_fifo:
+            s.cut_through = True
             # Cut-through: data in the CT fifos, signals in our regular pair (4.7).
             s.fifos = FifoRef(m.ct_segment_handle, m.ct_rx_fifo, m.ct_tx_fifo,
                               m.segment_handle, m.server_rx_fifo, m.server_tx_fifo)  # fmt: skip

@@ -251,6 +251,8 @@ class SessionWorker:
             raise BrokenPipe("cannot send after shutdown or close")
         if s.freed:
             raise NotConnected("VPP freed this session")
+        if s.state == State.PEER_CLOSED and s.cut_through:
+            raise BrokenPipe("the peer closed the connection")
         if not s.writable_state:
             raise NotConnected("session is not connected")
 

@@ -315,3 +315,23 @@ class VclStack:
     def close(self) -> None:
         self.client_app.close()
         self.server_app.close()
+
+
+def check_send_after_peer_close_is_broken_pipe(stack: Stack) -> None:
+    """Writing into a connection the peer closed fails (the first writes may still be
+    buffered, as with kernel TCP): BrokenPipeError, as a socket user expects."""
+    with pair(stack) as (_, cli, conn):
+        conn.close()
+        assert cli.recv(10) == b""  # the peer's close is seen first
+        deadline = time.monotonic() + 10
+        try:
+            while time.monotonic() < deadline:
+                cli.send(b"x" * 1024)
+                time.sleep(0.01)
+        except BrokenPipeError as e:
+            assert e.errno == errno.EPIPE
+        else:
+            raise AssertionError("writes into a closed connection kept succeeding")
+
+
+CHECKS.append(check_send_after_peer_close_is_broken_pipe)
