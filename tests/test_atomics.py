@@ -579,6 +579,157 @@ def test_sync_objects_check_bounds(shm: tuple[mmap.mmap, AtomicRegion]) -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# Blocking calls end by their timeout (run in a fresh interpreter: a regression hangs there, not
+# here)
+
+
+def run_bounded(code: str, timeout: float = 60) -> str:
+    """Run `code` in a fresh interpreter in its own session; fail (killing the session, forked
+    children included) if it has not finished within `timeout` seconds."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"hung for {timeout} s:\n{out}\n{err}")
+    assert proc.returncode == 0, out + err
+    return out
+
+
+def test_timed_calls_keep_their_deadline_alive() -> None:
+    # glibc reads the abstime during the call, with the GIL released: it must not be a freed
+    # temporary, whose memory the next object of its size (from any thread) takes over.
+    seen: list[int] = []
+
+    def call(ts: int) -> int:
+        junk = [atomics._Timespec(1 << 40, 0) for _ in range(64)]
+        t = atomics._Timespec.from_address(ts)
+        seen.append(t.tv_sec * 1_000_000_000 + t.tv_nsec)
+        del junk
+        return errno.ETIMEDOUT
+
+    clock = time.CLOCK_MONOTONIC
+    for timeout in (0.0, 0.02):
+        seen.clear()
+        t0 = time.clock_gettime_ns(clock)
+        assert atomics._sliced(call, timeout, clock) == errno.ETIMEDOUT
+        t1 = time.clock_gettime_ns(clock)
+        assert seen and all(t0 <= d <= t1 + 5_000_000 for d in seen)  # not decades away
+
+
+def test_deadlines_are_monotonic() -> None:
+    lib, version = platform.libc_ver()
+    if lib != "glibc" or tuple(int(x) for x in version.split(".")[:2]) < (2, 30):
+        pytest.skip("pthread_mutex_clocklock / pthread_cond_clockwait need glibc >= 2.30")
+    assert atomics._Pthread.get().clock == time.CLOCK_MONOTONIC  # immune to wall-clock steps
+
+
+def test_cond_wait_times_out_while_other_threads_allocate() -> None:
+    out = run_bounded(
+        """
+        import mmap, sys, threading, time
+        from pyvcl import atomics as A
+        r = A.AtomicRegion(mmap.mmap(-1, 4096))
+        A.init_shared_mutex(r, 0)
+        A.init_shared_cond(r, 64)
+        m, c = A.ProcessSharedMutex(r, 0), A.ProcessSharedCond(r, 64)
+
+        def churn():  # objects the size of a freed timespec, holding a deadline decades away
+            while True:
+                junk = [A._Timespec(1 << 40, 0) for _ in range(8)]
+                del junk
+
+        threading.Thread(target=churn, daemon=True).start()
+        sys.setswitchinterval(0.0005)
+        m.lock()
+        worst = 0.0
+        for _ in range(800):
+            t0 = time.monotonic()
+            assert c.wait(m, 0.002) is False
+            worst = max(worst, time.monotonic() - t0)
+        m.unlock()
+        print(worst)
+        """
+    )
+    assert float(out) < 5
+
+
+def test_dead_waiter_does_not_wedge_wait_or_broadcast() -> None:
+    # glibc's condvar is not robust: a waiter killed while blocked keeps a group reference, the
+    # next broadcast that must switch groups waits for it forever holding the internal lock, and
+    # from then on a waiter whose deadline passes blocks on that lock inside timedwait.
+    out = run_bounded(
+        """
+        import ctypes, mmap, os, signal, time
+        from pyvcl import atomics as A
+        libc = ctypes.CDLL(None)
+        r = A.AtomicRegion(mmap.mmap(-1, 4096))
+        A.init_shared_mutex(r, 0)
+        A.init_shared_cond(r, 64)
+        m, c = A.ProcessSharedMutex(r, 0), A.ProcessSharedCond(r, 64)
+        maddr, caddr = ctypes.c_void_p(r.address), ctypes.c_void_p(r.address + 64)
+        far = A._Timespec(int(time.time()) + 3600, 0)
+
+        def child(body):  # glibc's own calls, as a C peer (VCL, VPP) makes them
+            pid = os.fork()
+            if pid == 0:
+                libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+                body()
+                os._exit(0)
+            return pid
+
+        def waiter():
+            libc.pthread_mutex_lock(maddr)
+            libc.pthread_cond_timedwait(caddr, maddr, ctypes.byref(far))
+
+        def settle(what):
+            for _ in range(2000):
+                if what():
+                    return
+                time.sleep(0.001)
+            raise AssertionError("child did not get there")
+
+        refs = lambda: r.load32(64 + 16) + r.load32(64 + 20)
+        dead = child(waiter)
+        settle(lambda: refs() == 2)
+        os.kill(dead, signal.SIGKILL)
+        os.waitpid(dead, 0)
+        assert m.lock(timeout=5) is False  # the mutex was released: only the reference stays
+        m.unlock()
+        assert c.broadcast() is True  # moves the dead waiter's group to G1, signalled
+        live = child(waiter)  # now in G2: a group switch would wait for the dead reference
+        settle(lambda: refs() == 4)
+        t0 = time.monotonic()
+        assert c.broadcast() is False  # glibc would block forever
+        print("broadcast", round(time.monotonic() - t0, 2))
+        stuck = child(lambda: libc.pthread_cond_broadcast(caddr))  # and does, holding the lock
+        settle(lambda: r.load32(64 + 32) & 3)
+        m.lock(timeout=5)
+        t0 = time.monotonic()
+        assert c.wait(m, 0.2) is False  # glibc would time out, then block on that lock
+        print("wait", round(time.monotonic() - t0, 2))
+        m.unlock()
+        assert c.broadcast() is False
+        for pid in (live, stuck):
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        """
+    )
+    times = dict(line.split() for line in out.splitlines())
+    assert float(times["broadcast"]) < 3 and float(times["wait"]) < 1, out
+
+
+# --------------------------------------------------------------------------------------------
 # Backend selection in a fresh interpreter
 
 HIDE_LIBATOMIC = """

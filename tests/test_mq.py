@@ -522,6 +522,38 @@ def test_robust_mutex_owner_death_seen_by_a_waiting_consumer(new_mq: Factory) ->
     assert [e.session_index for e in mq.recv(1)] == [5]
 
 
+def test_a_peer_sitting_on_the_mutex_delays_wait_and_drain_only_boundedly(
+    new_mq: Factory,
+) -> None:
+    seg, off, mq = new_mq(CONDVAR, 2, ((4, 18), (16, 256)))
+    mq.send_io(E.IO_RX, 1)
+    mq.send_io(E.IO_RX, 2)  # full: draining it owes producers a broadcast, under the mutex
+    r, w = os.pipe()
+
+    def sit() -> None:
+        MessageQueue(seg, off)._mutex.lock()
+        os.write(w, b"!")
+        time.sleep(2.5)  # alive, holding it; then exits still holding it
+
+    pid = _child(sit)
+    try:
+        os.read(r, 1)
+        t0 = time.monotonic()
+        assert [e.session_index for e in mq.drain()] == [1, 2]
+        assert time.monotonic() - t0 < 1.8  # the broadcast is owed, not waited for
+        t0 = time.monotonic()
+        assert mq.wait(0.2) == WaitResult(False, ())
+        assert time.monotonic() - t0 < 0.6
+    finally:
+        assert _exit_code(pid) == 0
+        os.close(r)
+        os.close(w)
+    assert mq.drain() == []  # pays the owed broadcast, recovering the mutex from the dead peer
+    assert mq.recovered_owner_deaths == 1
+    mq.send_io(E.IO_RX, 3)
+    assert [e.session_index for e in mq.recv(1)] == [3]
+
+
 # -- hostile headers -------------------------------------------------------------------------------
 def _attach(seg: Segment, off: int, fd: int | None = None) -> MessageQueue:
     return MessageQueue(seg, off, eventfd=fd)

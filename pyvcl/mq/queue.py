@@ -179,6 +179,7 @@ class MessageQueue:
         self._cons_lock = threading.Lock()  # one consumer at a time within this process
         self._fd_nonblocking = False
         self._poller: Any = None
+        self._signal_owed = False  # a consumer broadcast the mutex was too busy for (_signal)
         # Indices in shared memory must be sane now; they are re-checked on every use.
         self._queue_indices()
         for ring in rings:
@@ -249,11 +250,19 @@ class MessageQueue:
 
     def _signal(self, consumer: bool) -> None:
         """svm_msg_q_send_signal: condvar broadcast (the consumer takes the mutex for it, a
-        producer already holds it) or one eventfd write."""
+        producer already holds it) or one eventfd write.
+
+        The consumer waits at most _RESYNC for the mutex: if a peer holds it that long the
+        broadcast is owed, and made by the next `drain` instead."""
         fd = self.eventfd
         if fd is None:
             if consumer:
-                self._lock_mutex()
+                try:
+                    self._lock_mutex(_RESYNC)
+                except Timeout:
+                    self._signal_owed = True
+                    return
+                self._signal_owed = False
                 try:
                     self._cond.broadcast()
                 finally:
@@ -438,6 +447,8 @@ class MessageQueue:
         the queue untouched.
         """
         with self._cons_lock:
+            if self._signal_owed:
+                self._signal(consumer=True)
             a, view, maxsize = self._a, self._view, self.maxsize
             size = a.load32(self._q_cursize)
             if size == 0:
@@ -560,13 +571,22 @@ class MessageQueue:
         while True:
             slice_ = cap if deadline is None else min(cap, deadline - time.monotonic())
             if slice_ > 0:
-                self._lock_mutex()
-                try:
-                    # Producers broadcast with the mutex held: checking under it loses nothing.
-                    if self._a.load32(self._q_cursize) == 0:
-                        cond.wait(mutex, slice_)
-                finally:
-                    mutex.unlock()
+                try:  # a peer holding the mutex for the whole slice just ends the slice
+                    self._lock_mutex(slice_)
+                except Timeout:
+                    pass
+                else:
+                    try:
+                        # Producers broadcast with the mutex held: checking under it loses
+                        # nothing.
+                        if self._a.load32(self._q_cursize) == 0:
+                            left = slice_
+                            if deadline is not None:
+                                left = min(left, deadline - time.monotonic())
+                            if left > 0:
+                                cond.wait(mutex, left)
+                    finally:
+                        mutex.unlock()
             pending = self.size_now() > 0
             fired = _poll_fds(fds, 0) if fds else ()
             if pending or fired:
