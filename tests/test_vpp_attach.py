@@ -18,6 +18,19 @@ from pyvcl.wire.enums import SessionEvent, SessionFdFlag, TransportProto
 SMALL = {"segment_size": 4 << 20, "add_segment_size": 4 << 20, "prealloc_fifo_pairs": 0}
 
 
+def listen_and_wait(app: App, port: int, context: int) -> Any:
+    """LISTEN on the ctrl mq (any IPv4 address, TCP) and return the matching BOUND message."""
+    app.send_ctrl(
+        SessionEvent.CTRL_LISTEN,
+        client_index=app.api_client_handle,
+        context=context,
+        port=port_to_wire(port),
+        is_ip4=1,
+    )
+    bound, _ = app.wait_for(SessionEvent.CTRL_BOUND, 5.0, context=context)
+    return bound.msg
+
+
 def app_names(vpp: Any) -> str:
     return str(vpp.cli("show app"))
 
@@ -175,15 +188,7 @@ def test_worker_add_and_delete(vpp: Any) -> None:
             assert got[0].msg.context == 7 and got[0].msg.retval == 0
             assert app.poll(0.05) == []  # nothing for worker 0
         # deleting workers (no reply from VPP) leaves worker 0 working
-        app.send_ctrl(
-            SessionEvent.CTRL_LISTEN,
-            client_index=app.api_client_handle,
-            context=8,
-            port=port_to_wire(17101),
-            is_ip4=1,
-        )
-        bound, _ = app.wait_for(SessionEvent.CTRL_BOUND, 5.0, context=8)
-        assert bound.msg.retval == 0
+        assert listen_and_wait(app, 17101, context=8).retval == 0
 
 
 def test_cert_key_add_and_delete(vpp: Any, tmp_path: Any) -> None:
@@ -207,15 +212,7 @@ def test_cert_key_add_and_delete(vpp: Any, tmp_path: Any) -> None:
             app.del_cert_key(0xFFFF)
         app.del_cert_key(i2)
         # the socket is still in sync: a normal ctrl round trip works afterwards
-        app.send_ctrl(
-            SessionEvent.CTRL_LISTEN,
-            client_index=app.api_client_handle,
-            context=9,
-            port=port_to_wire(17102),
-            is_ip4=1,
-        )
-        bound, _ = app.wait_for(SessionEvent.CTRL_BOUND, 5.0, context=9)
-        assert bound.msg.retval == 0
+        assert listen_and_wait(app, 17102, context=9).retval == 0
 
 
 @pytest.mark.parametrize("eventfd", [True, False], ids=["eventfd", "mutex"])
@@ -244,12 +241,4 @@ def test_vpp_with_workers_has_one_mq_per_thread(vpp_factory: Any) -> None:
         assert len(app.vpp_mqs) == 2
         assert app.reply is not None and app.reply.vpp_ctrl_mq_thread == 1
         assert app.ctrl_mq is app.vpp_mqs[1]
-        app.send_ctrl(
-            SessionEvent.CTRL_LISTEN,
-            client_index=app.api_client_handle,
-            context=5,
-            port=port_to_wire(17200),
-            is_ip4=1,
-        )
-        bound, _ = app.wait_for(SessionEvent.CTRL_BOUND, 5.0, context=5)
-        assert bound.msg.retval == 0
+        assert listen_and_wait(app, 17200, context=5).retval == 0

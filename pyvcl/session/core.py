@@ -136,46 +136,31 @@ class SessionLayer:
 
     def listen(self, s: Session, ip: str, port: int, vrf: int = 0) -> list[Action]:
         self._expect(s, State.CREATED, "listen")
-        ip46, is_ip4 = ip_to_wire(ip)
         s.state, s.is_listener = State.LISTEN_PENDING, True
         s.local = (ip, port)
-        return [
-            Action(
-                E.CTRL_LISTEN,
-                dict(
-                    client_index=self.client_index,
-                    context=s.index,
-                    wrk_index=self.wrk_index,
-                    vrf=vrf,
-                    port=port_to_wire(port),
-                    proto=s.proto,
-                    is_ip4=is_ip4,
-                    ip=ip46,
-                ),
-            )
-        ]
+        return [Action(E.CTRL_LISTEN, self._endpoint_fields(s, ip, port, vrf))]
 
     def connect(self, s: Session, ip: str, port: int, vrf: int = 0) -> list[Action]:
         self._expect(s, State.CREATED, "connect")
-        ip46, is_ip4 = ip_to_wire(ip)
         s.state, s.peer = State.CONNECTING, (ip, port)
-        return [
-            Action(
-                E.CTRL_CONNECT,
-                dict(
-                    client_index=self.client_index,
-                    context=s.index,
-                    wrk_index=self.wrk_index,
-                    vrf=vrf,
-                    port=port_to_wire(port),
-                    proto=s.proto,
-                    is_ip4=is_ip4,
-                    ip=ip46,
-                    parent_handle=NO_PARENT,
-                    flags=int(TransportCfgFlags.CONNECTED),
-                ),
-            )
-        ]
+        fields = self._endpoint_fields(s, ip, port, vrf)
+        # VCL marks every connecting session connected; VPP reads it for UDP and TLS only.
+        fields.update(parent_handle=NO_PARENT, flags=int(TransportCfgFlags.CONNECTED))
+        return [Action(E.CTRL_CONNECT, fields)]
+
+    def _endpoint_fields(self, s: Session, ip: str, port: int, vrf: int) -> dict[str, Any]:
+        """What LISTEN and CONNECT share: who asks, for which session, and the endpoint."""
+        ip46, is_ip4 = ip_to_wire(ip)
+        return dict(
+            client_index=self.client_index,
+            context=s.index,
+            wrk_index=self.wrk_index,
+            vrf=vrf,
+            port=port_to_wire(port),
+            proto=s.proto,
+            is_ip4=is_ip4,
+            ip=ip46,
+        )
 
     def accept(self, listener: Session) -> tuple[Session | None, list[Action]]:
         """Take the oldest pending ACCEPTED of ``listener``: a new READY (or already closed)
