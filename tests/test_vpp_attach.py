@@ -203,13 +203,30 @@ def test_cert_key_add_and_delete(vpp: Any, tmp_path: Any) -> None:
          "-nodes", "-subj", "/CN=pyvcl-test", "-days", "1", "-keyout", str(key), "-out", str(cert)],
         check=True, capture_output=True, timeout=60,
     )  # fmt: skip
+    # VPP v26.06 gives the PEM blob that follows the header only ~5 µs to arrive
+    # (sapi_socket_receive_wait); a writer descheduled between the two sends on a loaded
+    # machine gets SESSION_E_INVALID and its worker detached.  Retry with a fresh attach.
+    for attempt in range(3):
+        try:
+            cert_key_round(vpp, cert.read_bytes(), key.read_bytes())
+            return
+        except (SessionLayerError, VppDisconnected):
+            if attempt == 2:
+                raise
+
+
+def cert_key_round(vpp: Any, cert: bytes, key: bytes) -> None:
     with App.attach(vpp.app_socket(), name="pyvcl-certs") as app:
-        i1 = app.add_cert_key(cert.read_bytes(), key.read_bytes())
-        i2 = app.add_cert_key(cert.read_bytes(), key.read_bytes())
+        i1 = app.add_cert_key(cert, key)
+        i2 = app.add_cert_key(cert, key)
         assert i1 != i2
         app.del_cert_key(i1)
-        with pytest.raises(SessionLayerError):
+        try:
             app.del_cert_key(0xFFFF)
+        except SessionLayerError as e:
+            assert e.errno != 0
+        else:
+            raise AssertionError("deleting a ckpair that does not exist succeeded")
         app.del_cert_key(i2)
         # the socket is still in sync: a normal ctrl round trip works afterwards
         assert listen_and_wait(app, 17102, context=9).retval == 0
