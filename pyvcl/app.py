@@ -30,7 +30,7 @@ from .api.messages import (
     encode_cert_key_del,
     encode_worker_add_del,
 )
-from .api.sapi import DEFAULT_TIMEOUT, SapiSocket
+from .api.sapi import DEFAULT_TIMEOUT, SapiSocket, encode_frame
 from .errors import (
     AppSocketError,
     LocalError,
@@ -276,8 +276,7 @@ class App:
         """Upload a PEM certificate and key; returns the ckpair index for TLS configs."""
         self._check_usable()
         header, blob = encode_cert_key_add(context, cert, key)
-        self.sapi.send(SapiMsgType.ADD_DEL_CERT_KEY, header)
-        self.sapi.send_raw(blob)
+        self.sapi.send_pair(encode_frame(SapiMsgType.ADD_DEL_CERT_KEY, header), blob)
         reply = CertKeyReply.decode(
             self.sapi.recv_expect(SapiMsgType.ADD_DEL_CERT_KEY_REPLY).payload
         )

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import array
 import contextlib
+import ctypes
 import errno
 import os
 import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..errors import AppSocketError, Timeout, VppDisconnected, VppUnreachable
 from ..wire.enums import SapiMsgType
@@ -132,6 +134,24 @@ class SapiSocket:
         if sent != len(data):  # SEQPACKET sends whole messages; anything else is a kernel bug
             raise AppSocketError(f"short send on the app socket: {sent} of {len(data)} bytes")
 
+    def send_pair(self, first: bytes, second: bytes) -> None:
+        """Send two messages in one ``sendmmsg`` call, so the second is queued before VPP can
+        read the first: VPP waits only ~5 us for a cert/key blob after its header
+        (``sapi_socket_receive_wait``).  Falls back to two sends without ``sendmmsg``."""
+        sent = _sendmmsg(self.sock.fileno(), (first, second))
+        if sent is None:
+            self.send_raw(first)
+            self.send_raw(second)
+            return
+        if sent < 0:
+            err = -sent
+            if err in (errno.EPIPE, errno.ECONNRESET):
+                raise VppDisconnected(f"VPP closed the app socket {self.path}")
+            raise AppSocketError(f"sendmmsg on the app socket failed: {os.strerror(err)}", err)
+        if sent != 2:
+            # The first went alone; the blob still must follow it (best effort, at once).
+            self.send_raw(second)
+
     def recv(self, timeout: float | None = None) -> SapiMessage:
         """Receive one frame with its fds.  Raises `VppDisconnected` on EOF, `Timeout` when
         nothing arrives in time, `AppSocketError` on a frame of the wrong size or a control
@@ -191,6 +211,55 @@ class SapiSocket:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _Iovec(ctypes.Structure):
+    _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]
+
+
+class _Msghdr(ctypes.Structure):
+    _fields_ = [
+        ("msg_name", ctypes.c_void_p),
+        ("msg_namelen", ctypes.c_uint32),
+        ("msg_iov", ctypes.POINTER(_Iovec)),
+        ("msg_iovlen", ctypes.c_size_t),
+        ("msg_control", ctypes.c_void_p),
+        ("msg_controllen", ctypes.c_size_t),
+        ("msg_flags", ctypes.c_int),
+    ]
+
+
+class _Mmsghdr(ctypes.Structure):
+    _fields_ = [("msg_hdr", _Msghdr), ("msg_len", ctypes.c_uint)]
+
+
+def _libc_sendmmsg() -> Any:
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).sendmmsg
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.POINTER(_Mmsghdr), ctypes.c_uint, ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_SENDMMSG = _libc_sendmmsg()
+
+
+def _sendmmsg(fd: int, messages: tuple[bytes, ...]) -> int | None:
+    """Messages sent by one sendmmsg(2), -errno on failure, None without sendmmsg."""
+    if _SENDMMSG is None:
+        return None
+    bufs = [ctypes.create_string_buffer(m, len(m)) for m in messages]
+    iovs = [
+        _Iovec(ctypes.cast(b, ctypes.c_void_p), len(m)) for b, m in zip(bufs, messages, strict=True)
+    ]
+    vec = (_Mmsghdr * len(messages))()
+    for i, iov in enumerate(iovs):
+        vec[i].msg_hdr.msg_iov = ctypes.pointer(iov)
+        vec[i].msg_hdr.msg_iovlen = 1
+    n = int(_SENDMMSG(fd, vec, len(messages), socket.MSG_NOSIGNAL))
+    return -ctypes.get_errno() if n < 0 else n
 
 
 def _fds_from(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
