@@ -34,6 +34,7 @@ kernel sockets when no VPP answers.  Caveats:
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import socket
@@ -78,13 +79,13 @@ class KernelApp:
         with self._lock:
             if self._closed:
                 s.close()
-                raise LocalError("this KernelApp is closed", 9)
+                raise LocalError("this KernelApp is closed", errno.EBADF)
             self._sockets.add(s)
         return s
 
     def _check_open(self) -> None:
         if self._closed:
-            raise LocalError("this KernelApp is closed", 9)
+            raise LocalError("this KernelApp is closed", errno.EBADF)
 
     def socket(self, family: int = socket.AF_INET) -> _Socket:
         self._check_open()

@@ -12,6 +12,7 @@ the process that first used it: a forked child gets its own on first use.
 
 from __future__ import annotations
 
+import errno
 import os
 import socket as _std
 import threading
@@ -58,7 +59,7 @@ def socket(family: int = AF_INET, type: int = SOCK_STREAM, proto: int = 0) -> An
     if app is None:
         return _std.socket(family, type, proto)
     if type != SOCK_STREAM:
-        raise OSError(94, "pyvcl supports SOCK_STREAM sockets")  # ESOCKTNOSUPPORT
+        raise OSError(errno.ESOCKTNOSUPPORT, "pyvcl supports SOCK_STREAM sockets")
     return app.socket(family)
 
 

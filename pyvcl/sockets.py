@@ -14,6 +14,7 @@ BrokenPipeError, TimeoutError, BlockingIOError).  It has no kernel fd: ``fileno(
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
 import socket
@@ -108,7 +109,7 @@ class VclApp:
         """Detach.  Threads still blocked in this app's sockets get an error (EBADF)."""
         if self.app.closed:
             return
-        self.worker.shutdown_worker(LocalError("the VclApp was closed", 9))
+        self.worker.shutdown_worker(LocalError("the VclApp was closed", errno.EBADF))
         self.app.detach()
 
     @property
@@ -166,13 +167,13 @@ class VclSocket:
         self._check_open()
         ip, port, family = _parse_address(address)
         if family != self.family:
-            raise OSError(97, "Address family not supported by protocol")  # EAFNOSUPPORT
+            raise OSError(errno.EAFNOSUPPORT, "Address family not supported by protocol")
         s, w = self._s, self._worker
         if s.state != State.CREATED:
-            raise OSError(106, "Transport endpoint is already connected")  # EISCONN
+            raise OSError(errno.EISCONN, "Transport endpoint is already connected")
         w.request(w.layer.connect(s, ip, port))
         if self._timeout == 0:
-            raise BlockingIOError(115, "Operation now in progress")  # EINPROGRESS
+            raise BlockingIOError(errno.EINPROGRESS, "Operation now in progress")
         try:
             w.wait_state(s, {State.READY, State.PEER_CLOSED, State.RESET}, self._wait_timeout(),
                          f"connect to {ip}:{port}")  # fmt: skip
@@ -184,9 +185,9 @@ class VclSocket:
         self._check_open()
         ip, port, family = _parse_address(address)
         if family != self.family:
-            raise OSError(97, "Address family not supported by protocol")
+            raise OSError(errno.EAFNOSUPPORT, "Address family not supported by protocol")
         if self._s.state != State.CREATED or self._bound is not None:
-            raise OSError(22, "Invalid argument: already bound")
+            raise OSError(errno.EINVAL, "Invalid argument: already bound")
         self._bound = (ip, port)
 
     def listen(self, backlog: int | None = None) -> None:
@@ -202,16 +203,16 @@ class VclSocket:
         self._check_open()
         s, w = self._s, self._worker
         if not s.is_listener or s.state != State.LISTENING:
-            raise OSError(22, "Invalid argument: not listening")
+            raise OSError(errno.EINVAL, "Invalid argument: not listening")
         if not w.wait_until(lambda: bool(s.accepted) or s.state != State.LISTENING,
                             self._timeout):  # fmt: skip
             if self._timeout == 0:
-                raise BlockingIOError(11, "no connection to accept")
+                raise BlockingIOError(errno.EAGAIN, "no connection to accept")
             raise TimeoutError("accept timed out")
         with w.lock:
             new, actions = w.layer.accept(s)
             if new is None:
-                raise OSError(22, "listener closed")
+                raise OSError(errno.EINVAL, "listener closed")
             w.execute(actions)
         sock = VclSocket.__new__(VclSocket)
         sock.family, sock._app, sock._worker, sock._s = self.family, self._app, w, new
@@ -271,13 +272,13 @@ class VclSocket:
         return self._closed
 
     def detach(self) -> int:
-        raise OSError(95, "pyvcl sockets have no fd to detach")
+        raise OSError(errno.EOPNOTSUPP, "pyvcl sockets have no fd to detach")
 
     def _check_open(self) -> None:
         if self._closed:
-            raise OSError(9, "Bad file descriptor")
+            raise OSError(errno.EBADF, "Bad file descriptor")
         if self._app.closed:
-            raise LocalError("the VclApp of this socket is closed", 9)
+            raise LocalError("the VclApp of this socket is closed", errno.EBADF)
 
     # -- addresses --------------------------------------------------------------------------
     def getsockname(self) -> Address:

@@ -24,7 +24,13 @@ def vcl_tcp(vpp: Any) -> Iterator[VclStack]:
     stack.close()
 
 
-@pytest.fixture(params=["kernel", "pyvcl-ct", "pyvcl-tcp"])
+@pytest.fixture(
+    params=[
+        "kernel",
+        pytest.param("pyvcl-ct", marks=pytest.mark.vpp),
+        pytest.param("pyvcl-tcp", marks=pytest.mark.vpp),
+    ]
+)
 def stack(request: pytest.FixtureRequest) -> Stack:
     if request.param == "kernel":
         return KernelStack()

@@ -202,7 +202,7 @@ class SessionWorker:
         if s.state == State.RESET:
             raise ConnectionReset("connection reset by peer")
         if s.state in (State.CLOSING, State.CLOSED) and s.app_closed:
-            raise LocalError("session is closed", 9)
+            raise LocalError("session is closed", errno.EBADF)
         if s.state in (State.CREATED, State.CONNECTING, State.LISTEN_PENDING, State.LISTENING):
             raise NotConnected("session is not connected")
 
