@@ -187,7 +187,14 @@ class SessionWorker:
         if not s.readable_state or s.shut_rd:
             return True
         rx, _ = self.fifos(s)
-        return rx.max_dequeue() > 0 or s.state == State.PEER_CLOSED
+        if rx.max_dequeue() or s.state == State.PEER_CLOSED:
+            return True
+        # Before every sleep, not just the first: an RX event can arrive after its bytes were
+        # read (VPP sets has_event, then queues the event), and a has_event left set makes
+        # VPP skip the event for the next bytes (mq_send_io_rx_event).  C VCL does the same in
+        # its wait loop (vppcom_session_read_internal).
+        rx.unset_event()
+        return rx.max_dequeue() > 0
 
     def _after_read(self, s: Session, rx: Fifo, n: int) -> None:
         if rx.max_dequeue() == 0:
@@ -229,8 +236,20 @@ class SessionWorker:
                 tx.add_want_deq_ntf(DeqNotify.WANT_DEQ_NOTIF)
                 if tx.max_enqueue() >= want:  # room appeared while we asked: go again
                     continue
-            if not self.wait_until(functools.partial(self._writable, s, want), timeout):
+                if s.cut_through and tx.set_event():
+                    # The reader checks its own signal words, not ours: VPP copies our request
+                    # there only when it handles a TX event of ours (ct_session_tx).  Without
+                    # one pending, the request would never reach the reader.
+                    self.vpp_mq(self._mq_of(s)).send_io(E.IO_TX, s.vpp_index)
+                seen = s.tx_events
+            # The notification may come before ``want`` bytes are free (a cut-through reader
+            # uses its own threshold): then write what fits, or ask again.
+            woken = functools.partial(self._writable_or_notified, s, want, seen)
+            if not self.wait_until(woken, timeout):
                 raise Timeout("send timed out")
+
+    def _writable_or_notified(self, s: Session, want: int, seen: int) -> bool:
+        return s.tx_events != seen or self._writable(s, want)
 
     def _writable(self, s: Session, want: int = 1) -> bool:
         if not s.writable_state:
