@@ -34,7 +34,7 @@ from pyvcl.atomics import (
 from pyvcl.errors import LocalError, RemoteError, SharedMemoryError, Timeout, VclError
 
 M32, M64 = (1 << 32) - 1, (1 << 64) - 1
-REPO = Path(atomics.__file__).resolve().parents[1]
+REPO = Path(atomics.__file__).resolve().parents[2]
 
 _built: dict[str, atomics._Ops | str] = {}
 
@@ -536,7 +536,7 @@ def test_untimed_wait_lets_signal_handlers_run(
     sync: SyncFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _, _, m, c = sync
-    monkeypatch.setattr(atomics, "_SLICE", 0.05)
+    monkeypatch.setattr(atomics.pthread, "_SLICE", 0.05)
     m.lock()
     signal.setitimer(signal.ITIMER_REAL, 0.1)  # nobody broadcasts: only the alarm ends this
     t0 = time.monotonic()
@@ -777,11 +777,21 @@ needs_stub = pytest.mark.skipif(
 )
 
 
-@pytest.mark.parametrize("env_value", [None, "libatomic"])
-def test_env_var_and_default_choice(env_value: str | None) -> None:
+def test_forced_libatomic() -> None:
     if isinstance(_build("libatomic"), str):
         pytest.skip("libatomic not installed")
-    assert run_fresh("", env_value)[0] == "libatomic"
+    assert run_fresh("", "libatomic")[0] == "libatomic"
+
+
+def test_default_choice() -> None:
+    """x86-64 prefers the stub (cheaper calls); elsewhere libatomic comes first."""
+    order = ["stub", "libatomic"] if platform.machine() == "x86_64" else ["libatomic", "stub"]
+    for kind in order:
+        ops = _build(kind)
+        if not isinstance(ops, str):
+            assert run_fresh("", None)[0] == ops.name
+            return
+    pytest.skip("no backend works here")
 
 
 @needs_stub
@@ -843,3 +853,40 @@ def test_forced_libatomic_when_absent_and_bad_value() -> None:
     assert name == "unavailable" and "PYVCL_ATOMICS" in rest
     with pytest.raises(VclError):
         atomics._unavailable("x").cas64(0, 0, 0)
+
+
+@pytest.mark.parametrize("plain", [True, False], ids=["plain-views", "backend-words"])
+def test_words_views_load_store_and_bounds(
+    backend: str, plain: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """words32/words64 (the fifo hot path) agree with load/store, wrap values, check bounds,
+    and fail once the region is closed -- with native views (x86-64) and through the backend."""
+    if plain and not atomics.PLAIN_ACQ_REL:
+        pytest.skip("plain loads/stores are acquire/release only on x86-64")
+    monkeypatch.setattr(atomics, "PLAIN_ACQ_REL", plain)
+    mm = mmap.mmap(-1, 4096)
+    r = AtomicRegion(mm)
+    try:
+        w32, w64 = r.words32(), r.words64()
+        assert isinstance(w32, memoryview) == plain
+        w32[5] = 0xDEADBEEF
+        assert r.load32(20) == 0xDEADBEEF == w32[5]
+        r.store64(4088, -1)
+        assert w64[511] == M64
+        r.store32(0, -2)
+        assert w32[0] == M32 - 1
+        with pytest.raises(IndexError):
+            w32[1024]
+        with pytest.raises(IndexError):
+            w64[512] = 1
+        with pytest.raises(SharedMemoryError):
+            r.load32(4096)
+        with pytest.raises(SharedMemoryError):
+            r.store64(4, 1)  # misaligned
+    finally:
+        r.close()
+        mm.close()
+    with pytest.raises(ValueError):
+        w32[0]
+    with pytest.raises(LocalError):
+        r.load64(0)

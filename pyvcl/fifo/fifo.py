@@ -28,10 +28,9 @@ modified, so a hostile or corrupt header never leads to a corrupting write.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
-from ..atomics import AtomicRegion
+from ..atomics import AtomicRegion, Words
 from ..errors import LocalError, SharedMemoryError
 from ..segment import Segment
 from ..wire.enums import DeqNotify
@@ -82,21 +81,21 @@ class Fifo:
         "_chunk",
         "_end_m",
         "_head_chunk_m",
+        "_head_i",
         "_head_m",
         "_headrec_m",
-        "_load32",
-        "_load64",
         "_m",
         "_max_chunks",
         "_max_size",
         "_peek",
         "_start_m",
-        "_store32",
-        "_store64",
         "_tail_chunk_m",
+        "_tail_i",
         "_tail_m",
         "_tailrec_m",
         "_view",
+        "_w32",
+        "_w64",
         "allocator",
         "offset",
         "segment",
@@ -115,10 +114,10 @@ class Fifo:
         self._m = m = fifo_header_m(segment, offset)
         self._view = segment.view
         self._a: AtomicRegion = segment.atomics
-        self._load32: Callable[[int], int] = self._a.load32
-        self._load64: Callable[[int], int] = self._a.load64
-        self._store32: Callable[[int, int], None] = self._a.store32
-        self._store64: Callable[[int, int], None] = self._a.store64
+        # Acquire loads / release stores by word index (AtomicRegion.words32): positions and
+        # chunk links are read and written on every operation, so no call per access.
+        self._w32: Words = self._a.words32()
+        self._w64: Words = self._a.words64()
         self.allocator = ChunkAllocator(segment)
         self._chunk = self.allocator.chunk
         self._max_chunks = self.allocator.max_chunks
@@ -128,6 +127,8 @@ class Fifo:
         self._end_m = m + _END
         self._head_m = m + _HEAD
         self._tail_m = m + _TAIL
+        self._head_i = self._head_m >> 2  # word indices: the header is 64-byte aligned
+        self._tail_i = self._tail_m >> 2
         self._headrec_m = m + _HEADREC_OFF  # (head_chunk, head)
         self._tailrec_m = m + _TAILREC_OFF  # (tail_chunk, tail)
         self._head_chunk_m = m + _HEAD_CHUNK
@@ -153,11 +154,11 @@ class Fifo:
 
     @property
     def head(self) -> int:
-        return int(self._load32(self._head_m))
+        return int(self._w32[self._head_i])
 
     @property
     def tail(self) -> int:
-        return int(self._load32(self._tail_m))
+        return int(self._w32[self._tail_i])
 
     def _ptr(self, m: int) -> int:
         return int(_PTR.unpack_from(self._view, m)[0])
@@ -188,13 +189,13 @@ class Fifo:
 
     def max_dequeue(self) -> int:
         """Bytes present (``svm_fifo_max_dequeue``: both positions loaded with acquire)."""
-        tail = self._load32(self._tail_m)
-        return (tail - self._load32(self._head_m)) & M32
+        tail = self._w32[self._tail_i]
+        return (tail - self._w32[self._head_i]) & M32
 
     def max_enqueue(self) -> int:
         """Free bytes (``svm_fifo_max_enqueue``); 0 if VPP shrank ``size`` below the content."""
-        tail = self._load32(self._tail_m)
-        used = (tail - self._load32(self._head_m)) & M32
+        tail = self._w32[self._tail_i]
+        used = (tail - self._w32[self._head_i]) & M32
         return max(0, self.size - used)
 
     def is_empty(self) -> bool:
@@ -244,7 +245,7 @@ class Fifo:
             out.append(view[d : d + k])
             left -= k
             if not left:  # ends exactly at this chunk's end: the other side may be linking
-                return out, self._load64(m + CH_NEXT)
+                return out, self._w64[(m + CH_NEXT) >> 3]
             end = (start + length) & M32
             c = _PTR.unpack_from(view, m + CH_NEXT)[0]  # fresh: the producer may have grown it
             if not c:
@@ -320,7 +321,7 @@ class Fifo:
             last, c = c, nxt
         else:
             raise SharedMemoryError(f"fifo {self.offset:#x}: allocated chunk list is cyclic")
-        self._store64(em + CH_NEXT, first)  # the consumer may be looking past the old end
+        self._w64[(em + CH_NEXT) >> 3] = first  # the consumer may be looking past the old end
         _PTR.pack_into(view, self._end_m, last)
         if not tail_c:
             tail_c = first
@@ -329,7 +330,7 @@ class Fifo:
 
     def _room(self, want: int) -> tuple[int, int, int, int]:
         """Step 1 of an enqueue: (head, tail, tail_chunk, bytes that fit ``size``)."""
-        head = self._load32(self._head_m)  # acquire: the consumer's index
+        head = self._w32[self._head_i]  # acquire: the consumer's index
         tail_c, tail = _TAILREC.unpack_from(self._view, self._tailrec_m)  # ours
         size = int(_SIZE.unpack_from(self._view, self._m + _SIZE_OFF)[0])
         if size > self._max_size:
@@ -359,7 +360,7 @@ class Fifo:
             if idx + n < length:  # fast path: strictly inside the tail chunk
                 d = m + _DATA + idx
                 self._view[d : d + n] = src if n == want else src[:n]
-                self._store32(self._tail_m, (tail + n) & M32)  # release
+                self._w32[self._tail_i] = (tail + n) & M32  # release
                 return n
         old_tail_c = tail_c
         n, tail_c = self._prepare_write(head, tail, tail_c, n, hdr)
@@ -374,7 +375,7 @@ class Fifo:
         del pieces
         if last != tail_c:
             _PTR.pack_into(self._view, self._tail_chunk_m, last)
-        self._store32(self._tail_m, (tail + n) & M32)  # release: publishes data and chunks
+        self._w32[self._tail_i] = (tail + n) & M32  # release: publishes data and chunks
         return n
 
     def reserve(self, n: int) -> list[memoryview]:
@@ -420,14 +421,14 @@ class Fifo:
             raise SharedMemoryError(f"fifo {self.offset:#x}: chunk chain is cyclic")
         if c != tail_c:
             _PTR.pack_into(self._view, self._tail_chunk_m, c)
-        self._store32(self._tail_m, new_tail)
+        self._w32[self._tail_i] = new_tail
         return n
 
     # -- consumer ----------------------------------------------------------------------------
     def _read_start(self, n: int, offset: int = 0) -> tuple[int, int, int] | None:
         """(head, head_chunk, bytes to read at head + offset), or None if there are none;
         finds and stores ``head_chunk`` when it is 0, as VPP's consumer does."""
-        tail = self._load32(self._tail_m)  # acquire: the producer's index
+        tail = self._w32[self._tail_i]  # acquire: the producer's index
         head_c, head = _HEADREC.unpack_from(self._view, self._headrec_m)  # ours
         present = (tail - head) & M32
         if present <= offset or n <= 0:
@@ -450,7 +451,7 @@ class Fifo:
             self._unlink(start_c, sm, sstart, slen, new_head)
         if last != head_c:
             _PTR.pack_into(self._view, self._head_chunk_m, last)
-        self._store32(self._head_m, new_head)  # release
+        self._w32[self._head_i] = new_head  # release
 
     def _unlink(self, c: int, cm: int, cstart: int, clen: int, end_pos: int) -> int:
         """``f_unlink_chunks`` + ``fsh_collect_chunks``: detach the chunks before the one
@@ -464,7 +465,7 @@ class Fifo:
             # Only a chunk ending exactly at end_pos (<= tail) can be the end chunk the
             # producer is extending right now; links behind tail are published and stable.
             nxt = (
-                self._load64(cm + CH_NEXT)
+                self._w64[(cm + CH_NEXT) >> 3]
                 if end == end_pos
                 else _PTR.unpack_from(view, cm + CH_NEXT)[0]
             )
@@ -504,7 +505,7 @@ class Fifo:
         if idx + n < length and head_c == _PTR.unpack_from(self._view, self._start_m)[0]:
             # fast path: strictly inside the chunk holding head, nothing to unlink
             data = self._view[m + _DATA + idx : m + _DATA + idx + n].tobytes()
-            self._store32(self._head_m, (head + n) & M32)  # release
+            self._w32[self._head_i] = (head + n) & M32  # release
             return data
         pieces, last = self._pieces(head_c, head, n, hdr)
         data = b"".join(pieces)
@@ -525,7 +526,7 @@ class Fifo:
         idx = (head - start) & M32
         if idx + n < length and head_c == _PTR.unpack_from(self._view, self._start_m)[0]:
             dst[:n] = self._view[m + _DATA + idx : m + _DATA + idx + n]
-            self._store32(self._head_m, (head + n) & M32)
+            self._w32[self._head_i] = (head + n) & M32
             return n
         pieces, last = self._pieces(head_c, head, n, hdr)
         done = 0
@@ -539,7 +540,7 @@ class Fifo:
 
     def drop(self, n: int) -> int:
         """Discard up to ``n`` bytes at the head (``svm_fifo_dequeue_drop``); the count."""
-        tail = self._load32(self._tail_m)
+        tail = self._w32[self._tail_i]
         _hc, head = _HEADREC.unpack_from(self._view, self._headrec_m)
         present = (tail - head) & M32
         if not present or n <= 0:
@@ -553,7 +554,7 @@ class Fifo:
             _m, cstart, clen, _nxt = self._chunk(c)
             hc = c if (new_head - cstart) & M32 < clen else 0
             _PTR.pack_into(self._view, self._head_chunk_m, hc)
-        self._store32(self._head_m, new_head)
+        self._w32[self._head_i] = new_head
         return n
 
     def _locate(self, pos: int, head_c: int) -> int:
@@ -648,13 +649,13 @@ class Fifo:
         if not want:
             return False
         if want & DeqNotify.WANT_DEQ_NOTIF:
-            tail = self._load32(self._tail_m)
-            used = (tail - self._load32(self._head_m)) & M32
+            tail = self._w32[self._tail_i]
+            used = (tail - self._w32[self._head_i]) & M32
             size = int(_SIZE.unpack_from(self._view, self._m + _SIZE_OFF)[0])
             return (size - used) & M32 >= s.deq_thresh
         if want & DeqNotify.WANT_DEQ_NOTIF_IF_FULL:
             head = int(_HEADREC.unpack_from(self._view, self._headrec_m)[1])
-            max_deq = (self._load32(self._tail_m) - head) & M32
+            max_deq = (self._w32[self._tail_i] - head) & M32
             size = int(_SIZE.unpack_from(self._view, self._m + _SIZE_OFF)[0])
             if max_deq < size and (max_deq + n_last_deq) & M32 >= size and not s.has_deq_ntf:
                 return True
