@@ -49,7 +49,7 @@ __all__ = [
     "open_app",
 ]
 
-# Imported on first use: they pull in the data path (numpy, construct), the errors do not.
+# Imported on first use: they pull in the whole data path (app, fifos, queues), the errors do not.
 _LAZY = {
     "KernelApp": "fallback",
     "create_connection": "fallback",

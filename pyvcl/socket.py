@@ -16,10 +16,12 @@ import errno
 import os
 import socket as _std
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import VppUnreachable
-from .sockets import VclApp
+
+if TYPE_CHECKING:
+    from .sockets import VclApp
 
 AF_INET = _std.AF_INET
 AF_INET6 = _std.AF_INET6
@@ -45,6 +47,8 @@ def default_app() -> VclApp | None:
             _app, _kernel = None, False  # a forked child must not use its parent's app
             _app_pid = os.getpid()
         if _app is None and not _kernel:
+            from .sockets import VclApp  # the data path, imported on first use
+
             try:
                 _app = VclApp.from_env()
             except VppUnreachable:
@@ -52,6 +56,14 @@ def default_app() -> VclApp | None:
                     raise
                 _kernel = True
         return _app
+
+
+def __getattr__(name: str) -> Any:
+    if name == "VclApp":  # was imported here eagerly; still reachable as pyvcl.socket.VclApp
+        from .sockets import VclApp
+
+        return VclApp
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def socket(family: int = AF_INET, type: int = SOCK_STREAM, proto: int = 0) -> Any:

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..app import App
-from ..inspect import describe_segment
 from .common import add_attach_options, app_socket_path, attach_options
 from .render import render, to_jsonable
+
+if TYPE_CHECKING:
+    from ..app import App
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -33,6 +34,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def report(app: App, events: list[Any] | None = None) -> dict[str, Any]:
+    from ..inspect import describe_segment
+
     reply = app.reply
     assert reply is not None and app.app_mq is not None and app.vpp_segment is not None
     out: dict[str, Any] = {
@@ -60,6 +63,8 @@ def report(app: App, events: list[Any] | None = None) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..app import App  # not imported for the other subcommands
+
     with App.attach(app_socket_path(args), attach_options(args), timeout=args.timeout) as app:
         events = app.poll(args.wait) if args.wait else None
         data = report(app, events)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..api.messages import AttachOptions
-from ..app import default_app_socket
+if TYPE_CHECKING:
+    from ..api.messages import AttachOptions
 
 
 def add_attach_options(p: argparse.ArgumentParser) -> None:
@@ -33,12 +34,16 @@ def add_attach_options(p: argparse.ArgumentParser) -> None:
 
 
 def app_socket_path(args: argparse.Namespace) -> Path | str:
+    from ..app import default_app_socket
+
     if args.app_socket:
         return str(args.app_socket)
     return default_app_socket(args.namespace_id, args.runtime_dir)
 
 
 def attach_options(args: argparse.Namespace) -> AttachOptions:
+    from ..api.messages import AttachOptions
+
     opts = AttachOptions(
         name=args.name,
         use_mq_eventfd=args.use_mq_eventfd,

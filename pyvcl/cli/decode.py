@@ -11,7 +11,6 @@ import argparse
 import json
 from pathlib import Path
 
-from ..api.trace import format_trace, load_trace
 from .render import render, to_jsonable
 
 
@@ -30,6 +29,8 @@ def run(args: argparse.Namespace) -> int:
         data = to_jsonable(describe_snapshot(path))
         print(json.dumps(data, indent=2) if args.json else render(data))
         return 0
+    from ..api.trace import format_trace, load_trace
+
     messages = load_trace(path)
     if args.json:
         print(json.dumps(to_jsonable([vars(m) for m in messages]), indent=2))

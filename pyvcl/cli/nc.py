@@ -46,7 +46,6 @@ import time
 from typing import Any
 
 from ..errors import VppUnreachable
-from ..fallback import KernelApp, open_app
 from .common import add_attach_options, app_socket_path, attach_options
 
 # Bytes per read of stdin or of the connection.  Small against the fifos (1 MiB by default):
@@ -135,6 +134,8 @@ def _err(message: str) -> None:
 # -- choosing the stack ------------------------------------------------------------------------
 def _open(args: argparse.Namespace) -> Any:
     """The app to use: KernelApp, or VclApp (falling back only when no VPP was named)."""
+    from ..fallback import KernelApp, open_app  # the data path: not for the other subcommands
+
     if args.kernel:
         return KernelApp()
     overrides: dict[str, Any] = {"timeout": args.timeout}
@@ -307,6 +308,12 @@ class _Connection:
                  f"received {_rate(self.received, self.recv_secs)}")  # fmt: skip
 
 
+def _is_kernel(app: Any) -> bool:
+    from ..fallback import KernelApp
+
+    return isinstance(app, KernelApp)
+
+
 def _rate(n: int, secs: float) -> str:
     return f"{n} bytes in {secs:.2f} s ({n / max(secs, 1e-9) / 1e6:.1f} MB/s)"
 
@@ -324,7 +331,7 @@ def run(args: argparse.Namespace) -> int:
         _err(f"VPP not reachable: {e.strerror}")
         return 1
     if args.verbose:
-        _err("using " + ("kernel sockets" if isinstance(app, KernelApp) else "VPP's host stack"))
+        _err("using " + ("kernel sockets" if _is_kernel(app) else "VPP's host stack"))
     try:
         return _serve(args, app) if args.listen else _connect(args, app)
     except KeyboardInterrupt:
@@ -348,7 +355,7 @@ def _report(e: BaseException, what: str) -> int:
 def _connect(args: argparse.Namespace, app: Any) -> int:
     what = f"connect to {args.host}:{args.port}"
     try:
-        address = _resolve(args.host, args.port, isinstance(app, KernelApp))
+        address = _resolve(args.host, args.port, _is_kernel(app))
         sock = app.create_connection(address, timeout=args.connect_timeout)
         sock.settimeout(None)
     except (OSError, ValueError) as e:
@@ -363,7 +370,7 @@ def _connect(args: argparse.Namespace, app: Any) -> int:
 def _serve(args: argparse.Namespace, app: Any) -> int:
     what = f"listen on {args.host}:{args.port}"
     try:
-        address = _resolve(args.host, args.port, isinstance(app, KernelApp))
+        address = _resolve(args.host, args.port, _is_kernel(app))
         server = app.create_server(address)
     except (OSError, ValueError) as e:
         return _report(e, what)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 
-from ..app import App
 from ..errors import VppUnreachable
 from .common import add_attach_options, app_socket_path, attach_options
 
@@ -18,6 +17,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..app import App  # not imported for the other subcommands
+
     path = app_socket_path(args)
     try:
         with App.attach(path, attach_options(args), timeout=args.timeout) as app:

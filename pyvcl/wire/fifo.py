@@ -7,15 +7,13 @@ in ``svm_fifo_chunk_t`` chunks linked by offsets from the segment's fifo header.
 
 from __future__ import annotations
 
-import construct as cs
-
-from ._decl import Decl, array, fs_sptr_t, pad, u8, u32
+from ._decl import Decl, Struct, array, fs_sptr_t, pad, u8, u32
 
 SVM_FIFO_MAX_EVT_SUBSCRIBERS = 7
 
 SVM_FIFO_SHARED = Decl(
     "svm_fifo_shared_t",
-    cs.Struct(
+    Struct(
         "start_chunk" / fs_sptr_t,  # consumer unlinks from here
         "end_chunk" / fs_sptr_t,  # producer appends here
         "min_alloc" / u32,
@@ -43,7 +41,7 @@ SVM_FIFO_SHARED = Decl(
 
 SVM_FIFO_CHUNK = Decl(
     "svm_fifo_chunk_t",
-    cs.Struct(
+    Struct(
         "start_byte" / u32,  # fifo position of data[0]
         "length" / u32,  # data bytes, a power of two >= 4096
         "next" / fs_sptr_t,

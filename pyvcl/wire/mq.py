@@ -8,24 +8,22 @@ At an mq's offset: ``svm_msg_q_shared_t`` (n_rings), then the queue header
 
 from __future__ import annotations
 
-import construct as cs
-
-from ._decl import Decl, array, pad, u32, u64
+from ._decl import Bytes, Decl, Struct, array, pad, u32, u64
 
 PTHREAD_MUTEX_SIZE = 40  # glibc x86_64/aarch64 pthread_mutex_t
 PTHREAD_COND_SIZE = 48  # glibc pthread_cond_t
 
 SVM_MSG_Q_SHARED = Decl(
     "svm_msg_q_shared_t",
-    cs.Struct("n_rings" / u32, "pad" / u32),
+    Struct("n_rings" / u32, "pad" / u32),
     "Followed directly by the queue (svm_msg_q_shared_queue_t).",
 )
 
 SVM_MSG_Q_SHARED_QUEUE = Decl(
     "svm_msg_q_shared_queue_t",
-    cs.Struct(
-        "mutex" / cs.Bytes(PTHREAD_MUTEX_SIZE),
-        "condvar" / cs.Bytes(PTHREAD_COND_SIZE),
+    Struct(
+        "mutex" / Bytes(PTHREAD_MUTEX_SIZE),
+        "condvar" / Bytes(PTHREAD_COND_SIZE),
         "head" / u32,  # consumer index
         "tail" / u32,  # producer index
         "cursize" / u32,  # atomic
@@ -38,12 +36,12 @@ SVM_MSG_Q_SHARED_QUEUE = Decl(
 
 SVM_MSG_Q_MSG = Decl(
     "svm_msg_q_msg_t",
-    cs.Struct("ring_index" / u32, "elt_index" / u32),
+    Struct("ring_index" / u32, "elt_index" / u32),
 )
 
 SVM_MSG_Q_RING_SHARED = Decl(
     "svm_msg_q_ring_shared_t",
-    cs.Struct(
+    Struct(
         "cursize" / u32,  # atomic
         "nitems" / u32,
         "head" / u32,
@@ -56,7 +54,7 @@ SVM_MSG_Q_RING_SHARED = Decl(
 # glibc pthread internals the inspector shows (struct __pthread_mutex_s / __pthread_cond_s).
 PTHREAD_MUTEX_FIELDS = Decl(
     "pthread_mutex_t",
-    cs.Struct(
+    Struct(
         "__lock" / u32,
         "__count" / u32,
         "__owner" / u32,
@@ -69,7 +67,7 @@ PTHREAD_MUTEX_FIELDS = Decl(
 
 PTHREAD_COND_FIELDS = Decl(
     "pthread_cond_t",
-    cs.Struct(
+    Struct(
         "__wseq" / u64,
         "__g1_start" / u64,
         "__g_refs" / array(2, u32),

@@ -6,21 +6,19 @@ Every message in either direction is one packed ``app_sapi_msg_t`` of 209 bytes:
 
 from __future__ import annotations
 
-import construct as cs
-
-from ._decl import Decl, array, i32, u8, u16, u32, u64
+from ._decl import Bytes, Decl, Struct, array, i32, u8, u16, u32, u64
 
 ATTACH_N_OPTIONS = 18  # APP_OPTIONS_N_OPTIONS; the test compares it with the enum
 
 APP_SAPI_ATTACH_MSG = Decl(
     "app_sapi_attach_msg_t",
-    cs.Struct("name" / cs.Bytes(64), "options" / array(ATTACH_N_OPTIONS, u64)),
+    Struct("name" / Bytes(64), "options" / array(ATTACH_N_OPTIONS, u64)),
     "ATTACH request: app name (NUL padded) and options indexed by AttachOption.",
 )
 
 APP_SAPI_ATTACH_REPLY_MSG = Decl(
     "app_sapi_attach_reply_msg_t",
-    cs.Struct(
+    Struct(
         "retval" / i32,
         "app_index" / u32,
         "app_mq" / u64,  # offset of the app worker mq from the first app segment's fsh
@@ -36,12 +34,12 @@ APP_SAPI_ATTACH_REPLY_MSG = Decl(
 
 APP_SAPI_WORKER_ADD_DEL_MSG = Decl(
     "app_sapi_worker_add_del_msg_t",
-    cs.Struct("app_index" / u32, "wrk_index" / u32, "is_add" / u8),
+    Struct("app_index" / u32, "wrk_index" / u32, "is_add" / u8),
 )
 
 APP_SAPI_WORKER_ADD_DEL_REPLY_MSG = Decl(
     "app_sapi_worker_add_del_reply_msg_t",
-    cs.Struct(
+    Struct(
         "retval" / i32,
         "wrk_index" / u32,
         "app_event_queue_address" / u64,
@@ -55,7 +53,7 @@ APP_SAPI_WORKER_ADD_DEL_REPLY_MSG = Decl(
 
 APP_SAPI_CERT_KEY_ADD_DEL_MSG = Decl(
     "app_sapi_cert_key_add_del_msg_t",
-    cs.Struct(
+    Struct(
         "context" / u32,
         "index" / u32,
         "cert_len" / u16,
@@ -67,7 +65,7 @@ APP_SAPI_CERT_KEY_ADD_DEL_MSG = Decl(
 
 APP_SAPI_CERT_KEY_ADD_DEL_REPLY_MSG = Decl(
     "app_sapi_cert_key_add_del_reply_msg_t",
-    cs.Struct("context" / u32, "retval" / i32, "index" / u32),
+    Struct("context" / u32, "retval" / i32, "index" / u32),
 )
 
 # The union is as large as its largest member, the attach request.
@@ -75,7 +73,7 @@ SAPI_PAYLOAD_SIZE = APP_SAPI_ATTACH_MSG.size
 
 APP_SAPI_MSG = Decl(
     "app_sapi_msg_t",
-    cs.Struct("type" / u8, "payload" / cs.Bytes(SAPI_PAYLOAD_SIZE)),
+    Struct("type" / u8, "payload" / Bytes(SAPI_PAYLOAD_SIZE)),
     "The 209-byte frame of every app-socket message.",
 )
 

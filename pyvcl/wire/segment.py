@@ -7,13 +7,11 @@ The fsh is followed by ``n_slices`` ``fifo_segment_slice_t`` (one per VPP thread
 
 from __future__ import annotations
 
-import construct as cs
-
-from ._decl import Decl, array, fs_sptr_t, pad, pointer, u8, u32, uword
+from ._decl import Decl, Struct, array, fs_sptr_t, pad, pointer, u8, u32, uword
 
 SSVM_SHARED_HEADER = Decl(
     "ssvm_shared_header_t",
-    cs.Struct(
+    Struct(
         "lock" / u32,  # VPP-private spinlock
         "owner_pid" / u32,
         "recursion_count" / u32,
@@ -35,7 +33,7 @@ FS_MIN_LOG2_CHUNK_SZ = 12  # smallest chunk is 1 << 12
 
 FIFO_SEGMENT_SLICE = Decl(
     "fifo_segment_slice_t",
-    cs.Struct(
+    Struct(
         # Tagged lock-free stack heads: low 48 bits offset, high 16 bits ABA tag.
         "free_chunks" / array(FS_CHUNK_VEC_LEN, fs_sptr_t),
         "free_fifos" / fs_sptr_t,  # VPP owner thread only
@@ -48,7 +46,7 @@ FIFO_SEGMENT_SLICE = Decl(
 
 FIFO_SEGMENT_HEADER = Decl(
     "fifo_segment_header_t",
-    cs.Struct(
+    Struct(
         "n_cached_bytes" / uword,
         "n_active_fifos" / u32,
         "n_reserved_bytes" / u32,

@@ -9,15 +9,27 @@ Ports are stored in network byte order and IPv4 addresses in the last 4 bytes of
 
 from __future__ import annotations
 
-import construct as cs
+from ._decl import (
+    Bytes,
+    Decl,
+    Struct,
+    array,
+    i32,
+    pad,
+    pointer,
+    session_handle_t,
+    u8,
+    u16,
+    u32,
+    u64,
+    uword,
+)
 
-from ._decl import Decl, array, i32, pad, pointer, session_handle_t, u8, u16, u32, u64, uword
+IP46 = Bytes(16)  # ip46_address_t: IPv4 in bytes 12..15, bytes 0..11 zero
 
-IP46 = cs.Bytes(16)  # ip46_address_t: IPv4 in bytes 12..15, bytes 0..11 zero
+IP46_ADDRESS = Decl("ip46_address_t", Struct("as_u8" / IP46))
 
-IP46_ADDRESS = Decl("ip46_address_t", cs.Struct("as_u8" / IP46))
-
-_TRANSPORT_ENDPOINT = cs.Struct(
+_TRANSPORT_ENDPOINT = Struct(
     "ip" / IP46,
     "port" / u16,  # network byte order
     "is_ip4" / u8,
@@ -29,19 +41,19 @@ TRANSPORT_ENDPOINT = Decl("transport_endpoint_t", _TRANSPORT_ENDPOINT)
 
 SESSION_EVENT = Decl(
     "session_event_t",
-    cs.Struct(
+    Struct(
         "event_type" / u8,
         "postponed" / u8,  # app-internal; send 0
         # union: session_index u32 | session_handle u64 | rpc args | as_u64[2] | data[]
         "session_index" / u32,
-        "union_rest" / cs.Bytes(12),
+        "union_rest" / Bytes(12),
     ),
     "IO events use session_index; a ctrl payload starts at offset 2 (`payload_offset`).",
 )
 SESSION_EVENT_PAYLOAD_OFFSET = SESSION_EVENT.offset("session_index")
 SESSION_RPC_ARGS = Decl(
     "session_rpc_args_t",
-    cs.Struct("fp" / pointer, "arg" / pointer),
+    Struct("fp" / pointer, "arg" / pointer),
     "The RPC arm of session_event_t's union (VPP-internal CTRL_EVT_RPC in a worker mq's ring 0).",
 )
 SESSION_EVENT_SIZE = SESSION_EVENT.size  # the IO ring's slot size
@@ -50,7 +62,7 @@ CTRL_EVENT_SLOT_SIZE = 256  # SESSION_CTRL_MSG_MAX_SIZE: the ctrl ring's slot si
 # -- listen / bound / unlisten ----------------------------------------------------------------
 SESSION_LISTEN_MSG = Decl(
     "session_listen_msg_t",
-    cs.Struct(
+    Struct(
         "client_index" / u32,
         "context" / u32,
         "wrk_index" / u32,
@@ -66,11 +78,11 @@ SESSION_LISTEN_MSG = Decl(
 )
 SESSION_LISTEN_URI_MSG = Decl(
     "session_listen_uri_msg_t",
-    cs.Struct("client_index" / u32, "context" / u32, "uri" / cs.Bytes(56)),
+    Struct("client_index" / u32, "context" / u32, "uri" / Bytes(56)),
 )
 SESSION_BOUND_MSG = Decl(
     "session_bound_msg_t",
-    cs.Struct(
+    Struct(
         "context" / u32,
         "handle" / session_handle_t,
         "cl_sh_handle" / session_handle_t,
@@ -87,19 +99,17 @@ SESSION_BOUND_MSG = Decl(
 )
 SESSION_UNLISTEN_MSG = Decl(
     "session_unlisten_msg_t",
-    cs.Struct(
-        "client_index" / u32, "context" / u32, "wrk_index" / u32, "handle" / session_handle_t
-    ),
+    Struct("client_index" / u32, "context" / u32, "wrk_index" / u32, "handle" / session_handle_t),
 )
 SESSION_UNLISTEN_REPLY_MSG = Decl(
     "session_unlisten_reply_msg_t",
-    cs.Struct("context" / u32, "handle" / session_handle_t, "retval" / i32),
+    Struct("context" / u32, "handle" / session_handle_t, "retval" / i32),
 )
 
 # -- accept / connect -------------------------------------------------------------------------
 SESSION_ACCEPTED_MSG = Decl(
     "session_accepted_msg_t",
-    cs.Struct(
+    Struct(
         "context" / u32,
         "listener_handle" / session_handle_t,
         "handle" / session_handle_t,
@@ -117,7 +127,7 @@ SESSION_ACCEPTED_MSG = Decl(
 )
 SESSION_ACCEPTED_REPLY_MSG = Decl(
     "session_accepted_reply_msg_t",
-    cs.Struct(
+    Struct(
         "context" / u32,
         "retval" / i32,
         "handle" / session_handle_t,
@@ -126,7 +136,7 @@ SESSION_ACCEPTED_REPLY_MSG = Decl(
 )
 SESSION_CONNECT_MSG = Decl(
     "session_connect_msg_t",
-    cs.Struct(
+    Struct(
         "client_index" / u32,
         "context" / u32,
         "wrk_index" / u32,
@@ -147,11 +157,11 @@ SESSION_CONNECT_MSG = Decl(
 )
 SESSION_CONNECT_URI_MSG = Decl(
     "session_connect_uri_msg_t",
-    cs.Struct("client_index" / u32, "context" / u32, "uri" / cs.Bytes(56)),
+    Struct("client_index" / u32, "context" / u32, "uri" / Bytes(56)),
 )
 SESSION_CONNECTED_MSG = Decl(
     "session_connected_msg_t",
-    cs.Struct(
+    Struct(
         "context" / u32,
         "retval" / i32,
         "handle" / session_handle_t,
@@ -172,14 +182,14 @@ SESSION_CONNECTED_MSG = Decl(
 def _handle_msg(c_name: str) -> Decl:
     return Decl(
         c_name,
-        cs.Struct("client_index" / u32, "context" / u32, "handle" / session_handle_t),
+        Struct("client_index" / u32, "context" / u32, "handle" / session_handle_t),
     )
 
 
 def _reply_msg(c_name: str) -> Decl:
     return Decl(
         c_name,
-        cs.Struct("context" / u32, "retval" / i32, "handle" / session_handle_t),
+        Struct("context" / u32, "retval" / i32, "handle" / session_handle_t),
         "context must be the worker's api_client_handle: VPP finds the app by it.",
     )
 
@@ -194,16 +204,16 @@ SESSION_RESET_REPLY_MSG = _reply_msg("session_reset_reply_msg_t")
 
 SESSION_CLEANUP_MSG = Decl(
     "session_cleanup_msg_t",
-    cs.Struct("handle" / session_handle_t, "type" / u8),
+    Struct("handle" / session_handle_t, "type" / u8),
 )
 
 # -- workers, segments, migration, rpc -------------------------------------------------------
 SESSION_REQ_WORKER_UPDATE_MSG = Decl(
-    "session_req_worker_update_msg_t", cs.Struct("session_handle" / session_handle_t)
+    "session_req_worker_update_msg_t", Struct("session_handle" / session_handle_t)
 )
 SESSION_WORKER_UPDATE_MSG = Decl(
     "session_worker_update_msg_t",
-    cs.Struct(
+    Struct(
         "client_index" / u32,
         "wrk_index" / u16,
         "req_wrk_index" / u16,
@@ -212,7 +222,7 @@ SESSION_WORKER_UPDATE_MSG = Decl(
 )
 SESSION_WORKER_UPDATE_REPLY_MSG = Decl(
     "session_worker_update_reply_msg_t",
-    cs.Struct(
+    Struct(
         "handle" / session_handle_t,
         "rx_fifo" / uword,
         "tx_fifo" / uword,
@@ -220,28 +230,28 @@ SESSION_WORKER_UPDATE_REPLY_MSG = Decl(
     ),
 )
 SESSION_APP_DETACH_MSG = Decl(
-    "session_app_detach_msg_t", cs.Struct("client_index" / u32, "context" / u32)
+    "session_app_detach_msg_t", Struct("client_index" / u32, "context" / u32)
 )
 SEGMENT_NAME_LEN = 128
 SESSION_APP_ADD_SEGMENT_MSG = Decl(
     "session_app_add_segment_msg_t",
-    cs.Struct(  # not packed
+    Struct(  # not packed
         "client_index" / u32,
         "context" / u32,
         "fd_flags" / u8,
         pad(3),
         "segment_size" / u32,
-        "segment_name" / cs.Bytes(SEGMENT_NAME_LEN),
+        "segment_name" / Bytes(SEGMENT_NAME_LEN),
         "segment_handle" / u64,
     ),
 )
 SESSION_APP_DEL_SEGMENT_MSG = Decl(
     "session_app_del_segment_msg_t",
-    cs.Struct("client_index" / u32, "context" / u32, "segment_handle" / u64),
+    Struct("client_index" / u32, "context" / u32, "segment_handle" / u64),
 )
 SESSION_MIGRATED_MSG = Decl(
     "session_migrated_msg_t",
-    cs.Struct(
+    Struct(
         "vpp_evt_q" / uword,
         "handle" / session_handle_t,
         "new_handle" / session_handle_t,
@@ -252,20 +262,20 @@ SESSION_MIGRATED_MSG = Decl(
 APP_WRK_RPC_DATA_LEN = 64
 SESSION_APP_WRK_RPC_MSG = Decl(
     "session_app_wrk_rpc_msg_t",
-    cs.Struct("client_index" / u32, "wrk_index" / u32, "data" / cs.Bytes(APP_WRK_RPC_DATA_LEN)),
+    Struct("client_index" / u32, "wrk_index" / u32, "data" / Bytes(APP_WRK_RPC_DATA_LEN)),
 )
 
 # -- transport attributes -------------------------------------------------------------------
-_TRANSPORT_ENDPT_ATTR = cs.Struct(
+_TRANSPORT_ENDPT_ATTR = Struct(
     "type" / u32,  # TransportAttrType
     pad(4),
     # union: mss u16 | flags u8 | cc_algo u8 | ext_endpt | app_proto_err_code u64 | pointers
-    "value" / cs.Bytes(32),
+    "value" / Bytes(32),
 )
 TRANSPORT_ENDPT_ATTR = Decl("transport_endpt_attr_t", _TRANSPORT_ENDPT_ATTR)
 SESSION_TRANSPORT_ATTR_MSG = Decl(
     "session_transport_attr_msg_t",
-    cs.Struct(
+    Struct(
         "client_index" / u32,
         "handle" / session_handle_t,
         "attr" / _TRANSPORT_ENDPT_ATTR,
@@ -274,7 +284,7 @@ SESSION_TRANSPORT_ATTR_MSG = Decl(
 )
 SESSION_TRANSPORT_ATTR_REPLY_MSG = Decl(
     "session_transport_attr_reply_msg_t",
-    cs.Struct(
+    Struct(
         "retval" / i32,
         "handle" / session_handle_t,
         "attr" / _TRANSPORT_ENDPT_ATTR,
@@ -284,11 +294,11 @@ SESSION_TRANSPORT_ATTR_REPLY_MSG = Decl(
 
 # -- datagrams -----------------------------------------------------------------------------
 SESSION_DGRAM_PRE_HDR = Decl(
-    "session_dgram_pre_hdr_t", cs.Struct("data_length" / u32, "data_offset" / u32)
+    "session_dgram_pre_hdr_t", Struct("data_length" / u32, "data_offset" / u32)
 )
 SESSION_DGRAM_HDR = Decl(
     "session_dgram_hdr_t",
-    cs.Struct(
+    Struct(
         "data_length" / u32,
         "data_offset" / u32,
         "rmt_ip" / IP46,
@@ -302,9 +312,9 @@ SESSION_DGRAM_HDR = Decl(
 
 
 # -- extended (crypto) endpoint config: differs between VPP releases -------------------------
-def _crypto_cfg(with_tls_profile: bool) -> cs.Struct:
+def _crypto_cfg(with_tls_profile: bool) -> Struct:
     owner = ["tls_profile_index" / u32, "owner_app_wrk_index" / u32] if with_tls_profile else []
-    return cs.Struct(
+    return Struct(
         "ckpair_index" / u32,
         "ca_trust_index" / u32,
         *owner,
@@ -312,7 +322,7 @@ def _crypto_cfg(with_tls_profile: bool) -> cs.Struct:
         "crypto_engine" / u8,
         pad(3),
         "verify_cfg" / u32,
-        "hostname" / cs.Bytes(256),
+        "hostname" / Bytes(256),
     )
 
 
@@ -323,7 +333,7 @@ def crypto_cfg_decl(with_tls_profile: bool) -> Decl:
 def ext_cfg_decl(with_tls_profile: bool) -> Decl:
     return Decl(
         "transport_endpt_ext_cfg_t",
-        cs.Struct("type" / u16, "len" / u16, "crypto" / _crypto_cfg(with_tls_profile)),
+        Struct("type" / u16, "len" / u16, "crypto" / _crypto_cfg(with_tls_profile)),
         "Copied into a chunk of the vpp-mq segment; LISTEN/CONNECT ext_config holds its offset.",
     )
 
