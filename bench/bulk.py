@@ -1,4 +1,4 @@
-"""One-way TCP bulk throughput, one standalone file.
+"""One-way TCP bulk throughput, a standalone script.
 
     python bench/bulk.py server PORT [HOST] [--module M]
     python bench/bulk.py client HOST PORT SECONDS CHUNK [--module M]
@@ -12,50 +12,29 @@ report; the two byte counts must agree).  Before that it prints ``{"listening": 
 There is no reply from server to client: over C VCL cut-through under LDP (v26.06) a
 ``shutdown(SHUT_WR)`` never reaches the peer as EOF, while ``close()`` does.
 
-Standard library only, so it runs on kernel sockets, over C VCL under LDP, and -- with
-``--module`` naming a socket-like module -- over any other stack; the module needs what
-bench/pingpong.py needs (no ``shutdown``).
+Standard library only (and bench/_script_common.py beside it), so it runs on kernel sockets,
+over C VCL under LDP, and -- with ``--module`` naming a socket-like module -- over any other
+stack; the module needs what bench/pingpong.py needs (no ``shutdown``).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import json
+import os
 import sys
 import time
 from typing import Any
 
-CONNECT_TIMEOUT = 20.0
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if _HERE not in sys.path:  # run from any directory, also with -I / -P
+    sys.path.insert(0, _HERE)
+from _script_common import connect, emit, listen, parse_args  # noqa: E402
+
 RECV_BUF = 1 << 20
 
 
-def connect(mod: Any, host: str, port: int, timeout: float = CONNECT_TIMEOUT) -> Any:
-    """Connect, retrying while the server is not listening yet (bounded by `timeout`)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        sock = mod.socket(mod.AF_INET, mod.SOCK_STREAM)
-        try:
-            sock.connect((host, port))
-            return sock
-        except OSError:
-            sock.close()
-            if time.monotonic() >= deadline:
-                raise
-            time.sleep(0.05)
-
-
-def emit(record: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(record) + "\n")
-    sys.stdout.flush()
-
-
 def server(mod: Any, port: int, host: str) -> int:
-    ls = mod.socket(mod.AF_INET, mod.SOCK_STREAM)
-    if hasattr(mod, "SO_REUSEADDR") and hasattr(ls, "setsockopt"):
-        ls.setsockopt(mod.SOL_SOCKET, mod.SO_REUSEADDR, 1)
-    ls.bind((host, port))
-    ls.listen(1)
+    ls = listen(mod, host, port)
     emit({"listening": port})
     conn, _ = ls.accept()
     buf = bytearray(RECV_BUF)
@@ -110,21 +89,13 @@ def client(mod: Any, host: str, port: int, seconds: float, chunk: int) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--module", default="socket", help="socket-like module (default: socket)")
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    sub = ap.add_subparsers(dest="role", required=True)
-    s = sub.add_parser("server", parents=[common])
-    s.add_argument("port", type=int)
-    s.add_argument("host", nargs="?", default="0.0.0.0")
-    c = sub.add_parser("client", parents=[common])
-    c.add_argument("host")
-    c.add_argument("port", type=int)
+def _client_args(c: argparse.ArgumentParser) -> None:
     c.add_argument("seconds", type=float)
     c.add_argument("chunk", type=int)
-    args = ap.parse_args(argv)
-    mod = importlib.import_module(args.module)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, mod, ap = parse_args(__doc__, _client_args, argv)
     if args.role == "server":
         return server(mod, args.port, args.host)
     if args.seconds <= 0 or args.chunk < 1:

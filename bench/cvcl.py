@@ -22,14 +22,23 @@ import math
 import re
 import shutil
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bench.kernel import run_bulk, run_rtt
 from bench.procs import CaseError, Proc
-from bench.registry import BULK_SIZES, RTT_SIZE, Config, Record, Skip, register, size_label
+from bench.registry import (
+    BULK_SIZES,
+    RTT_SIZE,
+    Config,
+    Record,
+    Skip,
+    bind_case,
+    register,
+    size_label,
+)
 
 CALIBRATION_BYTES = 256 << 20
 """Bytes streamed by the first (sizing) vcl_test_client run."""
@@ -51,9 +60,8 @@ def _results(text: str, who: str) -> list[tuple[int, float, float]]:
 
 def _topology(cfg: Config, topo: str) -> tuple[str, str, str]:
     """(server vcl.conf kind, client vcl.conf kind, address the client connects to)."""
-    if topo == "ct":
-        return "ct", "ct", "127.0.0.1"
-    return "tcp-server", "tcp-client", cfg.two_vrf().server_addr
+    host = cfg.topology(topo).host
+    return ("ct", "ct", host) if topo == "ct" else ("tcp-server", "tcp-client", host)
 
 
 def _hs_app(cfg: Config, name: str) -> Path:
@@ -161,37 +169,30 @@ class ScriptStack:
     client_module: str | None = None
 
 
+def _script_sides(cfg: Config, topo: str, stack: ScriptStack) -> dict[str, Any]:
+    """`kernel.run_script`'s keywords for the scripts over VPP (`topo` "ct" or "tcp"), sides
+    as `stack` says."""
+    skind, ckind, host = _topology(cfg, topo)
+    return {
+        "host": host,
+        "bind": "0.0.0.0" if topo == "ct" else host,
+        "port": cfg.port(),
+        "server_env": _env(cfg, skind, stack.server_ldp),
+        "client_env": _env(cfg, ckind, stack.client_ldp),
+        "server_module": stack.server_module,
+        "client_module": stack.client_module,
+    }
+
+
 def script_bulk(cfg: Config, topo: str, size: int, stack: ScriptStack, label: str) -> Record:
     """bench/bulk.py over VPP (`topo` "ct" or "tcp"), sides as `stack` says."""
-    skind, ckind, host = _topology(cfg, topo)
-    return run_bulk(
-        cfg,
-        f"bulk-{label}-{topo}-{size_label(size)}",
-        size,
-        host=host,
-        bind="0.0.0.0" if topo == "ct" else host,
-        port=cfg.port(),
-        server_env=_env(cfg, skind, stack.server_ldp),
-        client_env=_env(cfg, ckind, stack.client_ldp),
-        server_module=stack.server_module,
-        client_module=stack.client_module,
-    )
+    name = f"bulk-{label}-{topo}-{size_label(size)}"
+    return run_bulk(cfg, name, size, **_script_sides(cfg, topo, stack))
 
 
 def script_rtt(cfg: Config, topo: str, stack: ScriptStack, label: str) -> Record:
     """bench/pingpong.py over VPP (`topo` "ct" or "tcp"), sides as `stack` says."""
-    skind, ckind, host = _topology(cfg, topo)
-    return run_rtt(
-        cfg,
-        f"rtt-{label}-{topo}",
-        host=host,
-        bind="0.0.0.0" if topo == "ct" else host,
-        port=cfg.port(),
-        server_env=_env(cfg, skind, stack.server_ldp),
-        client_env=_env(cfg, ckind, stack.client_ldp),
-        server_module=stack.server_module,
-        client_module=stack.client_module,
-    )
+    return run_rtt(cfg, f"rtt-{label}-{topo}", **_script_sides(cfg, topo, stack))
 
 
 def register_script_cases(
@@ -206,20 +207,13 @@ def register_script_cases(
     for topo in topologies:
         for size in BULK_SIZES:
             names.append(f"bulk/{name}-{topo}/{size_label(size)}")
-            register(names[-1], _case(script_bulk, topo, size, stack, name))
+            register(names[-1], bind_case(script_bulk, topo, size, stack, name))
         names.append(f"rtt/{name}-{topo}/{size_label(RTT_SIZE)}")
-        register(names[-1], _case(script_rtt, topo, stack, name))
+        register(names[-1], bind_case(script_rtt, topo, stack, name))
     return names
-
-
-def _case(fn: Any, *args: Any) -> Any:
-    def run(cfg: Config) -> Iterator[Record]:
-        yield fn(cfg, *args)
-
-    return run
 
 
 for _topo in ("ct", "tcp"):
     for _size in BULK_SIZES:
-        register(f"bulk/cvcl-{_topo}/{size_label(_size)}", _case(vcl_test_bulk, _topo, _size))
+        register(f"bulk/cvcl-{_topo}/{size_label(_size)}", bind_case(vcl_test_bulk, _topo, _size))
 register_script_cases("ldp", ScriptStack(server_ldp=True, client_ldp=True))

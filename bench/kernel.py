@@ -10,11 +10,11 @@ Server and client are separate processes on 127.0.0.1.
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from bench.procs import run_pair
-from bench.registry import BULK_SIZES, RTT_SIZE, Config, Record, register, size_label
+from bench.registry import BULK_SIZES, RTT_SIZE, Config, Record, bind_case, register, size_label
 
 
 def free_port() -> int:
@@ -46,11 +46,13 @@ def bulk_record(client: Mapping[str, Any], server: Mapping[str, Any] | None) -> 
     return rec
 
 
-def run_bulk(
+def run_script(
     cfg: Config,
     name: str,
-    size: int,
+    script: str,
+    client_args: list[str],
     *,
+    timeout: float,
     host: str = "127.0.0.1",
     port: int | None = None,
     bind: str | None = None,
@@ -58,51 +60,38 @@ def run_bulk(
     client_env: Mapping[str, str] | None = None,
     server_module: str | None = None,
     client_module: str | None = None,
-) -> Record:
-    """bench/bulk.py server + client; `bind` is the server's address (default `host`)."""
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """``bench/SCRIPT server PORT BIND`` + ``bench/SCRIPT client HOST PORT CLIENT_ARGS...``
+    (`procs.run_pair`): `bind` is the server's address (default `host`), `port` a free kernel
+    port by default; the rest goes to `run_pair`.  Returns (client record, server record)."""
     port = free_port() if port is None else port
-    client, server = run_pair(
+    return run_pair(
         name,
-        "bulk.py",
+        script,
         server_args=[str(port), bind or host],
-        client_args=[host, str(port), str(cfg.duration), str(size)],
+        client_args=[host, str(port), *client_args],
         workdir=cfg.workdir,
-        timeout=cfg.bulk_timeout(),
+        timeout=timeout,
         server_env=server_env,
         client_env=client_env,
         server_module=server_module,
         client_module=client_module,
     )
+
+
+def run_bulk(cfg: Config, name: str, size: int, **where: Any) -> Record:
+    """bench/bulk.py server + client (`where`: `run_script`'s `host`, `port`, `bind`,
+    `server_env`, ...); the receiver's figures are the result (`bulk_record`)."""
+    args = [str(cfg.duration), str(size)]
+    client, server = run_script(cfg, name, "bulk.py", args, timeout=cfg.bulk_timeout(), **where)
     return bulk_record(client, server)
 
 
-def run_rtt(
-    cfg: Config,
-    name: str,
-    *,
-    size: int = RTT_SIZE,
-    host: str = "127.0.0.1",
-    port: int | None = None,
-    bind: str | None = None,
-    server_env: Mapping[str, str] | None = None,
-    client_env: Mapping[str, str] | None = None,
-    server_module: str | None = None,
-    client_module: str | None = None,
-) -> Record:
-    """bench/pingpong.py server + client; the client's percentiles are the result."""
-    port = free_port() if port is None else port
-    client, server = run_pair(
-        name,
-        "pingpong.py",
-        server_args=[str(port), bind or host],
-        client_args=[host, str(port), str(cfg.rtt_rounds), str(size)],
-        workdir=cfg.workdir,
-        timeout=cfg.rtt_timeout(),
-        server_env=server_env,
-        client_env=client_env,
-        server_module=server_module,
-        client_module=client_module,
-    )
+def run_rtt(cfg: Config, name: str, *, size: int = RTT_SIZE, **where: Any) -> Record:
+    """bench/pingpong.py server + client (`where` as for `run_bulk`); the client's
+    percentiles are the result."""
+    args = [str(cfg.rtt_rounds), str(size)]
+    client, server = run_script(cfg, name, "pingpong.py", args, timeout=cfg.rtt_timeout(), **where)
     rec: Record = dict(client)
     if server is None:
         rec["server_killed"] = True
@@ -112,17 +101,9 @@ def run_rtt(
     return rec
 
 
-def _bulk_case(size: int) -> Any:
-    def fn(cfg: Config) -> Iterator[Record]:
-        yield run_bulk(cfg, f"bulk-kernel-{size_label(size)}", size)
-
-    return fn
-
-
-def rtt_kernel(cfg: Config) -> Iterator[Record]:
-    yield run_rtt(cfg, "rtt-kernel")
-
-
 for _size in BULK_SIZES:
-    register(f"bulk/kernel/{size_label(_size)}", _bulk_case(_size))
-register(f"rtt/kernel/{size_label(RTT_SIZE)}", rtt_kernel)
+    register(
+        f"bulk/kernel/{size_label(_size)}",
+        bind_case(run_bulk, f"bulk-kernel-{size_label(_size)}", _size),
+    )
+register(f"rtt/kernel/{size_label(RTT_SIZE)}", bind_case(run_rtt, "rtt-kernel"))

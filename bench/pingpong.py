@@ -1,4 +1,4 @@
-"""Blocking TCP ping-pong (round-trip latency), one standalone file.
+"""Blocking TCP ping-pong (round-trip latency), a standalone script.
 
     python bench/pingpong.py server PORT [HOST] [--module M]
     python bench/pingpong.py client HOST PORT N SIZE [--module M] [--warmup W]
@@ -8,9 +8,10 @@ SIZE-byte message, reads SIZE bytes back, N times (after W untimed warm-up round
 prints one JSON line with the round-trip percentiles in microseconds.  The server prints
 ``{"listening": PORT}`` once it listens and ``{"served": BYTES}`` when the peer closed.
 
-Only the standard library is used, so the same file runs on kernel sockets, over C VCL under
-LDP (``LD_PRELOAD=libvcl_ldpreload.so`` into the real interpreter binary) and -- with
-``--module`` naming a socket-like module -- over any other stack.  The module must provide
+Only the standard library (and bench/_script_common.py beside it) is used, so the same file
+runs on kernel sockets, over C VCL under LDP (``LD_PRELOAD=libvcl_ldpreload.so`` into the real
+interpreter binary) and -- with ``--module`` naming a socket-like module -- over any other
+stack.  The module must provide
 ``AF_INET``, ``SOCK_STREAM`` and ``socket(family, type)`` returning an object with ``bind``,
 ``listen``, ``accept``, ``connect``, ``sendall``, ``recv_into``, ``close`` (``setsockopt`` with
 ``IPPROTO_TCP``/``TCP_NODELAY`` and ``SOL_SOCKET``/``SO_REUSEADDR`` is used when it exists).
@@ -19,57 +20,22 @@ LDP (``LD_PRELOAD=libvcl_ldpreload.so`` into the real interpreter binary) and --
 from __future__ import annotations
 
 import argparse
-import contextlib
-import importlib
-import json
+import os
 import sys
 import time
 from typing import Any
 
-CONNECT_TIMEOUT = 20.0
-
-
-def _sockopt(mod: Any, sock: Any, level: str, name: str) -> None:
-    lvl, opt = getattr(mod, level, None), getattr(mod, name, None)
-    if lvl is None or opt is None or not hasattr(sock, "setsockopt"):
-        return
-    with contextlib.suppress(OSError):  # an option the stack lacks: measure without it
-        sock.setsockopt(lvl, opt, 1)
-
-
-def connect(mod: Any, host: str, port: int, timeout: float = CONNECT_TIMEOUT) -> Any:
-    """Connect, retrying while the server is not listening yet (bounded by `timeout`)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        sock = mod.socket(mod.AF_INET, mod.SOCK_STREAM)
-        try:
-            sock.connect((host, port))
-            return sock
-        except OSError:
-            sock.close()
-            if time.monotonic() >= deadline:
-                raise
-            time.sleep(0.05)
-
-
-def listen(mod: Any, host: str, port: int) -> Any:
-    ls = mod.socket(mod.AF_INET, mod.SOCK_STREAM)
-    _sockopt(mod, ls, "SOL_SOCKET", "SO_REUSEADDR")
-    ls.bind((host, port))
-    ls.listen(1)
-    return ls
-
-
-def emit(record: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(record) + "\n")
-    sys.stdout.flush()
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if _HERE not in sys.path:  # run from any directory, also with -I / -P
+    sys.path.insert(0, _HERE)
+from _script_common import connect, emit, listen, parse_args, sockopt  # noqa: E402
 
 
 def server(mod: Any, port: int, host: str) -> int:
     ls = listen(mod, host, port)
     emit({"listening": port})
     conn, _ = ls.accept()
-    _sockopt(mod, conn, "IPPROTO_TCP", "TCP_NODELAY")
+    sockopt(mod, conn, "IPPROTO_TCP", "TCP_NODELAY")
     buf = bytearray(1 << 16)
     view = memoryview(buf)
     total = 0
@@ -87,7 +53,7 @@ def server(mod: Any, port: int, host: str) -> int:
 
 def client(mod: Any, host: str, port: int, n: int, size: int, warmup: int) -> int:
     sock = connect(mod, host, port)
-    _sockopt(mod, sock, "IPPROTO_TCP", "TCP_NODELAY")
+    sockopt(mod, sock, "IPPROTO_TCP", "TCP_NODELAY")
     msg = b"p" * size
     buf = bytearray(size)
     view = memoryview(buf)
@@ -131,22 +97,14 @@ def client(mod: Any, host: str, port: int, n: int, size: int, warmup: int) -> in
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--module", default="socket", help="socket-like module (default: socket)")
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    sub = ap.add_subparsers(dest="role", required=True)
-    s = sub.add_parser("server", parents=[common])
-    s.add_argument("port", type=int)
-    s.add_argument("host", nargs="?", default="0.0.0.0")
-    c = sub.add_parser("client", parents=[common])
-    c.add_argument("host")
-    c.add_argument("port", type=int)
+def _client_args(c: argparse.ArgumentParser) -> None:
     c.add_argument("n", type=int)
     c.add_argument("size", type=int)
     c.add_argument("--warmup", type=int, default=None, help="default: min(1000, N // 10)")
-    args = ap.parse_args(argv)
-    mod = importlib.import_module(args.module)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, mod, ap = parse_args(__doc__, _client_args, argv)
     if args.role == "server":
         return server(mod, args.port, args.host)
     if args.n < 1 or args.size < 1:

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pyvcl.testing.hoststack import Topology, topology, two_vrf_topology
 from pyvcl.testing.vpp import TwoVrfTcp, VppInstall, VppInstance, find_vpp, why_missing
 
 Record = dict[str, Any]
@@ -82,6 +83,15 @@ def register(name: str, fn: CaseFn) -> None:
     if name in CASES:
         raise ValueError(f"case {name!r} is registered twice")
     CASES[name] = fn
+
+
+def bind_case(fn: Callable[..., Record], *args: Any) -> CaseFn:
+    """A case yielding the one record ``fn(cfg, *args)``."""
+
+    def run(cfg: Config) -> Iterator[Record]:
+        yield fn(cfg, *args)
+
+    return run
 
 
 def size_label(n: int) -> str:
@@ -177,26 +187,25 @@ class Config:
             self._tcp = self.vpp().setup_two_vrf_tcp()
         return self._tcp
 
+    def topology(self, name: str) -> Topology:
+        """``"ct"`` or ``"tcp"`` (`pyvcl.testing.hoststack`) on the shared VPP: where each
+        side attaches and the address the server listens on."""
+        if name == "tcp":
+            return two_vrf_topology(self.vpp(), self.two_vrf())
+        return topology(self.vpp(), name)
+
     def vcl_conf(self, kind: str) -> Path:
         """A vcl.conf (written once) for ``"ct"`` (default namespace, app-scope-local: the
         cut-through topology), ``"tcp-server"`` / ``"tcp-client"`` (namespaces srv / cli of
         `two_vrf`, app-scope-global).  All with 4000000-byte fifos and use-mq-eventfd."""
         if kind not in self._confs:
-            vpp = self.vpp()
-            path = self.workdir / f"vcl-{kind}.conf"
-            if kind == "ct":
-                vpp.vcl_conf(path, app_scope_global=False)
-            elif kind in ("tcp-server", "tcp-client"):
-                t = self.two_vrf()
-                ns, secret = (
-                    (t.server_ns, t.server_secret)
-                    if kind == "tcp-server"
-                    else (t.client_ns, t.client_secret)
-                )
-                vpp.vcl_conf(path, app_scope_local=False, namespace_id=ns, namespace_secret=secret)
-            else:
+            if kind not in ("ct", "tcp-server", "tcp-client"):
                 raise ValueError(f"unknown vcl.conf kind {kind!r}")
-            self._confs[kind] = path
+            name, _, role = kind.partition("-")
+            topo = self.topology(name)
+            side = topo.client if role == "client" else topo.server
+            path = self.workdir / f"vcl-{kind}.conf"
+            self._confs[kind] = self.vpp().vcl_conf(path, **side.conf_opts)
         return self._confs[kind]
 
     def vcl_env(self, kind: str, *, ldpreload: bool = False) -> dict[str, str]:

@@ -23,7 +23,8 @@ from pyvcl.api.sapi import encode_frame
 from pyvcl.wire.enums import SapiMsgType, SessionFdFlag
 from pyvcl.wire.sapi import APP_SAPI_ATTACH_REPLY_MSG, SAPI_MSG_SIZE
 
-from .mq_fixtures import alloc_mq, app_mq_rings, make_segment, vpp_mq_rings
+from .mq_fixtures import alloc_mq, app_mq_rings, vpp_mq_rings
+from .segment_fixtures import make_segment
 
 
 @dataclass

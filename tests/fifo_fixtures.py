@@ -2,52 +2,38 @@
 
 Reusable by the fifo, mq and session tests:
 
-- `make_segment` formats a buffer (shared anonymous mmap, survives fork; or a bytearray) the way
-  ``fifo_segment_init`` does: ssvm header with ``opaque[0]`` = 8192, ``fifo_segment_header_t``
-  (``byte_index``/``start_byte_index`` after the slices, ``max_byte_index`` = size - 8192,
-  ``max_log2_fifo_size``), zeroed slices.
+- `make_segment` (from `segment_fixtures`) formats a fresh segment as ``fifo_segment_init``
+  does.
 - `carve` reserves bytes from the bump allocator as VPP does for message queues at init.
 - `alloc_fifo` creates a fifo as ``fifo_segment_alloc_fifo_w_slice`` / ``fs_try_alloc_fifo`` /
   ``svm_fifo_init`` do: fifo headers carved 32 at a time onto the slice's ``free_fifos`` list,
   one 4 KiB chunk (``pct_first_alloc`` permitting), ``min_alloc`` per protocol.md 4.1.
 - `audit` re-reads the whole segment with plain struct decoding (not the code under test) and
   checks the free lists, the counters and the fifo chains.
-- `load_snapshot` rebuilds the segments of a recorded snapshot sparsely.
 """
 
 from __future__ import annotations
 
-import json
-import mmap
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from pyvcl.fifo.chunks import ChunkAllocator, fl_index_for_size
 from pyvcl.segment import Segment
-from pyvcl.wire.enums import SsvmSegmentType
 from pyvcl.wire.fifo import SVM_FIFO_CHUNK, SVM_FIFO_SHARED
 from pyvcl.wire.segment import (
     FIFO_SEGMENT_HEADER,
     FIFO_SEGMENT_SLICE,
     FREE_LIST_OFFSET_MASK,
     FS_CHUNK_VEC_LEN,
-    SSVM_SHARED_HEADER,
 )
 
+from .segment_fixtures import make_segment as make_segment  # re-exported (bench/micro.py)
+
 M32 = 0xFFFFFFFF
-FSH_OFFSET = 2 * 4096  # FIFO_SEGMENT_ALLOC_OVERHEAD: two 4 KiB pages
-FIFO_SEGMENT_MAX_FIFO_SIZE = 2 << 30
 FIFO_HDR_BATCH = 32  # FIFO_SEGMENT_ALLOC_BATCH_SIZE
 CACHE_LINE = 64
 
-_FSH, _SL, _F, _CH, _SSVM = (
-    FIFO_SEGMENT_HEADER,
-    FIFO_SEGMENT_SLICE,
-    SVM_FIFO_SHARED,
-    SVM_FIFO_CHUNK,
-    SSVM_SHARED_HEADER,
-)
+_FSH, _SL, _F, _CH = FIFO_SEGMENT_HEADER, FIFO_SEGMENT_SLICE, SVM_FIFO_SHARED, SVM_FIFO_CHUNK
 
 
 def _put(decl: Any, seg: Segment, mapping_off: int, **values: Any) -> None:
@@ -57,40 +43,6 @@ def _put(decl: Any, seg: Segment, mapping_off: int, **values: Any) -> None:
 
 def _get(decl: Any, seg: Segment, mapping_off: int, name: str) -> Any:
     return decl[name].get(seg.view, mapping_off)
-
-
-def make_segment(
-    size: int = 4 << 20,
-    *,
-    n_slices: int = 1,
-    pct_first_alloc: int = 0,
-    shared: bool = True,
-    name: str = "test-seg",
-) -> Segment:
-    """A fresh fifo segment of ``size`` bytes (the whole ssvm mapping)."""
-    buf: Any = mmap.mmap(-1, size) if shared else bytearray(size)
-    ssvm = _SSVM.build(
-        ssvm_size=size,
-        opaque=[FSH_OFFSET, 0, 0, 0, 0, 0, 0],
-        ready=1,
-        type=int(SsvmSegmentType.MEMFD),
-    )
-    buf[: len(ssvm)] = ssvm
-    seg_sz = size - FSH_OFFSET
-    slices_sz = _SL.size * n_slices
-    max_fifo = min((seg_sz - slices_sz) // 2, FIFO_SEGMENT_MAX_FIFO_SIZE)
-    byte_index = _FSH.size + slices_sz
-    hdr = _FSH.build(
-        n_slices=n_slices,
-        pct_first_alloc=pct_first_alloc,
-        byte_index=byte_index,
-        max_byte_index=seg_sz,
-        max_log2_fifo_size=max_fifo.bit_length() - 1,  # min_log2
-        n_reserved_bytes=byte_index,
-        start_byte_index=byte_index,
-    )
-    buf[FSH_OFFSET : FSH_OFFSET + len(hdr)] = hdr
-    return Segment(buf, name=name)
 
 
 def carve(seg: Segment, size: int, align: int = CACHE_LINE) -> int:
@@ -286,23 +238,3 @@ def audit(seg: Segment, fifos: list[int], *, complete: bool = True) -> Audit:
                 have = len(result.free[(s, fl)]) + per_slice_in_use[s][fl]
                 assert int(num[fl]) == have, f"slice {s} list {fl}: {num[fl]} carved, {have} seen"
     return result
-
-
-# ---------------------------------------------------------------------------------------------
-# Snapshots
-
-
-def load_snapshot(path: Path) -> tuple[dict[str, Any], dict[int, Segment]]:
-    """The JSON of snapshot ``path`` (``NAME.json``) and its segments, rebuilt sparsely in
-    anonymous mappings (regions copied to their ``seg_offset``)."""
-    meta = json.loads(path.read_text())
-    blob = path.with_suffix(".bin").read_bytes()
-    bufs: dict[int, mmap.mmap] = {}
-    for s in meta["segments"]:
-        bufs[int(s["index"])] = mmap.mmap(-1, int(s["map_length"]))
-    for r in meta["regions"]:
-        buf = bufs[int(r["segment"])]
-        b, n, o = int(r["bin_offset"]), int(r["length"]), int(r["seg_offset"])
-        buf[o : o + n] = blob[b : b + n]
-    segs = {i: Segment(buf, name=f"snapshot-{i}") for i, buf in bufs.items()}
-    return meta, segs

@@ -1,40 +1,33 @@
-"""Message queues built in shared memory the way VPP builds them, and segments rebuilt from the
-snapshots of real VPP memory (for tests of the mq and everything on top of it).
+"""Message queues built in shared memory the way VPP builds them (for tests of the mq and
+everything on top of it).
 
-`make_segment` lays out what ``ssvm_server_init`` + ``fifo_segment_init`` leave in a fresh
-memfd (ssvm header, fifo segment header two pages in, one zeroed slice); `alloc_mq` is
-``fifo_segment_msg_q_alloc``: bump-allocate ``svm_msg_q_size_to_alloc`` bytes (8-aligned), count
-them in ``n_reserved_bytes`` and run `init_mq` (``svm_msg_q_init``: zero the queue header, set
-elsize/maxsize/n_rings and each ring's nitems/elsize, initialise the robust process-shared mutex
-and the process-shared condvar).  The mapping is an anonymous MAP_SHARED mmap, so a forked child
-shares it.
+In a segment from `segment_fixtures.make_segment`, `alloc_mq` is ``fifo_segment_msg_q_alloc``:
+bump-allocate ``svm_msg_q_size_to_alloc`` bytes (8-aligned), count them in ``n_reserved_bytes``
+and run `init_mq` (``svm_msg_q_init``: zero the queue header, set elsize/maxsize/n_rings and each
+ring's nitems/elsize, initialise the robust process-shared mutex and the process-shared
+condvar).  `build_mq` does it all in an anonymous MAP_SHARED mmap, so a forked child shares it.
 """
 
 from __future__ import annotations
 
-import json
 import mmap
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
 
 from pyvcl.atomics import init_shared_cond, init_shared_mutex
 from pyvcl.mq.queue import MessageQueue
 from pyvcl.segment import Segment
-from pyvcl.wire.enums import SsvmSegmentType
 from pyvcl.wire.mq import (
     SVM_MSG_Q_MSG,
     SVM_MSG_Q_RING_SHARED,
     SVM_MSG_Q_SHARED,
     SVM_MSG_Q_SHARED_QUEUE,
 )
-from pyvcl.wire.segment import FIFO_SEGMENT_HEADER, FIFO_SEGMENT_SLICE, SSVM_SHARED_HEADER
+from pyvcl.wire.segment import FIFO_SEGMENT_HEADER
 from pyvcl.wire.session import CTRL_EVENT_SLOT_SIZE, SESSION_EVENT_SIZE
 
-from .shared_data import SHARED, shared_path
+from .segment_fixtures import FSH_OFFSET, make_segment
 
 PAGE = mmap.PAGESIZE
-FSH_OFFSET = 2 * PAGE  # fifo_segment_init reserves two pages for the ssvm header
 
 Rings = Sequence[tuple[int, int]]  # (nitems, elsize) per ring
 
@@ -56,27 +49,6 @@ def mq_size(q_nitems: int, rings: Rings) -> int:
     """svm_msg_q_size_to_alloc."""
     q_sz = SVM_MSG_Q_SHARED_QUEUE.size + q_nitems * SVM_MSG_Q_MSG.size
     return SVM_MSG_Q_SHARED.size + q_sz + sum(SVM_MSG_Q_RING_SHARED.size + n * e for n, e in rings)
-
-
-def make_segment(size: int = 1 << 20, *, n_mqs: int = 0, name: str = "test-seg") -> Segment:
-    mm = mmap.mmap(-1, size)  # anonymous MAP_SHARED: shared with forked children
-    mm[0 : SSVM_SHARED_HEADER.size] = SSVM_SHARED_HEADER.build(
-        ssvm_size=size,
-        opaque=[FSH_OFFSET, 0, 0, 0, 0, 0, 0],
-        ready=1,
-        type=int(SsvmSegmentType.MEMFD),
-    )
-    start = FIFO_SEGMENT_HEADER.size + FIFO_SEGMENT_SLICE.size  # one slice
-    mm[FSH_OFFSET : FSH_OFFSET + FIFO_SEGMENT_HEADER.size] = FIFO_SEGMENT_HEADER.build(
-        n_reserved_bytes=start,
-        max_log2_fifo_size=max(12, (size - FSH_OFFSET).bit_length() - 1),
-        n_slices=1,
-        n_mqs=n_mqs,
-        byte_index=start,
-        max_byte_index=size - FSH_OFFSET,
-        start_byte_index=start,
-    )
-    return Segment(mm, name=name)
 
 
 def alloc_mq(seg: Segment, q_nitems: int, rings: Rings) -> int:
@@ -131,33 +103,3 @@ def build_mq(
     seg = make_segment(size, n_mqs=1)
     off = alloc_mq(seg, q_nitems, rings)
     return seg, off, MessageQueue(seg, off, eventfd=eventfd)
-
-
-# -- snapshots of real VPP memory ------------------------------------------------------------
-SNAPSHOTS = "vpp-v26.06", "snapshots"
-
-
-def snapshot_names() -> list[str]:
-    """Names of the snapshots present (none if the shared data is absent: nothing to test)."""
-    folder = SHARED.joinpath(*SNAPSHOTS)
-    return sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []
-
-
-def load_snapshot(name: str) -> tuple[dict[str, Any], bytes]:
-    meta: dict[str, Any] = json.loads(shared_path(*SNAPSHOTS, f"{name}.json").read_text())
-    blob = Path(shared_path(*SNAPSHOTS, f"{name}.bin")).read_bytes()
-    return meta, blob
-
-
-def snapshot_segment(meta: dict[str, Any], blob: bytes, index: int) -> Segment:
-    """Segment ``index`` of a snapshot, rebuilt sparsely: an anonymous mapping of the segment's
-    real size with every captured region copied to its ``seg_offset`` (the rest reads 0)."""
-    seg_meta = meta["segments"][index]
-    size = int(seg_meta["ssvm"]["ssvm_size"])
-    mm = mmap.mmap(-1, (size + PAGE - 1) // PAGE * PAGE)
-    for region in meta["regions"]:
-        if region["segment"] != index:
-            continue
-        start, length, src = region["seg_offset"], region["length"], region["bin_offset"]
-        mm[start : start + length] = blob[src : src + length]
-    return Segment(mm, name=seg_meta["memfd_name"])

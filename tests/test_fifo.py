@@ -22,8 +22,8 @@ from pyvcl.wire.enums import DeqNotify
 from pyvcl.wire.fifo import SVM_FIFO_CHUNK, SVM_FIFO_SHARED
 from pyvcl.wire.segment import FIFO_SEGMENT_HEADER, FIFO_SEGMENT_SLICE
 
-from .fifo_fixtures import alloc_fifo, audit, carve, load_snapshot, make_segment
-from .shared_data import shared_path
+from .fifo_fixtures import alloc_fifo, audit, carve
+from .segment_fixtures import load_snapshot, make_segment
 
 M32 = 0xFFFFFFFF
 KB = 1024
@@ -899,8 +899,8 @@ def test_two_processes_stream(piece: int) -> None:
 
 
 def test_snapshot_ct_full_server_stalled() -> None:
-    path = shared_path("vpp-v26.06", "snapshots", "ct-full-server-stalled.json")
-    meta, segs = load_snapshot(path)
+    snap = load_snapshot("ct-full-server-stalled")
+    meta, segs = snap.meta, {s.index: s for s in snap.segments}
     assert meta["fifos"]
     for fj in meta["fifos"]:
         fifo = Fifo(segs[fj["segment"]], fj["fsh_offset"])
@@ -924,7 +924,7 @@ def test_snapshot_ct_full_server_stalled() -> None:
     [sample] = [
         r for r in meta["regions"] if r["what"] == "fifo-data-at-head" and r["fifo"] == fj["index"]
     ]
-    blob = path.with_suffix(".bin").read_bytes()
+    blob = snap.bin_path.read_bytes()
     at_head = blob[sample["bin_offset"] : sample["bin_offset"] + sample["length"]]
     assert fifo.peek(len(at_head)) == at_head and any(at_head)
     # Free-list heads and tags as recorded.

@@ -12,7 +12,8 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from pyvcl.fifo import Fifo
 
-from .fifo_fixtures import alloc_fifo, audit, make_segment
+from .fifo_fixtures import alloc_fifo, audit
+from .segment_fixtures import make_segment
 
 M32 = 0xFFFFFFFF
 KB = 1024

@@ -16,13 +16,13 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from pyvcl.sockets import VclApp, VclSocket
+from pyvcl.testing.hoststack import TOPOLOGIES, Side, Topology, topology
 from pyvcl.testing.ldp import LdpPython, script
 
 SIZE = 1 << 20
@@ -111,39 +111,12 @@ print("closed", flush=True)
 """
 
 
-@dataclass
-class Side:
-    """How one side attaches: its app socket, pyvcl scope options and vcl.conf keywords."""
-
-    socket: Path
-    pyvcl_opts: dict[str, Any]
-    conf_opts: dict[str, Any]
-
-
-@dataclass
-class Topology:
-    name: str
-    host: str  # where the server listens and the client connects
-    server: Side
-    client: Side
-
-
 @pytest.fixture(scope="module")
 def topologies(vpp: Any) -> dict[str, Topology]:
-    local = {"scope_local": True, "scope_global": False}
-    ct = Side(vpp.app_socket(), local, {"app_scope_global": False})
-    two = vpp.setup_two_vrf_tcp()
-    glob = {"scope_local": False, "scope_global": True}
-    srv_conf = {"namespace_id": two.server_ns, "app_scope_local": False}
-    cli_conf = {"namespace_id": two.client_ns, "app_scope_local": False}
-    tcp = Topology(
-        "tcp", two.server_addr, Side(two.server_socket, glob, srv_conf),
-        Side(two.client_socket, glob, cli_conf),
-    )  # fmt: skip
-    return {"ct": Topology("ct", "127.0.0.1", ct, ct), "tcp": tcp}
+    return {name: topology(vpp, name) for name in TOPOLOGIES}
 
 
-@pytest.fixture(params=["ct", "tcp"])
+@pytest.fixture(params=TOPOLOGIES)
 def topo(request: pytest.FixtureRequest, topologies: dict[str, Topology]) -> Topology:
     return topologies[request.param]
 

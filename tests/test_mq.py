@@ -25,17 +25,8 @@ from pyvcl.wire.enums import SessionEvent as E
 from pyvcl.wire.mq import SVM_MSG_Q_RING_SHARED, SVM_MSG_Q_SHARED, SVM_MSG_Q_SHARED_QUEUE
 from pyvcl.wire.session import CTRL_PAYLOADS, SESSION_EVENT_PAYLOAD_OFFSET
 
-from .mq_fixtures import (
-    alloc_mq,
-    app_mq_rings,
-    build_mq,
-    load_snapshot,
-    make_segment,
-    mq_size,
-    snapshot_names,
-    snapshot_segment,
-    vpp_mq_rings,
-)
+from .mq_fixtures import alloc_mq, app_mq_rings, build_mq, mq_size, vpp_mq_rings
+from .segment_fixtures import load_snapshot, make_segment, snapshot_names
 from .shared_data import load_json
 
 MODES = [CONDVAR, EVENTFD]
@@ -717,13 +708,9 @@ def _check_slot(mq: MessageQueue, ring: int, slot: dict[str, Any]) -> events.Eve
 
 
 def _snapshot_mqs(name: str) -> Iterator[tuple[dict[str, Any], MessageQueue]]:
-    meta, blob = load_snapshot(name)
-    segs: dict[int, Segment] = {}
-    for m in meta["mqs"]:
-        seg = segs.get(m["segment"]) or segs.setdefault(
-            m["segment"], snapshot_segment(meta, blob, m["segment"])
-        )
-        yield m, MessageQueue(seg, m["fsh_offset"], name=m["role"])
+    snap = load_snapshot(name)  # not closed: the queues yielded use its memory
+    for m in snap.meta["mqs"]:
+        yield m, MessageQueue(snap.segment(m["segment"]), m["fsh_offset"], name=m["role"])
 
 
 def _agree(m: dict[str, Any], mq: MessageQueue) -> None:
@@ -808,12 +795,7 @@ def test_every_snapshot_agrees(name: str) -> None:
 def test_attaches_to_pyvcl_snapshot_segments() -> None:
     """The project's own loader refuses bytes that were not captured: attaching, describing
     and decoding read nothing outside the captured queue."""
-    from pyvcl.snapshot import Snapshot
-
-    from .mq_fixtures import SNAPSHOTS
-    from .shared_data import shared_path
-
-    with Snapshot.load(shared_path(*SNAPSHOTS, "ct-full-server-stalled.json")) as snap:
+    with load_snapshot("ct-full-server-stalled") as snap:
         for m in snap.meta["mqs"]:
             mq = MessageQueue(snap.segment(m["segment"]), m["fsh_offset"], name=m["role"])
             _agree(m, mq)

@@ -29,27 +29,34 @@ import pytest
 
 from pyvcl.session.core import State
 from pyvcl.sockets import VclApp, VclSocket
+from pyvcl.testing.hoststack import Topology, topology
 from pyvcl.wire.enums import SessionEvent as E
 
 WAIT = 20.0
-CT = {"scope_local": True, "scope_global": False}
-GLOBAL = {"scope_local": False, "scope_global": True}
 
 
 # -- helpers -------------------------------------------------------------------------------
 @dataclass
 class Pair:
-    """A server app and a client app on one VPP; `host` is where servers listen."""
+    """A server app and a client app on one VPP, attached as `topo` says; `host` is where
+    servers listen, `scope` the topology's name ("ct" or "tcp")."""
 
     server: VclApp
     client: VclApp
-    host: str
-    scope: str
+    topo: Topology
     base_segments: dict[VclApp, set[int]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for app in (self.server, self.client):
             self.base_segments[app] = set(app.app.segments)
+
+    @property
+    def host(self) -> str:
+        return self.topo.host
+
+    @property
+    def scope(self) -> str:
+        return self.topo.name
 
     def close(self) -> None:
         self.client.close()
@@ -57,21 +64,16 @@ class Pair:
 
 
 def make_pair(vpp: Any, scope: str, name: str, **opts: Any) -> Pair:
-    if scope == "ct":
-        srv_sock = cli_sock = vpp.app_socket()
-        host, scope_opts = "127.0.0.1", CT
-    else:
-        topo = vpp.setup_two_vrf_tcp()
-        srv_sock, cli_sock, host, scope_opts = (
-            topo.server_socket, topo.client_socket, topo.server_addr, GLOBAL,
-        )  # fmt: skip
-    server = VclApp(srv_sock, name=f"{name}-srv", **scope_opts, **opts)
+    """Apps on topology `scope` ("ct", or "tcp": sets up the two VRFs, once per VPP)."""
+    topo = topology(vpp, scope)
+    srv, cli = topo.server, topo.client
+    server = VclApp(srv.socket, name=f"{name}-srv", **srv.pyvcl_opts, **opts)
     try:
-        client = VclApp(cli_sock, name=f"{name}-cli", **scope_opts, **opts)
+        client = VclApp(cli.socket, name=f"{name}-cli", **cli.pyvcl_opts, **opts)
     except BaseException:
         server.close()
         raise
-    return Pair(server, client, host, scope)
+    return Pair(server, client, topo)
 
 
 @pytest.fixture(scope="module")
@@ -432,8 +434,8 @@ def test_peer_app_killed(vpp_factory: Any, scope: str, tmp_path: Any) -> None:
     pair = make_pair(vpp, scope, f"peerdie-{scope}")
     port = 26300
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    sock = vpp.app_socket() if scope == "ct" else vpp.app_socket("cli")
-    code = PEER.format(root=root, sock=str(sock), opts=CT if scope == "ct" else GLOBAL,
+    side = pair.topo.client  # the peer attaches as our client app does
+    code = PEER.format(root=root, sock=str(side.socket), opts=dict(side.pyvcl_opts),
                        host=pair.host, port=port)  # fmt: skip
     try:
         listener = pair.server.create_server((pair.host, port))

@@ -30,17 +30,16 @@ from pyvcl.snapshot import (
     Snapshot,
     SnapshotSegment,
     describe_snapshot,
-    find_snapshots,
 )
 from pyvcl.wire.enums import C_ENUMS
 from pyvcl.wire.fifo import SVM_FIFO_CHUNK, SVM_FIFO_SHARED
 from pyvcl.wire.mq import SVM_MSG_Q_SHARED_QUEUE
 from pyvcl.wire.segment import FIFO_SEGMENT_SLICE, FREE_LIST_OFFSET_BITS
 
-from .shared_data import SHARED, shared_path
+from .segment_fixtures import SNAPSHOTS, snapshot_names
+from .shared_data import shared_path
 
-SNAPSHOTS = ("vpp-v26.06", "snapshots")
-NAMES = [p.name for p in find_snapshots(SHARED.joinpath(*SNAPSHOTS))] or ["<none>"]
+NAMES = snapshot_names() or ["<none>"]
 
 _EVENT_C_NAME = C_ENUMS["session_evt_type_t"][1]
 MISSING = object()

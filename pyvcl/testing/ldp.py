@@ -10,6 +10,9 @@ descriptor in bad state"), with ``VCL_CONFIG`` from `VppInstance.vcl_conf`::
         ...
         out = proc.finish(timeout=10)     # stdout so far; SIGKILLs it if still running
 
+For a side of a `pyvcl.testing.hoststack.topology` (cut-through or through VPP's TCP stack),
+write its config with ``vpp.vcl_conf(path, **side.conf_opts)``.
+
 LDP servers in VPP v26.06 may spin forever after the peer's EOF and ignore SIGTERM
 (docs/vpp-setups.md), so `finish` and ``__exit__`` use SIGKILL, and a test judges interop by
 the bytes it saw, not by the program's exit.

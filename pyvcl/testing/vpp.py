@@ -1,14 +1,10 @@
-"""Find a VPP install and run private, throw-away VPP instances for tests and benchmarks.
+"""Run private, throw-away VPP instances for tests and benchmarks.
 
 Nothing here touches a system VPP: every instance gets its own directory holding the CLI,
 binary-API and stats sockets, the runtime dir (where the session layer creates
 ``app_ns_sockets/``), the log and the captured console, plus a unique ``api-segment`` prefix, so
-several instances can run side by side.  Where VPP comes from:
-
-* ``PYVCL_VPP_PREFIX`` -- an install prefix (``$PREFIX/bin/vpp``); when set it is the only
-  place looked at, so a broken value is reported rather than silently replaced by another VPP;
-* otherwise ``vpp`` on ``PATH``; the prefix is derived from the binary's real path
-  (``prefix/bin/vpp``), so a symlink to an installed VPP works.
+several instances can run side by side.  Where VPP comes from (`find_vpp`,
+`pyvcl.testing.install`): ``PYVCL_VPP_PREFIX``, else the ``vpp`` on ``PATH``.
 
 Typical use::
 
@@ -18,6 +14,10 @@ Typical use::
         sock = vpp.app_socket()          # DIR/app_ns_sockets/default
 
 Set ``PYVCL_VPP_KEEP_DIR=1`` to keep instance directories (logs, startup.conf) after stop.
+
+The host-stack setups (namespaces, the two-VRF topology, vcl.conf files) live in
+`pyvcl.testing.hoststack` and are offered here as `VppInstance` methods; this module also
+re-exports the install finder and the exceptions, so everything is importable from here.
 """
 
 from __future__ import annotations
@@ -34,14 +34,18 @@ import signal
 import stat
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import time
 import weakref
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+
+from . import hoststack
+from .errors import VppCliError, VppError, VppStartError
+from .hoststack import SUN_PATH_MAX, TwoVrfTcp
+from .install import ENV_PREFIX, HS_APPS, VppInstall, find_vpp, why_missing
 
 __all__ = [
     "DEFAULT_PLUGINS",
@@ -58,9 +62,6 @@ __all__ = [
     "why_missing",
 ]
 
-ENV_PREFIX = "PYVCL_VPP_PREFIX"
-"""Environment variable naming a VPP install prefix (``$PYVCL_VPP_PREFIX/bin/vpp``)."""
-
 ENV_KEEP_DIR = "PYVCL_VPP_KEEP_DIR"
 """When set to a non-empty value other than ``0``, instance directories are kept after stop."""
 
@@ -74,220 +75,16 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
 )
 """Plugins enabled by default (everything else is disabled)."""
 
-HS_APPS: tuple[str, ...] = ("vcl_test_client", "vcl_test_server", "vpp_echo")
-"""Host-stack test programs installed next to ``vpp``."""
-
-_SUN_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1 on Linux
-_NS_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _UNSAFE_CONF_CHARS = re.compile(r"[\s#{}]")
 # How VPP's CLI reports a failed command: the text is all that vppctl passes on (it exits 0).
 _CLI_ERROR_RE = re.compile(
     r"unknown input `|^unknown command|^(?:\S.*: )?unknown (?:interface|table) ", re.MULTILINE
 )
-# Keys of the `vcl { }` section that VCL (src/vcl/vcl_cfg.c, v26.06) understands.
-_VCL_KEYS = frozenset(
-    {
-        "heapsize",
-        "app-socket-api",
-        "segment-size",
-        "add-segment-size",
-        "preallocated-fifo-pairs",
-        "rx-fifo-size",
-        "tx-fifo-size",
-        "event-queue-size",
-        "app-timeout",
-        "session-timeout",
-        "app-proxy-transport-tcp",
-        "app-proxy-transport-udp",
-        "app-scope-local",
-        "app-scope-global",
-        "huge_page",
-        "use-mq-eventfd",
-        "tls-engine",
-        "multi-thread-workers",
-        "app_original_dst",
-        "namespace-secret",
-        "namespace-id",
-        "api-socket-name",
-        "uid",
-        "gid",
-    }
-)
 _instance_counter = itertools.count()
-
-
-class VppError(RuntimeError):
-    """A private VPP instance could not be used (not running, CLI failed, ...)."""
-
-
-class VppStartError(VppError):
-    """VPP did not come up; the message carries the reason and the tail of its output."""
-
-
-class VppCliError(VppError):
-    """A CLI command failed; ``cmd`` and ``output`` say which and what VPP answered."""
-
-    def __init__(self, message: str, cmd: str, output: str) -> None:
-        super().__init__(message)
-        self.cmd = cmd
-        self.output = output
-
-
-# --------------------------------------------------------------------------------------------
-# Finding an install
-
-
-@dataclass
-class VppInstall:
-    """A VPP install: ``prefix/bin/vpp``, ``prefix/bin/vppctl`` and ``lib_dir/vpp_plugins``."""
-
-    prefix: Path
-    vpp: Path
-    vppctl: Path
-    lib_dir: Path
-    plugin_dir: Path
-    _version: str | None = field(default=None, init=False, repr=False, compare=False)
-
-    @property
-    def bin_dir(self) -> Path:
-        return self.prefix / "bin"
-
-    @property
-    def ldpreload(self) -> Path:
-        """``libvcl_ldpreload.so`` (LD_PRELOAD it to run a kernel-socket program over VCL)."""
-        return self.lib_dir / "libvcl_ldpreload.so"
-
-    def bin(self, name: str) -> Path:
-        """Path of an installed program (e.g. one of `HS_APPS`); FileNotFoundError if absent."""
-        path = self.bin_dir / name
-        if not (path.is_file() and os.access(path, os.X_OK)):
-            raise FileNotFoundError(f"{name} is not installed in {self.bin_dir}")
-        return path
-
-    def plugins(self) -> list[str]:
-        """Short names of the plugins in `plugin_dir` (``hs_apps`` for ``hs_apps_plugin.so``)."""
-        return sorted(p.name[: -len("_plugin.so")] for p in self.plugin_dir.glob("*_plugin.so"))
-
-    def env(self, base: Mapping[str, str] | None = None) -> dict[str, str]:
-        """Environment for running this install's programs: `lib_dir` first on LD_LIBRARY_PATH."""
-        env = dict(os.environ if base is None else base)
-        old = env.get("LD_LIBRARY_PATH")
-        env["LD_LIBRARY_PATH"] = f"{self.lib_dir}:{old}" if old else str(self.lib_dir)
-        return env
-
-    def version(self) -> str:
-        """First line of ``vpp --version``, e.g. ``vpp v26.06-release built by ...`` (cached)."""
-        if self._version is None:
-            try:
-                res = subprocess.run(
-                    [str(self.vpp), "--version"],
-                    stdin=subprocess.DEVNULL,
-                    capture_output=True,
-                    text=True,
-                    timeout=30,
-                    env=self.env(),
-                    check=False,
-                )
-            except (OSError, subprocess.TimeoutExpired) as exc:
-                raise VppError(f"`{self.vpp} --version` failed: {exc}") from exc
-            out = res.stdout.strip()
-            if res.returncode != 0 or not out:
-                raise VppError(
-                    f"`{self.vpp} --version` exited with {res.returncode}: "
-                    f"{(res.stdout + res.stderr).strip()!r}"
-                )
-            self._version = out.splitlines()[0]
-        return self._version
-
-
-def _lib_dir_candidates(prefix: Path) -> list[Path]:
-    multiarch = sysconfig.get_config_var("MULTIARCH") or f"{os.uname().machine}-linux-gnu"
-    cands = [prefix / "lib" / str(multiarch), prefix / "lib64", prefix / "lib"]
-    cands += sorted(p.parent for p in prefix.glob("lib*/*/vpp_plugins"))
-    return list(dict.fromkeys(cands))
-
-
-def _is_exe(path: Path) -> bool:
-    return path.is_file() and os.access(path, os.X_OK)
-
-
-def _install_at(prefix: Path) -> tuple[VppInstall | None, str]:
-    """The install at `prefix`, or None and what is wrong with it."""
-    vpp = prefix / "bin" / "vpp"
-    vppctl = prefix / "bin" / "vppctl"
-    if not _is_exe(vpp):
-        return None, f"{vpp} does not exist or is not executable"
-    if not _is_exe(vppctl):
-        return None, f"{vppctl} does not exist or is not executable"
-    cands = _lib_dir_candidates(prefix)
-    for lib in cands:
-        if (lib / "vpp_plugins").is_dir():
-            return VppInstall(prefix, vpp, vppctl, lib, lib / "vpp_plugins"), ""
-    tried = ", ".join(str(c / "vpp_plugins") for c in cands)
-    return None, f"no plugin directory under {prefix} (tried {tried})"
-
-
-def _locate() -> tuple[VppInstall | None, str]:
-    env_prefix = os.environ.get(ENV_PREFIX)
-    if env_prefix:
-        prefix = Path(env_prefix).expanduser()
-        inst, problem = _install_at(prefix.resolve())
-        if inst is None:
-            return None, f"{ENV_PREFIX}={env_prefix} is not a usable VPP install: {problem}"
-        return inst, ""
-    found = shutil.which("vpp")
-    if found is None:
-        return None, (
-            f"no VPP found: {ENV_PREFIX} is not set and there is no `vpp` on PATH; "
-            f"set {ENV_PREFIX} to a VPP install prefix (the directory holding bin/vpp)"
-        )
-    real = Path(found).resolve()
-    if real.parent.name != "bin":
-        return None, (
-            f"`vpp` on PATH is {found} (real path {real}), which is not in a bin/ directory, "
-            f"so no install prefix can be derived; set {ENV_PREFIX} instead"
-        )
-    inst, problem = _install_at(real.parent.parent)
-    if inst is None:
-        return None, f"`vpp` on PATH is {found} (real path {real}), but {problem}"
-    return inst, ""
-
-
-def find_vpp() -> VppInstall | None:
-    """The VPP install named by ``PYVCL_VPP_PREFIX``, else the one ``vpp`` on PATH belongs to.
-
-    None when there is none; `why_missing` then says what was looked for and where.
-    """
-    return _locate()[0]
-
-
-def why_missing() -> str:
-    """Why `find_vpp` finds nothing (a skip reason), or ``""`` when it does find an install."""
-    return _locate()[1]
 
 
 # --------------------------------------------------------------------------------------------
 # Running an instance
-
-
-@dataclass(frozen=True)
-class TwoVrfTcp:
-    """What `VppInstance.setup_two_vrf_tcp` built: two loopbacks in two VRFs, one app
-    namespace per side.  The server attaches through `server_socket` and listens on
-    `server_addr`; the client attaches through `client_socket` and connects to `server_addr`."""
-
-    server_ns: str
-    client_ns: str
-    server_secret: int
-    client_secret: int
-    server_addr: str
-    client_addr: str
-    server_interface: str
-    client_interface: str
-    server_table: int
-    client_table: int
-    server_socket: Path
-    client_socket: Path
 
 
 @dataclass
@@ -482,10 +279,10 @@ class VppInstance:
         if _UNSAFE_CONF_CHARS.search(str(d)):
             raise ValueError(f"VPP's config parser cannot take this directory: {str(d)!r}")
         longest = d / "app_ns_sockets" / ("x" * 16)
-        if len(os.fsencode(longest)) > _SUN_PATH_MAX:
+        if len(os.fsencode(longest)) > SUN_PATH_MAX:
             raise ValueError(
                 f"directory {d} is too long: socket paths under it would exceed "
-                f"{_SUN_PATH_MAX} bytes (AF_UNIX limit)"
+                f"{SUN_PATH_MAX} bytes (AF_UNIX limit)"
             )
 
     # ---- state ------------------------------------------------------------------------
@@ -742,149 +539,9 @@ class VppInstance:
             raise VppCliError(f"`{cmd}` failed: {out}", cmd, out)
         return out
 
-    def _configure(self, cmd: str, *, expect: str | None = None) -> str:
-        """A configuration command: its output must be empty (or match `expect`)."""
-        out = self.cli(cmd).strip()
-        ok = bool(re.fullmatch(expect, out)) if expect is not None else out == ""
-        if not ok:
-            raise VppCliError(f"`{cmd}` failed: {out!r}", cmd, out)
-        return out
+    # ---- host-stack setups and C VCL apps (`pyvcl.testing.hoststack`) ------------------
 
-    def _wait_socket(self, path: Path, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while not (path.exists() and stat.S_ISSOCK(path.stat().st_mode)):
-            if not self.is_running():
-                raise VppError(f"VPP exited while waiting for {path}\n{self.log_tail()}")
-            if time.monotonic() >= deadline:
-                raise VppError(f"{path} did not appear within {timeout} s\n{self.log_tail()}")
-            time.sleep(0.02)
-
-    # ---- host-stack setups ------------------------------------------------------------
-
-    def add_app_namespace(
-        self,
-        ns_id: str,
-        secret: int,
-        interface: str | None = None,
-        *,
-        ip4_fib_id: int | None = None,
-        timeout: float = 10.0,
-    ) -> Path:
-        """``app ns add id NS secret N`` bound to `interface` (else to IPv4 table `ip4_fib_id`,
-        default 0: VPP requires one or the other); waits for and returns its app socket."""
-        if not _NS_ID_RE.match(ns_id):
-            raise ValueError(f"namespace id {ns_id!r} must match {_NS_ID_RE.pattern}")
-        sock = self.app_socket(ns_id)
-        if len(os.fsencode(sock)) > _SUN_PATH_MAX:
-            raise ValueError(f"app socket path {sock} exceeds {_SUN_PATH_MAX} bytes")
-        cmd = f"app ns add id {ns_id} secret {int(secret)}"
-        if interface is not None:
-            cmd += f" if {interface}"
-        else:
-            cmd += f" ip4-fib-id {0 if ip4_fib_id is None else int(ip4_fib_id)}"
-        self._configure(cmd)
-        self._wait_socket(sock, timeout)
-        return sock
-
-    def setup_two_vrf_tcp(
-        self,
-        *,
-        server_ns: str = "srv",
-        client_ns: str = "cli",
-        server_secret: int = 1234,
-        client_secret: int = 5678,
-        server_table: int = 1,
-        client_table: int = 2,
-        server_addr: str = "127.0.10.1",
-        client_addr: str = "127.0.20.1",
-        prefix_len: int = 24,
-    ) -> TwoVrfTcp:
-        """Topology 2 of docs (TCP through VPP's stack on one VPP): two loopbacks in two VRFs
-        joined by cross-table routes, app namespace `server_ns` on the first and `client_ns`
-        on the second.  Returns the names, addresses and app sockets."""
-        srv_if = self._configure("create loopback interface", expect=r"loop\d+")
-        cli_if = self._configure("create loopback interface", expect=r"loop\d+")
-        for table in (server_table, client_table):
-            self._configure(f"ip table add {table}")
-        self._configure(f"set interface ip table {srv_if} {server_table}")
-        self._configure(f"set interface ip table {cli_if} {client_table}")
-        for ifname in (srv_if, cli_if):
-            self._configure(f"set interface state {ifname} up")
-        self._configure(f"set interface ip address {srv_if} {server_addr}/{prefix_len}")
-        self._configure(f"set interface ip address {cli_if} {client_addr}/{prefix_len}")
-        self._configure(
-            f"ip route add {client_addr}/32 table {server_table} via lookup in table {client_table}"
-        )
-        self._configure(
-            f"ip route add {server_addr}/32 table {client_table} via lookup in table {server_table}"
-        )
-        srv_sock = self.add_app_namespace(server_ns, server_secret, srv_if)
-        cli_sock = self.add_app_namespace(client_ns, client_secret, cli_if)
-        return TwoVrfTcp(
-            server_ns=server_ns,
-            client_ns=client_ns,
-            server_secret=server_secret,
-            client_secret=client_secret,
-            server_addr=server_addr,
-            client_addr=client_addr,
-            server_interface=srv_if,
-            client_interface=cli_if,
-            server_table=server_table,
-            client_table=client_table,
-            server_socket=srv_sock,
-            client_socket=cli_sock,
-        )
-
-    # ---- C VCL apps -------------------------------------------------------------------
-
-    def vcl_conf(self, path: str | os.PathLike[str], **opts: object) -> Path:
-        """Write a ``vcl { }`` config for C VCL apps (and pyvcl's compatible reader).
-
-        Keyword names are VCL keys with ``_`` for ``-`` (``rx_fifo_size=...``; ``huge_page``
-        and ``app_original_dst`` keep their underscore).  True writes a bare flag, False/None
-        drops the key.  Defaults: ``app-socket-api`` = this instance's socket for
-        ``namespace_id`` (else ``default``), ``app-scope-local``, ``app-scope-global``,
-        ``rx-fifo-size``/``tx-fifo-size`` 4000000, ``use-mq-eventfd``."""
-        given: dict[str, object] = {}
-        for name, value in opts.items():
-            key = name if name in _VCL_KEYS else name.replace("_", "-")
-            if key not in _VCL_KEYS:
-                raise ValueError(f"unknown VCL option {name!r} (known: {sorted(_VCL_KEYS)})")
-            given[key] = value
-        ns = given.get("namespace-id")
-        conf: dict[str, object] = {
-            "app-socket-api": self.app_socket(str(ns) if ns else "default"),
-            "app-scope-local": True,
-            "app-scope-global": True,
-            "rx-fifo-size": 4000000,
-            "tx-fifo-size": 4000000,
-            "use-mq-eventfd": True,
-        }
-        conf.update(given)
-        lines = ["vcl {"]
-        for key, value in conf.items():
-            if value is None or value is False:
-                continue
-            lines.append(f"  {key}" if value is True else f"  {key} {value}")
-        lines.append("}")
-        out = Path(path)
-        out.write_text("\n".join(lines) + "\n")
-        return out
-
-    def vcl_env(
-        self,
-        vcl_conf: str | os.PathLike[str],
-        *,
-        ldpreload: bool = False,
-        base: Mapping[str, str] | None = None,
-    ) -> dict[str, str]:
-        """Environment for a C VCL app (``VCL_CONFIG``, LD_LIBRARY_PATH) or, with `ldpreload`,
-        for an ordinary program run over VCL through ``libvcl_ldpreload.so``."""
-        env = self.install.env(base)
-        env["VCL_CONFIG"] = str(Path(vcl_conf).absolute())
-        if ldpreload:
-            lib = self.install.ldpreload
-            if not lib.is_file():
-                raise FileNotFoundError(f"{lib} does not exist")
-            env["LD_PRELOAD"] = str(lib)
-        return env
+    add_app_namespace = hoststack.add_app_namespace
+    setup_two_vrf_tcp = hoststack.setup_two_vrf_tcp
+    vcl_conf = hoststack.vcl_conf
+    vcl_env = hoststack.vcl_env
