@@ -5,15 +5,20 @@
             s.sendall(b"hello")
             print(s.recv(100))
 
-`VclSocket` behaves like a blocking `socket.socket` of type SOCK_STREAM: ``settimeout``,
+`VclSocket` behaves like a `socket.socket` of type SOCK_STREAM: ``settimeout``,
 ``setblocking``, ``send``/``sendall``/``recv``/``recv_into``, ``shutdown``, ``close``,
 ``getsockname``/``getpeername``, ``accept`` on a listening one; errors are the OSError
 subclasses a socket user expects (ConnectionRefusedError, ConnectionResetError,
-BrokenPipeError, TimeoutError, BlockingIOError).  It has no kernel fd: ``fileno()`` is -1.
+BrokenPipeError, TimeoutError, BlockingIOError).  Non-blocking (``setblocking(False)``) it
+acts as a kernel socket does: ``connect`` raises EINPROGRESS and the result is read with
+``getsockopt(SOL_SOCKET, SO_ERROR)`` once the socket is writable, recv/send/accept raise
+EAGAIN.  It has no kernel fd (``fileno()`` is -1): wait for readiness with
+`pyvcl.selector.VclSelector` or use `pyvcl.aio` (docs/async.md).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import ipaddress
 import os
@@ -22,9 +27,9 @@ from typing import Any
 
 from .api.messages import AttachOptions
 from .app import App
-from .errors import LocalError, NotConnected, Timeout
+from .errors import LocalError, NotConnected, Timeout, VclError, WouldBlock
 from .session.core import Session, State
-from .session.worker import SessionWorker
+from .session.worker import SessionWorker, session_error
 from .wire.enums import TransportProto
 
 _DEFAULT_SESSION_TIMEOUT = 600.0  # VCL's session-timeout: bound on blocking connect/listen
@@ -140,6 +145,7 @@ class VclSocket:
         self._timeout: float | None = socket.getdefaulttimeout()
         self._bound: tuple[str, int] | None = None
         self._closed = False
+        self._connect_pending = False  # a non-blocking connect whose outcome was not reported
 
     # -- options ----------------------------------------------------------------------------
     def settimeout(self, timeout: float | None) -> None:
@@ -170,16 +176,98 @@ class VclSocket:
             raise OSError(errno.EAFNOSUPPORT, "Address family not supported by protocol")
         s, w = self._s, self._worker
         if s.state != State.CREATED:
-            raise OSError(errno.EISCONN, "Transport endpoint is already connected")
+            self._connect_again()
+            return
         w.request(w.layer.connect(s, ip, port))
         if self._timeout == 0:
+            self._connect_pending = True
             raise BlockingIOError(errno.EINPROGRESS, "Operation now in progress")
+        self._wait_connected(f"connect to {ip}:{port}")
+
+    def _wait_connected(self, what: str) -> None:
         try:
-            w.wait_state(s, {State.READY, State.PEER_CLOSED, State.RESET}, self._wait_timeout(),
-                         f"connect to {ip}:{port}")  # fmt: skip
+            self._worker.wait_state(self._s, {State.READY, State.PEER_CLOSED, State.RESET},
+                                    self._wait_timeout(), what)  # fmt: skip
         except Timeout:
             self.close()
             raise
+        except VclError:
+            self._reset_failed()
+            raise
+
+    def _connect_again(self) -> None:
+        """connect() on a socket that connected or tried to, as Linux answers it: EALREADY
+        while a non-blocking connect is in progress (a blocking one waits for it), success
+        once for the connect that completed, then EISCONN; a failed connect raises its error
+        (ECONNABORTED if SO_ERROR took it) and leaves the socket unconnected."""
+        s = self._s
+        if s.state == State.CONNECTING:
+            self._worker.pump()
+        if s.state == State.CONNECTING:
+            if self._timeout == 0:
+                raise OSError(errno.EALREADY, "Operation already in progress")
+            self._connect_pending = False
+            self._wait_connected(f"connect to {s.peer}")
+            return
+        if s.state == State.FAILED:
+            err = self._take_error()
+            self._reset_failed()
+            if err is not None:
+                raise err
+            raise ConnectionAbortedError(errno.ECONNABORTED, "Software caused connection abort")
+        if self._connect_pending and not s.is_listener:
+            self._connect_pending = False
+            return
+        raise OSError(errno.EISCONN, "Transport endpoint is already connected")
+
+    def _take_error(self) -> VclError | None:
+        """The pending error of a failed non-blocking connect, reported once (SO_ERROR)."""
+        s = self._s
+        if s.state != State.FAILED or not self._connect_pending:
+            return None
+        self._connect_pending = False
+        return session_error(f"connect to {s.peer}", s.error, connect=True)
+
+    def _reset_failed(self) -> None:
+        """After a failed connect the socket is unconnected again: a fresh session."""
+        if self._s.state != State.FAILED or self._app.closed:
+            return
+        w = self._worker
+        w.close(self._s)
+        with w.lock:
+            self._s = w.layer.new_session(TransportProto.TCP)
+        self._connect_pending = False
+
+    def connect_ex(self, address: Address) -> int:
+        """connect(), returning 0 or the errno instead of raising (EINPROGRESS included)."""
+        try:
+            self.connect(address)
+        except socket.gaierror:
+            raise
+        except OSError as e:
+            if e.errno is None:
+                raise
+            return int(e.errno)
+        return 0
+
+    def getsockopt(self, level: int, optname: int, buflen: int | None = None) -> int:
+        """SO_ERROR (the errno of a failed non-blocking connect, then 0), SO_TYPE,
+        SO_ACCEPTCONN; other options: ENOPROTOOPT."""
+        if buflen is not None:
+            raise OSError(errno.EOPNOTSUPP, "pyvcl getsockopt returns integers only")
+        if level == socket.SOL_SOCKET and optname == socket.SO_ERROR:
+            if self._closed or self._app.closed:
+                return 0
+            if self._s.state == State.CONNECTING:
+                with contextlib.suppress(VclError):
+                    self._worker.pump()
+            err = self._take_error()
+            return 0 if err is None or err.errno is None else int(err.errno)
+        if level == socket.SOL_SOCKET and optname == socket.SO_TYPE:
+            return socket.SOCK_STREAM
+        if level == socket.SOL_SOCKET and optname == socket.SO_ACCEPTCONN:
+            return int(self._s.is_listener and self._s.state == State.LISTENING)
+        raise OSError(errno.ENOPROTOOPT, "Protocol not available")
 
     def bind(self, address: Address) -> None:
         self._check_open()
@@ -204,6 +292,8 @@ class VclSocket:
         s, w = self._s, self._worker
         if not s.is_listener or s.state != State.LISTENING:
             raise OSError(errno.EINVAL, "Invalid argument: not listening")
+        if self._timeout == 0 and not s.accepted:
+            w.pump()  # nobody else may be polling: look at what VPP queued
         if not w.wait_until(lambda: bool(s.accepted) or s.state != State.LISTENING,
                             self._timeout):  # fmt: skip
             if self._timeout == 0:
@@ -217,6 +307,7 @@ class VclSocket:
         sock = VclSocket.__new__(VclSocket)
         sock.family, sock._app, sock._worker, sock._s = self.family, self._app, w, new
         sock._timeout, sock._bound, sock._closed = socket.getdefaulttimeout(), None, False
+        sock._connect_pending = False
         return sock, sock._sockaddr(new.peer or ("0.0.0.0", 0))
 
     # -- data -------------------------------------------------------------------------------
@@ -224,6 +315,7 @@ class VclSocket:
         self._check_open()
         if flags:
             raise ValueError("send flags are not supported")
+        self._check_connecting()
         return self._worker.send(self._s, data, self._timeout)
 
     def sendall(self, data: Any, flags: int = 0) -> None:
@@ -247,7 +339,32 @@ class VclSocket:
         view = memoryview(buffer).cast("B")
         if nbytes:
             view = view[:nbytes]
-        return self._worker.recv_into(self._s, view, self._timeout)
+        self._check_connecting()
+        if self._timeout != 0:
+            return self._worker.recv_into(self._s, view, self._timeout)
+        try:
+            return self._worker.recv_into(self._s, view, 0)
+        except WouldBlock:
+            # Nothing in the fifo: the peer's close or a reset may be queued, unhandled.
+            self._worker.pump()
+            return self._worker.recv_into(self._s, view, 0)
+
+    def _check_connecting(self) -> None:
+        """recv/send on a socket whose connect is in progress wait for it (EAGAIN when
+        non-blocking); after a failed one they raise its error, as Linux does."""
+        s = self._s
+        if s.state == State.CONNECTING:
+            if self._timeout == 0:
+                self._worker.pump()
+                if s.state == State.CONNECTING:
+                    raise BlockingIOError(errno.EAGAIN, "connect in progress")
+            else:
+                self._wait_connected(f"connect to {s.peer}")
+        if s.state == State.FAILED:
+            err = self._take_error()
+            if err is not None:
+                raise err
+            raise NotConnected("socket is not connected")
 
     # -- closing ----------------------------------------------------------------------------
     def shutdown(self, how: int) -> None:

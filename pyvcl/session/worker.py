@@ -58,6 +58,11 @@ class SessionWorker:
         self._fifos: dict[int, tuple[Fifo, Fifo]] = {}
         self.dead: VclError | None = None  # set when VPP went away
 
+    @property
+    def polling(self) -> bool:
+        """Whether a thread is the poller right now (the app mq's consumer)."""
+        return self._polling
+
     # -- event loop --------------------------------------------------------------------------
     def execute(self, actions: list[Action]) -> None:
         for a in actions:
@@ -210,7 +215,13 @@ class SessionWorker:
             raise ConnectionReset("connection reset by peer")
         if s.state in (State.CLOSING, State.CLOSED) and s.app_closed:
             raise LocalError("session is closed", errno.EBADF)
-        if s.state in (State.CREATED, State.CONNECTING, State.LISTEN_PENDING, State.LISTENING):
+        if s.state in (
+            State.CREATED,
+            State.CONNECTING,
+            State.LISTEN_PENDING,
+            State.LISTENING,
+            State.FAILED,
+        ):
             raise NotConnected("session is not connected")
 
     def send(self, s: Session, data: Any, timeout: float | None) -> int:
@@ -300,6 +311,102 @@ class SessionWorker:
             with contextlib.suppress(VclError):
                 self.execute(self.layer.close(s))
             self.forget(s)
+
+    # -- readiness, for event loops (pyvcl.selector, pyvcl.aio; docs/async.md) --------------
+    def readiness(self, s: Session, read: bool = True, write: bool = True) -> tuple[bool, bool]:
+        """(readable, writable) as poll(2) says it of a kernel TCP socket: would recv/accept
+        or send return without blocking (data, EOF, a pending accept or an error to report;
+        room, a connect that ended, an error).  Only the directions asked are computed.
+
+        What is not ready is re-armed, so VPP signals the app mq when it changes: the rx
+        fifo's has_event is cleared and the fifo re-checked (as `_readable`), and a full tx
+        fifo asks for a dequeue notification (as `send`).  Pump the events first
+        (`pump_signalled`)."""
+        with self.lock:
+            if self.dead is not None:
+                return read, write
+            try:
+                return (read and self._ready_to_read(s), write and self._ready_to_write(s))
+            except VclError:
+                return read, write  # the call itself will raise it
+
+    def _ready_to_read(self, s: Session) -> bool:
+        st = s.state
+        if s.is_listener:
+            return bool(s.accepted) or st not in (State.LISTENING, State.LISTEN_PENDING)
+        if st in (State.CONNECTING, State.ACCEPTING):
+            return False
+        if st not in (State.READY, State.PEER_CLOSED) or s.freed or s.shut_rd:
+            return True  # recv returns EOF or raises at once
+        rx, _ = self.fifos(s)
+        if rx.max_dequeue() or st == State.PEER_CLOSED:
+            return True
+        rx.unset_event()  # else VPP may skip the event for the next bytes (see `_readable`)
+        return rx.max_dequeue() > 0
+
+    def _ready_to_write(self, s: Session) -> bool:
+        st = s.state
+        if s.is_listener:
+            return st not in (State.LISTENING, State.LISTEN_PENDING)
+        if st in (State.CONNECTING, State.ACCEPTING):
+            return False
+        if not s.writable_state:
+            return True  # send raises at once
+        _, tx = self.fifos(s)
+        if tx.max_enqueue():
+            return True
+        tx.deq_thresh = max(1, tx.size // 4)  # wake at a quarter free, as `send` does
+        tx.add_want_deq_ntf(DeqNotify.WANT_DEQ_NOTIF)
+        if tx.max_enqueue():
+            return True
+        if s.cut_through and tx.set_event():
+            # VPP copies the request to the reader's signal words only on a TX event of ours.
+            self.vpp_mq(self._mq_of(s)).send_io(E.IO_TX, s.vpp_index)
+        return False
+
+    def pump_signalled(self) -> bool:
+        """For an event loop woken by the app mq's eventfd: reset the eventfd, then handle
+        every event queued now, without waiting.  False if another thread is the poller (it
+        handles them).  Raises the worker's error once VPP is gone or the app closed."""
+        with self.lock:
+            if self.dead is not None:
+                raise self.dead
+            if self._polling:
+                return False
+            mq = self.app.app_mq
+            if mq is not None:
+                mq.clear_signal()  # before the drain: what comes after it signals again
+            self._poll_round(0)
+            return True
+
+    def claim_poller(self) -> bool:
+        """Become the poller so the caller may sleep on the app mq's eventfd itself; False
+        (the caller must not sleep long) when another thread polls, events are pending or the
+        worker is dead.  Call with the lock held, right after `pump_signalled` and the
+        readiness checks; then sleep and call `release_poller`."""
+        with self.lock:
+            mq = self.app.app_mq
+            if self._polling or self.dead is not None or mq is None or mq.size_now():
+                return False
+            self._polling = True
+            return True
+
+    def release_poller(self) -> None:
+        with self.lock:
+            self._polling = False
+            self.cond.notify_all()  # threads waiting for the poller re-check
+
+    def check_vpp(self) -> bool:
+        """False when VPP is gone (or the app closed): when the app socket reports VPP's
+        close, fail the worker as a poller would (sessions RESET, `dead` set)."""
+        with self.lock:
+            if self.dead is not None or self.app.closed:
+                return False
+            if not self.app.sapi.poll_closed():
+                return True
+            self._vpp_gone(VppDisconnected(f"VPP closed the app socket {self.app.sapi.path}"))
+            self.cond.notify_all()
+            return False
 
 
 def session_error(what: str, code: int, connect: bool = False) -> VclError:

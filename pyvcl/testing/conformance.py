@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import selectors
 import socket
 import threading
 import time
@@ -36,6 +37,12 @@ class Stack(Protocol):
     def unused_address(self) -> Address:
         """An address where nothing listens (connects must be refused)."""
 
+    def client_socket(self) -> Any:
+        """An unconnected client socket (for the non-blocking connect checks)."""
+
+    def selector(self) -> selectors.BaseSelector:
+        """A selector able to wait on this stack's sockets."""
+
 
 class KernelStack:
     """The reference: Python's own sockets on loopback."""
@@ -54,6 +61,12 @@ class KernelStack:
         addr: Address = s.getsockname()
         s.close()
         return addr
+
+    def client_socket(self) -> Any:
+        return socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+
+    def selector(self) -> selectors.BaseSelector:
+        return selectors.DefaultSelector()
 
 
 @contextmanager
@@ -312,6 +325,14 @@ class VclStack:
     def unused_address(self) -> Address:
         return (self.host, self._next_port())
 
+    def client_socket(self) -> Any:
+        return self.client_app.socket()
+
+    def selector(self) -> selectors.BaseSelector:
+        from ..selector import VclSelector
+
+        return VclSelector()
+
     def close(self) -> None:
         self.client_app.close()
         self.server_app.close()
@@ -335,3 +356,98 @@ def check_send_after_peer_close_is_broken_pipe(stack: Stack) -> None:
 
 
 CHECKS.append(check_send_after_peer_close_is_broken_pipe)
+
+
+# -- non-blocking sockets and selectors ---------------------------------------------------------
+def check_nonblocking_connect(stack: Stack) -> None:
+    """connect on a non-blocking socket: EINPROGRESS (or done at once), writable when
+    connected, SO_ERROR 0; connecting again then says EISCONN (Linux: success once first)."""
+    srv, addr = stack.server()
+    c = stack.client_socket()
+    sel = stack.selector()
+    out: dict[str, Any] = {}
+    t = threading.Thread(target=lambda: out.setdefault("conn", srv.accept()[0]), daemon=True)
+    try:
+        c.setblocking(False)
+        err = c.connect_ex(addr)
+        assert err in (0, errno.EINPROGRESS), errno.errorcode.get(err, err)
+        t.start()  # (cut-through: VPP reports the connect once the server accepted)
+        sel.register(c, selectors.EVENT_WRITE)
+        assert sel.select(10) == [(sel.get_key(c), selectors.EVENT_WRITE)]
+        assert c.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
+        assert c.connect_ex(addr) in (0, errno.EISCONN)
+        assert c.connect_ex(addr) == errno.EISCONN
+        t.join(10)
+        c.sendall(b"nb")
+        assert _recv_exactly(out["conn"], 2) == b"nb"
+    finally:
+        if t.is_alive():
+            t.join(10)
+        sel.close()
+        for s in (out.get("conn"), c, srv):
+            if s is not None:
+                s.close()
+
+
+def check_nonblocking_connect_refused(stack: Stack) -> None:
+    """A refused non-blocking connect: writable, SO_ERROR ECONNREFUSED (then 0)."""
+    c = stack.client_socket()
+    sel = stack.selector()
+    try:
+        c.setblocking(False)
+        err = c.connect_ex(stack.unused_address())
+        if err == errno.EINPROGRESS:
+            sel.register(c, selectors.EVENT_WRITE)
+            assert sel.select(10), "a refused connect must make the socket writable"
+            sel.unregister(c)
+            err = c.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        assert err == errno.ECONNREFUSED, errno.errorcode.get(err, err)
+        assert c.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
+    finally:
+        sel.close()
+        c.close()
+
+
+def check_selector_readiness(stack: Stack) -> None:
+    """Level-triggered readiness: a timeout with nothing ready, readable when data comes,
+    not writable with a full send buffer, writable again once the peer reads."""
+    with pair(stack) as (_, cli, conn):
+        cli.setblocking(False)
+        sel = stack.selector()
+        try:
+            sel.register(cli, selectors.EVENT_READ)
+            t0 = time.monotonic()
+            assert sel.select(0.2) == []
+            assert 0.15 < time.monotonic() - t0 < 5
+            conn.sendall(b"x" * 100)
+            assert [ev for _, ev in sel.select(10)] == [selectors.EVENT_READ]
+            assert [ev for _, ev in sel.select(0)] == [selectors.EVENT_READ]  # level
+            got = b""
+            while len(got) < 100:
+                sel.select(10)
+                got += cli.recv(1000)
+            assert got == b"x" * 100
+            sel.modify(cli, selectors.EVENT_WRITE)
+            assert [ev for _, ev in sel.select(10)] == [selectors.EVENT_WRITE]
+            sent = 0
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:  # fill every buffer on the way
+                try:
+                    sent += cli.send(b"y" * 65536)
+                except BlockingIOError:
+                    if not sel.select(0.1):
+                        break
+            assert sel.select(0.1) == [], "writable with full buffers"
+            drained: dict[str, int] = {}
+            t = threading.Thread(
+                target=lambda: drained.setdefault("n", len(_recv_exactly(conn, sent)))
+            )
+            t.start()
+            assert [ev for _, ev in sel.select(10)] == [selectors.EVENT_WRITE]
+            t.join(30)
+            assert drained["n"] == sent
+        finally:
+            sel.close()
+
+
+CHECKS += [check_nonblocking_connect, check_nonblocking_connect_refused, check_selector_readiness]
