@@ -11,8 +11,7 @@ This module is pure: bytes in, `Event` out, and back.  Queues move the bytes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..errors import RemoteError
 from ..wire.enums import MqRing, SessionEvent, ring_for_event
@@ -29,10 +28,10 @@ _SESSION_INDEX = SESSION_EVENT["session_index"]
 _PAYLOAD = SESSION_EVENT_PAYLOAD_OFFSET
 
 
-@dataclass(frozen=True)
-class Event:
+class Event(NamedTuple):
     """One decoded event.  ``msg`` is the payload's named tuple (ctrl events) or None;
-    ``session_index`` is set for IO events; ``raw`` keeps the slot bytes that were read."""
+    ``session_index`` is set for IO events; ``raw`` keeps the slot bytes that were read.
+    (A named tuple: immutable, and cheap to make -- one per event on the data path.)"""
 
     type: int
     ring: int
@@ -56,13 +55,22 @@ class Event:
         return {}
 
 
+# Where the two fields an app sets in an IO event live, and how to write them in place (the
+# queue writes IO events straight into their ring slot: `MessageQueue.send_io`).
+IO_TYPE_AT = _EVENT_TYPE.offset
+IO_TYPE_CODEC = _EVENT_TYPE.codec
+IO_INDEX_AT = _SESSION_INDEX.offset
+IO_INDEX_CODEC = _SESSION_INDEX.codec
+IO_EVENT_TYPES = frozenset(e for e in SessionEvent if ring_for_event(e) == MqRing.IO_EVT)
+
+
 def encode_io(event_type: int, session_index: int) -> bytes:
     """An 18-byte IO event (VCL's ``app_send_io_evt_to_vpp`` sets only these two fields)."""
-    if ring_for_event(event_type) != MqRing.IO_EVT:
+    if event_type not in IO_EVENT_TYPES:
         raise ValueError(f"event type {event_type} is not an IO event")
     buf = bytearray(SESSION_EVENT_SIZE)
-    _EVENT_TYPE.put(buf, 0, event_type)
-    _SESSION_INDEX.put(buf, 0, session_index)
+    IO_TYPE_CODEC.pack_into(buf, IO_TYPE_AT, event_type)
+    IO_INDEX_CODEC.pack_into(buf, IO_INDEX_AT, session_index)
     return bytes(buf)
 
 
@@ -84,7 +92,7 @@ def decode(ring: int, data: bytes | bytearray | memoryview) -> Event:
     event_type = int(data[0])
     raw = bytes(data)
     if event_type < SessionEvent.CTRL_RPC:
-        return Event(event_type, ring, session_index=int(_SESSION_INDEX.get(data)), raw=raw)
+        return Event(event_type, ring, IO_INDEX_CODEC.unpack_from(data, IO_INDEX_AT)[0], None, raw)
     decl = CTRL_PAYLOADS.get(event_type)
     if decl is None or ring == MqRing.IO_EVT:
         # VPP-internal events (RPC, HALF_CLOSE, CLOSE, RESET in ring 0) carry pointers or a

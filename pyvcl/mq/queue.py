@@ -73,6 +73,10 @@ _RESYNC = 1.0  # longest single sleep of an untimed wait: re-check shared state 
 _BACKOFF_MIN, _BACKOFF_MAX = 50e-6, 2e-3  # producer sleeps while a VPP-eventfd mq is full
 
 
+# What a producer copies into a slot: encoded bytes, or an IO event's (type, session index).
+_Payload = bytes | bytearray | memoryview | tuple[int, int]
+
+
 class WaitResult(NamedTuple):
     """What `MessageQueue.wait` saw: ``pending`` messages, and which ``also_fds`` fired
     (readable, hung up or in error).  Both empty means the timeout expired."""
@@ -178,7 +182,7 @@ class MessageQueue:
         self._prod_lock = threading.Lock()  # eventfd mode: the producers' lock
         self._cons_lock = threading.Lock()  # one consumer at a time within this process
         self._fd_nonblocking = False
-        self._poller: Any = None
+        self._poller: tuple[tuple[int, ...], Any] | None = None  # (fds, select.poll)
         self._signal_owed = False  # a consumer broadcast the mutex was too busy for (_signal)
         # Indices in shared memory must be sane now; they are re-checked on every use.
         self._queue_indices()
@@ -333,7 +337,7 @@ class MessageQueue:
     def _send_condvar(
         self,
         rg: _Ring,
-        data: bytes | bytearray | memoryview,
+        data: _Payload,
         deadline: float | None,
         block: bool,
         timeout: float | None,
@@ -361,7 +365,7 @@ class MessageQueue:
     def _send_eventfd(
         self,
         rg: _Ring,
-        data: bytes | bytearray | memoryview,
+        data: _Payload,
         deadline: float | None,
         block: bool,
     ) -> None:
@@ -393,7 +397,7 @@ class MessageQueue:
             time.sleep(backoff)
             backoff = min(backoff * 2, _BACKOFF_MAX)
 
-    def _put(self, rg: _Ring, data: bytes | bytearray | memoryview) -> None:
+    def _put(self, rg: _Ring, data: _Payload) -> None:
         """Reserve a slot, fill it, enqueue its handle (lock held, room checked).
 
         The slot and the handle are written into free space first and published last (ring
@@ -407,10 +411,15 @@ class MessageQueue:
         if qt >= self.maxsize:
             raise self._bad(f"queue tail {qt} >= {self.maxsize}")
         slot = rg.data + t * rg.elsize
-        n = len(data)
-        if n < rg.elsize:
+        if isinstance(data, tuple):  # an IO event (send_io): (event_type, session_index)
             view[slot : slot + rg.elsize] = rg.zero
-        view[slot : slot + n] = data
+            events.IO_TYPE_CODEC.pack_into(view, slot + events.IO_TYPE_AT, data[0])
+            events.IO_INDEX_CODEC.pack_into(view, slot + events.IO_INDEX_AT, data[1])
+        else:
+            n = len(data)
+            if n < rg.elsize:
+                view[slot : slot + rg.elsize] = rg.zero
+            view[slot : slot + n] = data
         _HANDLE.pack_into(view, self._q_data + qt * 8, rg.index, t)
         self._publish(rg, t, qt)
 
@@ -430,7 +439,17 @@ class MessageQueue:
         block: bool = True,
     ) -> None:
         """An IO event (``app_send_io_evt_to_vpp``): type + session index in ring 0."""
-        self.send(events.encode_io(event_type, session_index), MqRing.IO_EVT, timeout, block)
+        if event_type not in events.IO_EVENT_TYPES:
+            raise ValueError(f"event type {event_type} is not an IO event")
+        # The hot path (one per write that needs an event): the two fields go straight into
+        # the slot, with none of `send`'s generic checks, which IO events always pass.
+        rg = self._rings[MqRing.IO_EVT]
+        deadline = None if timeout is None else time.monotonic() + timeout
+        io = (event_type, session_index)
+        if self.eventfd is None:
+            self._send_condvar(rg, io, deadline, block, timeout)
+        else:
+            self._send_eventfd(rg, io, deadline, block)
 
     def send_ctrl(
         self, event_type: int, *, timeout: float | None = None, block: bool = True, **fields: Any
@@ -458,6 +477,8 @@ class MessageQueue:
             n = size if max_n is None or max_n >= size else max(0, max_n)
             if n == 0:
                 return []
+            if n == 1:
+                return self._drain_one(decode)
             get, put = _U32.unpack_from, _U32.pack_into
             head = get(view, self._q_head)[0]
             if head >= maxsize:
@@ -512,6 +533,40 @@ class MessageQueue:
             dec = events.decode
             return [dec(r, raw) for r, raw in raws]
 
+    def _drain_one(self, decode: bool) -> list[Any]:
+        """`drain` of exactly one message, the usual case on the data path: the same checks
+        and order as the batch path, without its bookkeeping (consumer lock held)."""
+        a, view, get, put = self._a, self._view, _U32.unpack_from, _U32.pack_into
+        maxsize = self.maxsize
+        head = get(view, self._q_head)[0]
+        if head >= maxsize:
+            raise self._bad(f"queue head {head} >= maxsize {maxsize}")
+        r, e = _HANDLE.unpack_from(view, self._q_data + head * 8)
+        if r >= self.n_rings:
+            raise self._bad(f"handle names ring {r} of {self.n_rings}")
+        rg = self._rings[r]
+        nitems = rg.nitems
+        if e >= nitems:
+            raise self._bad(f"handle names element {e} of ring {r} ({nitems} items)")
+        h = get(view, rg.head)[0]
+        if h >= nitems:
+            raise self._bad(f"ring {r} head {h} >= {nitems}")
+        if h != e:
+            raise self._bad(f"message out of order: ring {r} element {e}, head {h}")
+        c = a.load32(rg.cursize)
+        if not 1 <= c <= nitems:
+            raise self._bad(f"ring {r} cursize {c} with 1 messages pending")
+        put(view, self._q_head, (head + 1) % maxsize)
+        need_signal = a.fetch_sub32(self._q_cursize, 1) == maxsize
+        slot = rg.data + e * rg.elsize
+        raw = bytes(view[slot : slot + rg.elsize])
+        put(view, rg.head, (h + 1) % nitems)
+        if a.fetch_sub32(rg.cursize, 1) >= nitems:  # was full: wake producers
+            need_signal = True
+        if need_signal:
+            self._signal(consumer=True)
+        return [events.decode(r, raw)] if decode else [(r, raw)]
+
     def _read_handles(self, head: int, n: int) -> list[tuple[int, int]]:
         view, data = self._view, self._q_data
         first = min(n, self.maxsize - head)
@@ -543,15 +598,16 @@ class MessageQueue:
 
     def _wait_eventfd(self, deadline: float | None, fds: tuple[int, ...]) -> WaitResult:
         evfd = self._consumer_fd()
-        if fds:
+        # One poll object per set of fds, kept: a blocked reader waits here once per message.
+        cached = self._poller
+        if cached is not None and cached[0] == fds:
+            poller = cached[1]
+        else:
             poller = select.poll()
             for fd in fds:
                 poller.register(fd, select.POLLIN | select.POLLPRI)
-        else:
-            poller = self._poller
-            if poller is None:
-                poller = self._poller = select.poll()
-        poller.register(evfd, select.POLLIN)
+            poller.register(evfd, select.POLLIN)
+            self._poller = (fds, poller)
         while True:
             slice_ = _RESYNC if deadline is None else min(_RESYNC, deadline - time.monotonic())
             ready = poller.poll(max(0, int(slice_ * 1000 + 0.999))) if slice_ > 0 else []
