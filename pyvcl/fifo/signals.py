@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import struct
 
-from ..atomics import AtomicRegion
+from ..atomics import AtomicRegion, Words
 from ..errors import SharedMemoryError
 from ..segment import Segment
 from ..wire.enums import DeqNotify
@@ -47,7 +47,10 @@ def fifo_header_m(segment: Segment, offset: int, what: str = "fifo") -> int:
 class Signals:
     """The signal words of the fifo header at fsh-relative ``offset`` in ``segment``."""
 
-    __slots__ = ("_a", "_has_event_m", "_has_ntf_m", "_m", "_view", "_want_m", "offset", "segment")
+    __slots__ = (
+        "_a", "_has_event_i", "_has_event_m", "_has_ntf_i", "_has_ntf_m", "_m", "_view", "_w32",
+        "_want_i", "_want_m", "offset", "segment",
+    )  # fmt: skip
 
     def __init__(self, segment: Segment, offset: int) -> None:
         self.segment = segment
@@ -58,11 +61,16 @@ class Signals:
         self._has_event_m = m + _HAS_EVENT
         self._want_m = m + _WANT
         self._has_ntf_m = m + _HAS_NTF
+        # Acquire loads / release stores by word index (the header is 64-byte aligned).
+        self._w32: Words = self._a.words32()
+        self._has_event_i = self._has_event_m >> 2
+        self._want_i = self._want_m >> 2
+        self._has_ntf_i = self._has_ntf_m >> 2
 
     # -- has_event ---------------------------------------------------------------------------------
     @property
     def has_event(self) -> bool:
-        return bool(self._a.load32(self._has_event_m))
+        return bool(self._w32[self._has_event_i])
 
     def set_event(self) -> bool:
         """Exchange ``has_event`` with 1 (``svm_fifo_set_event``); True if it was 0, i.e. the
@@ -77,7 +85,7 @@ class Signals:
     @property
     def want_deq_ntf(self) -> int:
         """The ``DeqNotify`` bits requested (acquire load)."""
-        return int(self._a.load32(self._want_m))
+        return int(self._w32[self._want_i])
 
     def add_want_deq_ntf(self, bits: int) -> None:
         """Atomically or in ``bits`` (``svm_fifo_add_want_deq_ntf``)."""
@@ -89,14 +97,14 @@ class Signals:
 
     @property
     def has_deq_ntf(self) -> bool:
-        return bool(self._a.load32(self._has_ntf_m))
+        return bool(self._w32[self._has_ntf_i])
 
     def set_has_deq_ntf(self) -> None:
-        self._a.store32(self._has_ntf_m, 1)
+        self._w32[self._has_ntf_i] = 1
 
     def reset_has_deq_ntf(self) -> None:
         """``svm_fifo_reset_has_deq_ntf``: re-arm IF_FULL / IF_EMPTY notifications."""
-        self._a.store32(self._has_ntf_m, 0)
+        self._w32[self._has_ntf_i] = 0
 
     def clear_deq_ntf(self) -> None:
         """``svm_fifo_clear_deq_ntf``, after sending a dequeue notification: set ``has_deq_ntf``
