@@ -35,7 +35,6 @@ from ..errors import LocalError, SharedMemoryError, Timeout, WouldBlock
 from ..segment import Segment
 from ..wire.enums import MqRing, ring_for_event
 from ..wire.mq import (
-    PTHREAD_COND_FIELDS,
     PTHREAD_MUTEX_FIELDS,
     SVM_MSG_Q_MSG,
     SVM_MSG_Q_RING_SHARED,
@@ -663,72 +662,18 @@ class MessageQueue:
                 raise Timeout(f"{self.name}: no message within {timeout} s")
             self.wait(left)
 
-    # -- inspection ----------------------------------------------------------------------------
+    # -- inspection (pyvcl.mq.describe) ---------------------------------------------------------
     def describe(self) -> dict[str, Any]:
         """Everything the inspector shows, read now (racy against live peers by nature).
         Never raises for bad indices: they are reported under ``problems``."""
-        view, q = self._view, self._q
-        a = self._a
-        problems: list[str] = []
-        get = _U32.unpack_from
-        head, tail = get(view, self._q_head)[0], get(view, self._q_tail)[0]
-        size = a.load32(self._q_cursize)
-        if head >= self.maxsize or tail >= self.maxsize or size > self.maxsize:
-            problems.append(f"queue head {head} / tail {tail} / cursize {size} out of range")
-        mutex = _fields(PTHREAD_MUTEX_FIELDS, view, q + _Q.offset("mutex"))
-        condvar = _fields(PTHREAD_COND_FIELDS, view, q + _Q.offset("condvar"))
-        rings = []
-        for rg in self._rings:
-            rh, rt = get(view, rg.head)[0], get(view, rg.tail)[0]
-            rc = a.load32(rg.cursize)
-            if rh >= rg.nitems or rt >= rg.nitems or rc > rg.nitems:
-                problems.append(f"ring {rg.index} head {rh} / tail {rt} / cursize {rc} invalid")
-            rings.append(
-                {
-                    "index": rg.index,
-                    "offset": self.segment.offset_of(rg.hdr),
-                    "data_offset": self.segment.offset_of(rg.data),
-                    "nitems": rg.nitems,
-                    "elsize": rg.elsize,
-                    "head": rh,
-                    "tail": rt,
-                    "cursize": rc,
-                }
-            )
-        pending: list[dict[str, int]] = []
-        if not problems:
-            for r, e in self._read_handles(head, size) if size else []:
-                pending.append({"ring_index": r, "elt_index": e})
-        return {
-            "name": self.name,
-            "offset": self.offset,
-            "size": self.size,
-            "mode": self.mode,
-            "eventfd": self.eventfd,
-            "n_rings": self.n_rings,
-            "queue": {
-                "offset": self.segment.offset_of(q),
-                "head": head,
-                "tail": tail,
-                "cursize": size,
-                "maxsize": self.maxsize,
-                "elsize": _MSG.size,
-            },
-            "mutex": mutex,
-            "condvar": condvar,
-            "rings": rings,
-            "pending_handles": pending,
-            "recovered_owner_deaths": self.recovered_owner_deaths,
-            "problems": problems,
-        }
+        from .describe import describe_queue
+
+        return describe_queue(self)
 
     def pending(self) -> list[Event]:
         """Decode the pending messages in queue order without consuming them."""
         head, _, size = self._queue_indices()
-        out = []
-        for r, e in self._read_handles(head, size) if size else []:
-            out.append(self.peek_slot(r, e))
-        return out
+        return [self.peek_slot(r, e) for r, e in (self._read_handles(head, size) if size else [])]
 
     def peek_slot(self, ring: int, elt: int) -> Event:
         """Decode slot ``elt`` of ``ring`` as it is now, live or already consumed (consumed
@@ -740,15 +685,6 @@ class MessageQueue:
             raise self._bad(f"element {elt} beyond ring {ring}'s {rg.nitems} items")
         slot = rg.data + elt * rg.elsize
         return events.decode(ring, bytes(self._view[slot : slot + rg.elsize]))
-
-
-def _fields(decl: Any, view: memoryview, off: int) -> dict[str, Any]:
-    """Every field of ``decl`` at ``off`` by its C name (arrays as lists)."""
-    out: dict[str, Any] = {}
-    for name, f in decl.fields.items():
-        v = f.get(view, off)
-        out[name] = list(v) if isinstance(v, tuple) else v
-    return out
 
 
 def _header_end(segment: Segment) -> int:
