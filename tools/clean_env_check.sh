@@ -219,10 +219,30 @@ else
     bad backend "got '$name' (want '$want') from '$where'"
 fi
 
-section "PYVCL_ATOMICS=libatomic python -c '...backend_name()'"
-forced=$(PYVCL_ATOMICS=libatomic "$PY" -c 'import pyvcl.atomics as a; print(a.backend_name())' 2>&1)
+section "PYVCL_ATOMICS=libatomic python -c '...backend_name(); AtomicRegion(...)'"
+# Forcing the backend that is missing must not fall back to the stub: the import still works,
+# backend_name() says "unavailable", and the first AtomicRegion raises VclError(ENOSYS) whose
+# message names the package to install.
+forced=$(PYVCL_ATOMICS=libatomic "$PY" - 2>&1 <<'PY'
+import errno, mmap
+import pyvcl.atomics as a
+from pyvcl.errors import VclError
+print(a.backend_name())
+try:
+    a.AtomicRegion(mmap.mmap(-1, 4096))
+    print("AtomicRegion: no error")
+except VclError as e:
+    print("AtomicRegion: VclError", errno.errorcode.get(e.errno, e.errno), e)
+PY
+)
 echo "$forced"
-if [ "$forced" = unavailable ]; then ok forced-libatomic "unavailable, as it must be here"; else bad forced-libatomic "got '$forced'"; fi
+read -r fname <<<"$forced"
+ferr=$(grep -m1 '^AtomicRegion:' <<<"$forced")
+if [ "$fname" = unavailable ] && [[ $ferr == "AtomicRegion: VclError ENOSYS "*libatomic1* ]]; then
+    ok forced-libatomic "unavailable, AtomicRegion raises VclError ENOSYS naming libatomic1"
+else
+    bad forced-libatomic "got '$fname'; ${ferr:-no AtomicRegion line}"
+fi
 
 section "pyvcl status"
 "$WORK/venv/bin/pyvcl" status
