@@ -250,16 +250,17 @@ class ChunkAllocator:
         The chunk's ``next`` is left as it was on the list: callers set it.
         """
         head_m = self._head_m(slice_index, fl)
-        size = fl_index_to_size(fl)
+        size = MIN_CHUNK_SIZE << fl
         a = self.atomics
         old = a.load64(head_m)
+        fsh, limit = self._fsh, self._limit
         for _ in range(_CAS_LIMIT):
             off = old & FREE_LIST_OFFSET_MASK
             if not off:
                 return 0
             try:
                 nxt = self.chunk(off, size)[3]
-                if nxt > FREE_LIST_OFFSET_MASK or nxt & 7 or self._fsh + nxt >= self._limit:
+                if nxt > FREE_LIST_OFFSET_MASK or nxt & 7 or fsh + nxt >= limit:
                     raise SharedMemoryError(
                         f"segment {self.segment.name!r}: free chunk {off:#x} links to {nxt:#x}"
                     )
@@ -373,7 +374,7 @@ class ChunkAllocator:
         short), or 0.  The chunks' ``start_byte`` and rb indices are for the caller to set.
         """
         fl = fl_index_for_size(data_bytes)
-        size = fl_index_to_size(fl)
+        size = MIN_CHUNK_SIZE << fl
         if data_bytes <= size:
             c = self.pop(slice_index, fl)
             if c:
@@ -382,8 +383,12 @@ class ChunkAllocator:
         return self._alloc_slow(slice_index, fl, data_bytes)
 
     def _take(self, slice_index: int, c: int, size: int) -> None:
+        """A chunk just popped for a fifo: unlink it and count it off the free lists (one per
+        write that crosses a chunk end, so written out rather than through helpers)."""
         _U64.pack_into(self._view, self._fsh + c + CH_NEXT, 0)
-        self._counters_sub(self.slice_m(slice_index), size)
+        a = self.atomics
+        a.fetch_sub64(self.slice_m(slice_index) + _SL_FL_BYTES, size)  # fss_fl_chunk_bytes_sub
+        a.fetch_sub64(self._cached_m, size)  # fsh_cached_bytes_sub
 
     def _alloc_slow(self, slice_index: int, fl: int, data_bytes: int) -> int:
         """``fs_try_alloc_chunk_slow``."""
