@@ -63,7 +63,8 @@ def bench_atomics(n: int) -> None:
 
 def bench_fifo(n: int) -> None:
     from pyvcl.fifo import Fifo
-    from tests.fifo_fixtures import alloc_fifo, make_segment
+    from tests.fifo_fixtures import alloc_fifo
+    from tests.segment_fixtures import make_segment
 
     for size in (64, 64 << 10):
         seg = make_segment(64 << 20)

@@ -4,7 +4,8 @@
 socket, send ATTACH, receive the reply and its fds, map the vpp-mq segment and the app's first
 segment, attach the app worker's mq and every VPP worker mq.  `App.poll` then delivers the
 session events VPP queues for us, handling segment add/del itself (7.13).  Closing the app (or
-the process dying) detaches it: VPP frees everything bound to the socket.
+the process dying) detaches it: VPP frees everything bound to the socket.  `Worker` is an extra
+app worker (7.11) with its own socket, mq and segments; it polls and maps segments the same way.
 
 An `App` belongs to the process that attached: a forked child must attach anew (8.5).
 """
@@ -50,6 +51,7 @@ from .wire.session import SEGMENT_NAME_LEN
 DEFAULT_RUNTIME_DIR = "/run/vpp"
 INVALID_HANDLE = 0xFFFFFFFFFFFFFFFF  # VCL rejects a first segment with this handle
 DETACH_SYNC_TIMEOUT = 1.0  # longest wait for VPP to handle our messages before detaching
+SEND_FDS_TIMEOUT = 1.0  # longest wait for an added segment's fd (VPP sends it before the event)
 SYNC_CONTEXT = 0xFFFFFF00  # contexts of sync_with_vpp's probes (never a session index)
 _FSH = FIFO_SEGMENT_HEADER
 
@@ -63,24 +65,145 @@ def default_app_socket(namespace_id: str = "", runtime_dir: str | None = None) -
     return base / "app_ns_sockets" / (namespace_id or "default")
 
 
-class App:
-    """Worker 0 of an attached app.  Create with `App.attach`; use as a context manager."""
+class _AppWorker:
+    """What worker 0 (`App`) and an extra `Worker` share: an app socket, the mq VPP posts this
+    worker's events to, and the segments VPP sends over that socket.
 
-    def __init__(self, sapi: SapiSocket, options: AttachOptions) -> None:
+    VPP sends a segment's fd on the socket of the app worker the segment is for
+    (``app_wrk_send_fd`` uses ``app_wrk->api_client_index``, the worker's own socket), just
+    before it queues CTRL_APP_ADD_SEGMENT on that worker's mq (``app_wrk_send_ctrl_evt_fd``).
+    So each worker receives and owns its own segments: ``segments`` maps VPP's segment handle
+    to the mapping, ``retired_segments`` keeps replaced ones mapped until close, and every fd
+    received over the socket is closed on close.
+    """
+
+    def __init__(self, sapi: SapiSocket) -> None:
         self.sapi = sapi
-        self.options = options
         self.pid = os.getpid()
-        self.reply: AttachReply | None = None
-        self.vpp_segment: Segment | None = None
         self.segments: dict[int, Segment] = {}
         self.retired_segments: list[Segment] = []
         self._segment_fds: dict[int, int] = {}  # memfds of segments added after attach
-        self.fds: list[int] = []  # every fd we own (segment memfds, eventfds)
+        self.fds: list[int] = []  # every other fd we own (first segment memfds, eventfds)
+        self.closed = False
+
+    def _check_usable(self) -> None:
+        raise NotImplementedError
+
+    def _event_mq(self) -> MessageQueue:
+        """The mq VPP posts this worker's events to."""
+        raise NotImplementedError
+
+    # -- events ---------------------------------------------------------------------------------
+    def poll(self, timeout: float | None = 0.0) -> list[Event]:
+        """Events VPP queued for this worker, waiting up to ``timeout`` (None: forever) for the
+        first.  Segment add/del events are acted on before they are returned.  Raises
+        `VppDisconnected` if VPP closed the app socket."""
+        self._check_usable()
+        mq = self._event_mq()
+        events = mq.drain()
+        if not events and timeout != 0:
+            woke = mq.wait(timeout, also_fds=(self.sapi.fileno(),))
+            if self.sapi.fileno() in woke.fds and self.sapi.poll_closed():
+                raise VppDisconnected(f"VPP closed the app socket {self.sapi.path}")
+            events = mq.drain()
+        for ev in events:
+            if ev.type == SessionEvent.CTRL_APP_ADD_SEGMENT:
+                self._add_segment(ev)
+            elif ev.type == SessionEvent.CTRL_APP_DEL_SEGMENT:
+                self._del_segment(ev)
+        return events
+
+    def wait_for(self, event_type: int, timeout: float, **match: Any) -> tuple[Event, list[Event]]:
+        """Poll until an event of ``event_type`` whose payload fields equal ``match`` arrives;
+        return it and every other event seen meanwhile (in order)."""
+        deadline = time.monotonic() + timeout
+        others: list[Event] = []
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise Timeout(f"no {SessionEvent(event_type).name} from VPP within {timeout} s")
+            for i, ev in enumerate(events := self.poll(remaining)):
+                fields = ev.fields()
+                if ev.type == event_type and all(fields.get(k) == v for k, v in match.items()):
+                    return ev, others + events[:i] + events[i + 1 :]
+            others.extend(events)
+
+    # -- segments (protocol 7.13; vcl_session_app_add/del_segment_handler) -----------------------
+    def _add_segment(self, ev: Event) -> None:
+        msg = ev.msg
+        name = (
+            bytes(msg.segment_name[:SEGMENT_NAME_LEN]).split(b"\0", 1)[0].decode(errors="replace")
+        )
+        if not msg.fd_flags:
+            raise AppSocketError(f"segment {name} announced without an fd (unsupported)")
+        # VPP sent the fd on this worker's socket just before queueing the event (7.13), so it
+        # is already there: not finding it soon is a protocol error, not a slow VPP.
+        try:
+            fd_msg = self.sapi.recv_expect(SapiMsgType.SEND_FDS, SEND_FDS_TIMEOUT)
+        except Timeout:
+            raise AppSocketError(
+                f"segment {name} announced but no SEND_FDS on the app socket {self.sapi.path}"
+            ) from None
+        if (n_fds := len(fd_msg.fds)) != 1:
+            fd_msg.close_fds()
+            raise AppSocketError(f"SEND_FDS for segment {name} carried {n_fds} fds, not 1")
+        fd = fd_msg.fds[0]
+        try:
+            if msg.segment_handle == INVALID_HANDLE:
+                raise AppSocketError(f"segment {name} announced with the invalid handle ~0")
+            seg = Segment.map_fd(fd, name=name, handle=msg.segment_handle)
+            if seg.size != msg.segment_size:
+                seg.close()
+                raise AppSocketError(
+                    f"segment {name}: {seg.size} bytes mapped, {msg.segment_size} announced"
+                )
+        except BaseException:
+            os.close(fd)
+            raise
+        old = self.segments.get(msg.segment_handle)
+        if old is not None:
+            # VPP reuses a handle only once the old segment is gone on its side; sessions of
+            # ours may still hold views of it, so retire it rather than unmap under them.
+            self.retired_segments.append(old)
+        old_fd = self._segment_fds.pop(msg.segment_handle, None)
+        if old_fd is not None:
+            self.fds.append(old_fd)  # closed with the worker
+        self._segment_fds[msg.segment_handle] = fd
+        self.segments[msg.segment_handle] = seg
+
+    def _del_segment(self, ev: Event) -> None:
+        handle = ev.msg.segment_handle
+        seg = self.segments.pop(handle, None)
+        if seg is not None:
+            if seg is self._event_mq().segment:
+                self.retired_segments.append(seg)  # our mq lives there: never unmap it early
+            else:
+                seg.close()
+        fd = self._segment_fds.pop(handle, None)
+        if fd is not None:
+            os.close(fd)
+
+    def _release_segments(self) -> None:
+        """Unmap every segment and close every fd this worker received."""
+        for seg in [*self.segments.values(), *self.retired_segments]:
+            seg.close()
+        self.segments, self.retired_segments = {}, []
+        _close_all([*self.fds, *self._segment_fds.values()])
+        self.fds, self._segment_fds = [], {}
+
+
+class App(_AppWorker):
+    """Worker 0 of an attached app.  Create with `App.attach`; use as a context manager."""
+
+    def __init__(self, sapi: SapiSocket, options: AttachOptions) -> None:
+        super().__init__(sapi)
+        self.options = options
+        self.reply: AttachReply | None = None
+        self.vpp_segment: Segment | None = None
         self.app_mq: MessageQueue | None = None
         self.vpp_mqs: list[MessageQueue] = []
         self.mq_eventfd: int | None = None
         self.vpp_mq_eventfds: list[int] = []
-        self.closed = False
 
     # -- attach ---------------------------------------------------------------------------------
     @classmethod
@@ -194,82 +317,10 @@ class App:
         self._check_usable()
         (mq or self.ctrl_mq).send_ctrl(event_type, **fields)
 
-    def poll(self, timeout: float | None = 0.0) -> list[Event]:
-        """Events VPP queued for this worker, waiting up to ``timeout`` (None: forever) for the
-        first.  Segment add/del events are acted on before they are returned.  Raises
-        `VppDisconnected` if VPP closed the app socket."""
+    def _event_mq(self) -> MessageQueue:
         self._check_usable()
-        mq = self.app_mq
-        assert mq is not None
-        events = mq.drain()
-        if not events and timeout != 0:
-            woke = mq.wait(timeout, also_fds=(self.sapi.fileno(),))
-            if self.sapi.fileno() in woke.fds and self.sapi.poll_closed():
-                raise VppDisconnected(f"VPP closed the app socket {self.sapi.path}")
-            events = mq.drain()
-        for ev in events:
-            if ev.type == SessionEvent.CTRL_APP_ADD_SEGMENT:
-                self._add_segment(ev)
-            elif ev.type == SessionEvent.CTRL_APP_DEL_SEGMENT:
-                self._del_segment(ev)
-        return events
-
-    def wait_for(self, event_type: int, timeout: float, **match: Any) -> tuple[Event, list[Event]]:
-        """Poll until an event of ``event_type`` whose payload fields equal ``match`` arrives;
-        return it and every other event seen meanwhile (in order)."""
-        deadline = time.monotonic() + timeout
-        others: list[Event] = []
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise Timeout(f"no {SessionEvent(event_type).name} from VPP within {timeout} s")
-            for i, ev in enumerate(events := self.poll(remaining)):
-                fields = ev.fields()
-                if ev.type == event_type and all(fields.get(k) == v for k, v in match.items()):
-                    return ev, others + events[:i] + events[i + 1 :]
-            others.extend(events)
-
-    def _add_segment(self, ev: Event) -> None:
-        msg = ev.msg
-        name = (
-            bytes(msg.segment_name[:SEGMENT_NAME_LEN]).split(b"\0", 1)[0].decode(errors="replace")
-        )
-        if not msg.fd_flags:
-            raise AppSocketError(f"segment {name} announced without an fd (unsupported)")
-        # VPP sent the fd on our app socket just before queueing the event (7.13).
-        fd_msg = self.sapi.recv_expect(SapiMsgType.SEND_FDS)
-        if len(fd_msg.fds) != 1:
-            fd_msg.close_fds()
-            raise AppSocketError(f"SEND_FDS carried {len(fd_msg.fds)} fds, not 1")
-        fd = fd_msg.fds[0]
-        try:
-            seg = Segment.map_fd(fd, name=name, handle=msg.segment_handle)
-        except BaseException:
-            os.close(fd)
-            raise
-        self._segment_fds[msg.segment_handle] = fd
-        if seg.size != msg.segment_size:
-            seg.close()
-            raise AppSocketError(
-                f"segment {name}: {seg.size} bytes mapped, {msg.segment_size} announced"
-            )
-        old = self.segments.get(msg.segment_handle)
-        if old is not None:
-            # VPP reuses a handle only once the old segment is gone on its side; sessions of
-            # ours may still hold views of it, so retire it rather than unmap under them.
-            self.retired_segments.append(old)
-            old_fd = self._segment_fds.pop(msg.segment_handle, None)
-            if old_fd is not None:
-                self.fds.append(old_fd)  # closed with the app
-        self.segments[msg.segment_handle] = seg
-
-    def _del_segment(self, ev: Event) -> None:
-        seg = self.segments.pop(ev.msg.segment_handle, None)
-        if seg is not None:
-            seg.close()
-        fd = self._segment_fds.pop(ev.msg.segment_handle, None)
-        if fd is not None:
-            os.close(fd)
+        assert self.app_mq is not None
+        return self.app_mq
 
     # -- workers and certificates --------------------------------------------------------------
     def add_cert_key(self, cert: bytes, key: bytes, context: int = 0) -> int:
@@ -347,12 +398,10 @@ class App:
             if mq is not None:
                 mq.close()
         self.app_mq, self.vpp_mqs = None, []
-        for seg in [*self.segments.values(), *self.retired_segments, self.vpp_segment]:
-            if seg is not None:
-                seg.close()
-        self.segments, self.retired_segments, self.vpp_segment = {}, [], None
-        _close_all([*self.fds, *self._segment_fds.values()])
-        self.fds, self._segment_fds = [], {}
+        if self.vpp_segment is not None:
+            self.vpp_segment.close()
+            self.vpp_segment = None
+        self._release_segments()
         self.sapi.close()
 
     def __enter__(self) -> App:
@@ -366,17 +415,22 @@ class App:
         return f"<App {self.options.app_name()!r} {state} via {self.sapi.path}>"
 
 
-class Worker:
-    """An additional app worker: its own app socket connection, first segment and mq."""
+class Worker(_AppWorker):
+    """An additional app worker: its own app socket connection, first segment and mq.
+
+    VPP posts this worker's events to `mq` and sends the fds of its new segments over its own
+    socket, so `poll`/`wait_for` are the ones to use: like `App.poll` they map the segments that
+    APP_ADD_SEGMENT announces into `segments` and unmap them on APP_DEL_SEGMENT.  Control
+    messages still go to the app's VPP mqs (`App.send_ctrl` with this worker's
+    ``api_client_handle`` and ``wrk_index``)."""
 
     def __init__(self, app: App, sapi: SapiSocket) -> None:
+        super().__init__(sapi)
         self.app = app
-        self.sapi = sapi
+        self.pid = app.pid
         self.reply: WorkerAddDelReply | None = None
         self.segment: Segment | None = None
         self.mq: MessageQueue | None = None
-        self.fds: list[int] = []
-        self.closed = False
 
     @classmethod
     def add(cls, app: App, timeout: float) -> Worker:
@@ -391,11 +445,16 @@ class Worker:
                 raise session_error("VPP refused the new worker", reply.retval)
             worker.reply = reply
             fds = assign_fds(reply.fd_flags, reply.n_fds, msg.fds)
+            if reply.segment_handle == INVALID_HANDLE:
+                raise AppSocketError("worker reply names no first segment (handle ~0)")
             if SessionFdFlag.MEMFD_SEGMENT not in fds:
                 raise AppSocketError("worker reply lacks its segment fd")
+            if app.options.use_mq_eventfd and SessionFdFlag.MQ_EVENTFD not in fds:
+                raise AppSocketError("asked for an mq eventfd but the worker reply has none")
             worker.segment = Segment.map_fd(
                 fds[SessionFdFlag.MEMFD_SEGMENT][0], handle=reply.segment_handle
             )
+            worker.segments[reply.segment_handle] = worker.segment
             evfd = fds.get(SessionFdFlag.MQ_EVENTFD, [None])[0]
             if evfd is not None:
                 os.set_blocking(evfd, False)
@@ -415,12 +474,23 @@ class Worker:
         assert self.reply is not None
         return self.reply.api_client_handle
 
+    def _check_usable(self) -> None:
+        if self.closed:
+            raise LocalError("this worker is closed", errno.EBADF)
+        self.app._check_usable()
+
+    def _event_mq(self) -> MessageQueue:
+        self._check_usable()
+        assert self.mq is not None
+        return self.mq
+
     def close(self, notify: bool = True) -> None:
-        """Delete the worker: ADD_DEL_WORKER(is_add=0) (VPP sends no reply) and close."""
+        """Delete the worker: ADD_DEL_WORKER(is_add=0) (VPP sends no reply) and close.  In a
+        forked child it only releases the child's copies."""
         if self.closed:
             return
         self.closed = True
-        if notify and self.reply is not None and not self.app.closed:
+        if notify and self.reply is not None and not self.app.closed and os.getpid() == self.pid:
             with contextlib.suppress(VclError, OSError):
                 self.sapi.send(
                     SapiMsgType.ADD_DEL_WORKER,
@@ -428,9 +498,11 @@ class Worker:
                 )
         if self.mq is not None:
             self.mq.close()
+        self.mq = None
         if self.segment is not None:
-            self.segment.close()
-        _close_all(self.fds)
+            self.segment.close()  # also in segments unless setup failed before that
+        self.segment = None
+        self._release_segments()
         self.sapi.close()
 
     def __enter__(self) -> Worker:
@@ -438,6 +510,10 @@ class Worker:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"wrk_index={self.reply and self.reply.wrk_index}"
+        return f"<Worker of app {self.app.options.app_name()!r} {state} via {self.sapi.path}>"
 
 
 def _close_all(fds: Iterable[int]) -> None:

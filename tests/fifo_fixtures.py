@@ -2,8 +2,8 @@
 
 Reusable by the fifo, mq and session tests:
 
-- `make_segment` (from `segment_fixtures`) formats a fresh segment as ``fifo_segment_init``
-  does.
+- (`segment_fixtures.make_segment` formats the fresh segment these work on, as
+  ``fifo_segment_init`` does.)
 - `carve` reserves bytes from the bump allocator as VPP does for message queues at init.
 - `alloc_fifo` creates a fifo as ``fifo_segment_alloc_fifo_w_slice`` / ``fs_try_alloc_fifo`` /
   ``svm_fifo_init`` do: fifo headers carved 32 at a time onto the slice's ``free_fifos`` list,
@@ -26,8 +26,6 @@ from pyvcl.wire.segment import (
     FREE_LIST_OFFSET_MASK,
     FS_CHUNK_VEC_LEN,
 )
-
-from .segment_fixtures import make_segment as make_segment  # re-exported (bench/micro.py)
 
 M32 = 0xFFFFFFFF
 FIFO_HDR_BATCH = 32  # FIFO_SEGMENT_ALLOC_BATCH_SIZE

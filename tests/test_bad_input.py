@@ -7,11 +7,12 @@ import errno
 import os
 import socket
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import pytest
 
-from pyvcl.app import App
+from pyvcl.app import App, Worker
 from pyvcl.errors import (
     AppSocketError,
     SessionLayerError,
@@ -21,9 +22,20 @@ from pyvcl.errors import (
     VppDisconnected,
     VppUnreachable,
 )
-from pyvcl.wire.enums import SapiMsgType, SessionError
+from pyvcl.wire.enums import SapiMsgType, SessionError, SessionEvent, SessionFdFlag
+from pyvcl.wire.session import SEGMENT_NAME_LEN
 
-from .fake_vpp import CLOSE, SILENT, Send, attach_reply, fake_vpp, vpp_like_segments
+from .fake_vpp import (
+    CLOSE,
+    SILENT,
+    Send,
+    app_mq_segment,
+    attach_reply,
+    fake_vpp,
+    send_fds_frame,
+    vpp_like_segments,
+    worker_reply,
+)
 
 
 def open_fds() -> set[int]:
@@ -139,5 +151,95 @@ def test_eventfd_promised_but_absent(tmp_path: Path) -> None:
     script, fds = _segments_reply(tmp_path)
     with fake_vpp(tmp_path, script) as fake, pytest.raises(AppSocketError, match="eventfd"):
         attach(fake.path, use_mq_eventfd=True)
+    for fd in fds:
+        os.close(fd)
+
+
+# -- an extra worker's APP_ADD_SEGMENT: its fd comes on the worker's own socket ---------------
+
+SEG_HANDLE = 5 << 32
+
+
+def _worker_fakes(
+    tmp_path: Path, fd_steps: list[Send]
+) -> tuple[list[object], list[list[object]], list[int]]:
+    """Scripts for the app's socket and for one worker's, whose reply is followed by
+    ``fd_steps`` (what VPP would send for APP_ADD_SEGMENT); and the fds the test must close."""
+    app_script, app_fds = _segments_reply(tmp_path)
+    wfd, woff = app_mq_segment()
+    reply = worker_reply(app_event_queue_address=woff, segment_handle=3 << 32)
+    worker_script: list[object] = [Send(reply, [wfd]), *fd_steps, SILENT]
+    fds = app_fds + [wfd] + [fd for step in fd_steps for fd in step.fds]
+    return [*app_script, SILENT], [worker_script], fds
+
+
+def _announce(w: Worker, seg_fd: int | None, **fields: object) -> None:
+    """Queue APP_ADD_SEGMENT on the worker's mq, as VPP does after sending the fd."""
+    values: dict[str, object] = {
+        "fd_flags": int(SessionFdFlag.MEMFD_SEGMENT),
+        "segment_size": os.fstat(seg_fd).st_size if seg_fd is not None else 1 << 20,
+        "segment_name": b"fake-wrk-seg".ljust(SEGMENT_NAME_LEN, b"\0"),
+        "segment_handle": SEG_HANDLE,
+    }
+    values.update(fields)
+    assert w.mq is not None
+    w.mq.send_ctrl(SessionEvent.CTRL_APP_ADD_SEGMENT, **values)
+
+
+def test_worker_maps_and_unmaps_an_added_segment(tmp_path: Path) -> None:
+    seg_fd, _ = app_mq_segment()
+    app_script, worker_scripts, fds = _worker_fakes(tmp_path, [Send(send_fds_frame(), [seg_fd])])
+    with (
+        fake_vpp(tmp_path, app_script, worker_scripts=worker_scripts) as fake,
+        closing(attach(fake.path, use_mq_eventfd=False)) as app,  # no APP_DETACH: none answers
+        app.add_worker(timeout=1.0) as w,
+    ):
+        _announce(w, seg_fd)
+        (ev,) = w.poll(1.0)
+        assert ev.type == SessionEvent.CTRL_APP_ADD_SEGMENT
+        seg = w.segments[SEG_HANDLE]
+        assert seg.name == "fake-wrk-seg" and SEG_HANDLE not in app.segments
+        assert w.mq is not None
+        mapped = open_fds()
+        w.mq.send_ctrl(SessionEvent.CTRL_APP_DEL_SEGMENT, segment_handle=SEG_HANDLE)
+        assert [e.type for e in w.poll(1.0)] == [SessionEvent.CTRL_APP_DEL_SEGMENT]
+        assert SEG_HANDLE not in w.segments and seg.closed
+        assert len(mapped - open_fds()) == 2  # the received fd and mmap's dup of it
+        # Deleting the segment that holds the worker's mq retires it: still mapped until close.
+        w.mq.send_ctrl(SessionEvent.CTRL_APP_DEL_SEGMENT, segment_handle=3 << 32)
+        assert [e.type for e in w.poll(1.0)] == [SessionEvent.CTRL_APP_DEL_SEGMENT]
+        assert w.segment is not None and not w.segment.closed and w.poll(0) == []
+    for fd in fds:
+        os.close(fd)
+
+
+@pytest.mark.parametrize(
+    ("n_fds", "fields", "text"),
+    [
+        (None, {}, "no SEND_FDS"),
+        (0, {}, "carried 0 fds, not 1"),
+        (2, {}, "carried 2 fds, not 1"),
+        (1, {"segment_size": 4096}, "4096 announced"),
+        (1, {"segment_handle": 2**64 - 1}, "invalid handle"),
+        (None, {"fd_flags": 0}, "without an fd"),
+    ],
+    ids=["no-frame", "fds-missing", "fds-extra", "wrong-size", "handle-~0", "no-fd-flag"],
+)
+def test_worker_bad_added_segment(
+    tmp_path: Path, n_fds: int | None, fields: dict[str, int], text: str
+) -> None:
+    """A worker is as strict as worker 0: a clear AppSocketError, every received fd closed."""
+    seg_fds = [app_mq_segment()[0] for _ in range(n_fds or 0)]
+    steps = [] if n_fds is None else [Send(send_fds_frame(), seg_fds)]
+    app_script, worker_scripts, fds = _worker_fakes(tmp_path, steps)
+    with (
+        fake_vpp(tmp_path, app_script, worker_scripts=worker_scripts) as fake,
+        closing(attach(fake.path, use_mq_eventfd=False)) as app,  # no APP_DETACH: none answers
+        app.add_worker(timeout=1.0) as w,
+    ):
+        _announce(w, seg_fds[0] if seg_fds else None, **fields)
+        with pytest.raises(AppSocketError, match=text):
+            w.poll(1.0)
+        assert SEG_HANDLE not in w.segments
     for fd in fds:
         os.close(fd)

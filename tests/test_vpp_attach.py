@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import time
@@ -10,10 +11,11 @@ from typing import Any
 import psutil
 import pytest
 
-from pyvcl.app import App
+from pyvcl.app import App, Worker
 from pyvcl.errors import SessionLayerError, VppDisconnected, VppUnreachable
-from pyvcl.wire.addr import port_from_wire, port_to_wire
+from pyvcl.wire.addr import ip_to_wire, port_from_wire, port_to_wire
 from pyvcl.wire.enums import SessionEvent, SessionFdFlag, TransportProto
+from pyvcl.wire.enums import SessionEvent as E
 
 SMALL = {"segment_size": 4 << 20, "add_segment_size": 4 << 20, "prealloc_fifo_pairs": 0}
 
@@ -259,3 +261,89 @@ def test_vpp_with_workers_has_one_mq_per_thread(vpp_factory: Any) -> None:
         assert app.reply is not None and app.reply.vpp_ctrl_mq_thread == 1
         assert app.ctrl_mq is app.vpp_mqs[1]
         assert listen_and_wait(app, 17200, context=5).retval == 0
+
+
+NO_PARENT = 0xFFFFFFFFFFFFFFFF
+
+
+def _vpp_mq(who: App | Worker, offset: int) -> Any:
+    """The VPP mq at ``offset``, as mapped by ``who`` (a worker uses its app's)."""
+    app = who.app if isinstance(who, Worker) else who
+    return next(mq for mq in app.vpp_mqs if mq.offset == offset)
+
+
+def _memfds_named(name: str) -> int:
+    """How many of our fds are the memfd of segment ``name``."""
+    links = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            links.append(os.readlink(f"/proc/self/fd/{fd}"))
+    return sum(link.startswith(f"/memfd:{name} ") for link in links)
+
+
+@pytest.mark.parametrize("worker_is", ["server", "client"])
+def test_worker_maps_and_unmaps_its_own_segments(vpp: Any, worker_is: str) -> None:
+    """A cut-through session on an extra worker: VPP sends the segment's fd on the *worker's*
+    socket and APP_ADD_SEGMENT on its mq (app_wrk_send_ctrl_evt_fd); Worker.poll maps it, and
+    unmaps it on APP_DEL_SEGMENT once the session is gone.  Worker 0 never sees it."""
+    opts = {**SMALL, "scope_global": False}
+    port = 17400 + (worker_is == "client")
+    ip, is_ip4 = ip_to_wire("127.0.0.1")
+    fds0 = psutil.Process().num_fds()
+    with (
+        App.attach(vpp.app_socket(), name="pyvcl-wrk-owner", **opts) as app,
+        App.attach(vpp.app_socket(), name="pyvcl-wrk-peer", **opts) as peer,
+        app.add_worker() as w,
+    ):
+        app_segments = set(app.segments)
+        srv: App | Worker
+        cli: App | Worker
+        if worker_is == "server":
+            srv, cli = w, peer
+            app.send_ctrl(E.CTRL_LISTEN, client_index=w.api_client_handle, wrk_index=w.wrk_index,
+                          context=1, port=port_to_wire(port), is_ip4=is_ip4, ip=ip)  # fmt: skip
+            assert w.wait_for(E.CTRL_BOUND, 5.0, context=1)[0].msg.retval == 0
+            peer.send_ctrl(E.CTRL_CONNECT, client_index=peer.api_client_handle, context=11,
+                           port=port_to_wire(port), is_ip4=is_ip4, ip=ip, flags=1,
+                           parent_handle=NO_PARENT)  # fmt: skip
+        else:
+            srv, cli = peer, w
+            assert listen_and_wait(peer, port, context=1).retval == 0
+            app.send_ctrl(E.CTRL_CONNECT, client_index=w.api_client_handle, wrk_index=w.wrk_index,
+                          context=11, port=port_to_wire(port), is_ip4=is_ip4, ip=ip, flags=1,
+                          parent_handle=NO_PARENT)  # fmt: skip
+        acc, srv_events = srv.wait_for(E.CTRL_ACCEPTED, 5.0)
+        _vpp_mq(srv, acc.msg.vpp_event_queue_address).send_ctrl(
+            E.CTRL_ACCEPTED_REPLY, context=acc.msg.context, handle=acc.msg.handle,
+            app_session_index=21,
+        )  # fmt: skip
+        con, cli_events = cli.wait_for(E.CTRL_CONNECTED, 5.0, context=11)
+        assert con.msg.retval == 0
+        if worker_is == "server":
+            handle, w_events = acc.msg.segment_handle, srv_events
+        else:  # the client's name for the server's segment: its app worker index in bits 56+
+            handle, w_events = con.msg.ct_segment_handle, cli_events
+            assert handle >> 56 and handle & ((1 << 56) - 1) == acc.msg.segment_handle
+        adds = [e.msg for e in w_events if e.type == E.CTRL_APP_ADD_SEGMENT]
+        assert [m.segment_handle for m in adds] == [handle]
+        seg = w.segments[handle]  # mapped from the fd VPP sent on the worker's socket
+        assert seg.size == adds[0].segment_size and seg.handle == handle
+        assert seg.name == bytes(adds[0].segment_name).split(b"\0")[0].decode()
+        held = _memfds_named(seg.name)  # the worker's and the peer's, each also dup'd by mmap
+        assert held == 4
+        assert set(app.segments) == app_segments and app.poll(0) == []  # nothing for worker 0
+
+        # The client closes, the server confirms, and VPP deletes the segment on both sides.
+        _vpp_mq(cli, con.msg.vpp_event_queue_address).send_ctrl(
+            E.CTRL_DISCONNECT, client_index=cli.api_client_handle, handle=con.msg.handle
+        )
+        disc, _ = srv.wait_for(E.CTRL_DISCONNECTED, 5.0, handle=acc.msg.handle)
+        assert disc.msg.context == srv.api_client_handle
+        _vpp_mq(srv, acc.msg.vpp_event_queue_address).send_ctrl(
+            E.CTRL_DISCONNECTED_REPLY, context=disc.msg.context, handle=acc.msg.handle
+        )
+        w.wait_for(E.CTRL_APP_DEL_SEGMENT, 5.0, segment_handle=handle)
+        assert handle not in w.segments and seg.closed
+        assert _memfds_named(seg.name) == held - 2  # the worker's fd and mapping are gone
+        assert w.segment is not None and w.segments == {w.segment.handle: w.segment}
+    assert psutil.Process().num_fds() == fds0

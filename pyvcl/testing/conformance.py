@@ -23,6 +23,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol
 
+from .hoststack import topology
+
 Address = tuple[Any, ...]
 
 
@@ -291,25 +293,30 @@ CHECKS: list[Callable[[Stack], None]] = [
 ]
 
 
+_SCOPE_TOPOLOGY = {"local": "ct", "global": "tcp"}  # VclStack scope -> hoststack topology
+
+
 class VclStack:
     """pyvcl over a running VPP: a server app and a client app, cut-through (``scope``
-    "local") or through VPP's TCP stack ("global", with `VppInstance.setup_two_vrf_tcp`)."""
+    "local", topology ``ct``) or through VPP's TCP stack ("global", topology ``tcp``, which
+    sets up `VppInstance.setup_two_vrf_tcp`); see `pyvcl.testing.hoststack.topology`."""
 
     def __init__(self, vpp: Any, scope: str = "local", first_port: int = 21000) -> None:
         from ..sockets import VclApp
 
-        self.name = f"pyvcl-{'ct' if scope == 'local' else 'tcp'}"
+        if scope not in _SCOPE_TOPOLOGY:
+            raise ValueError(f"scope must be 'local' or 'global', not {scope!r}")
+        topo = topology(vpp, _SCOPE_TOPOLOGY[scope])
+        self.name = f"pyvcl-{topo.name}"
+        self.topology = topo
+        self.host = topo.host
         self._port = first_port
-        if scope == "local":
-            srv_sock = cli_sock = vpp.app_socket()
-            self.host = "127.0.0.1"
-            opts: dict[str, Any] = {"scope_local": True, "scope_global": False}
-        else:
-            topo = vpp.setup_two_vrf_tcp()
-            srv_sock, cli_sock, self.host = topo.server_socket, topo.client_socket, topo.server_addr
-            opts = {"scope_local": False, "scope_global": True}
-        self.server_app = VclApp(srv_sock, name=f"{self.name}-srv", **opts)
-        self.client_app = VclApp(cli_sock, name=f"{self.name}-cli", **opts)
+        self.server_app = VclApp(
+            topo.server.socket, name=f"{self.name}-srv", **topo.server.pyvcl_opts
+        )
+        self.client_app = VclApp(
+            topo.client.socket, name=f"{self.name}-cli", **topo.client.pyvcl_opts
+        )
 
     def _next_port(self) -> int:
         self._port += 1
