@@ -5,23 +5,15 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from pyvcl import aio
 from pyvcl.testing.conformance import VclStack
+from pyvcl.testing.plugin import vcl_stack_fixture
 
-
-@pytest.fixture(scope="module", params=["ct", "tcp"])
-def stack(request: pytest.FixtureRequest, vpp: Any) -> Iterator[VclStack]:
-    if request.param == "ct":
-        s = VclStack(vpp, "local", first_port=28000)
-    else:
-        s = VclStack(vpp, "global", first_port=29000)
-    yield s
-    s.close()
+stack = vcl_stack_fixture(28000, 29000)
 
 
 def _run(coro: Any, timeout: float = 60) -> Any:

@@ -6,24 +6,15 @@ import errno
 import selectors
 import socket
 import time
-from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
 from pyvcl.selector import VclSelector
 from pyvcl.sockets import VclSocket
 from pyvcl.testing.conformance import VclStack
+from pyvcl.testing.plugin import vcl_stack_fixture
 
-
-@pytest.fixture(scope="module", params=["ct", "tcp"])
-def stack(request: pytest.FixtureRequest, vpp: Any) -> Iterator[VclStack]:
-    if request.param == "ct":
-        s = VclStack(vpp, "local", first_port=24000)
-    else:
-        s = VclStack(vpp, "global", first_port=25000)
-    yield s
-    s.close()
+stack = vcl_stack_fixture(24000, 25000)
 
 
 def _wait(sel: VclSelector, sock: VclSocket, events: int, timeout: float = 10) -> int:

@@ -10,7 +10,6 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -19,18 +18,12 @@ from pyvcl.errors import LocalError
 from pyvcl.selector import VclSelector
 from pyvcl.sockets import VclApp, VclSocket
 from pyvcl.testing.conformance import VclStack, pair
+from pyvcl.testing.plugin import vcl_stack_fixture
 
 R, W = selectors.EVENT_READ, selectors.EVENT_WRITE
 
 
-@pytest.fixture(scope="module", params=["ct", "tcp"])
-def stack(request: pytest.FixtureRequest, vpp: Any) -> Iterator[VclStack]:
-    if request.param == "ct":
-        s = VclStack(vpp, "local", first_port=26000)
-    else:
-        s = VclStack(vpp, "global", first_port=27000)
-    yield s
-    s.close()
+stack = vcl_stack_fixture(26000, 27000)
 
 
 def _echo_server(srv: VclSocket, stop: threading.Event, errors: list[BaseException]) -> None:
@@ -108,13 +101,19 @@ def test_selector_echo_1mib_both_ways(stack: VclStack) -> None:
     assert hashlib.sha256(got).digest() == hashlib.sha256(payload).digest()
 
 
-def test_selector_mixes_kernel_and_vcl_sockets(stack: VclStack) -> None:
+def _nonblocking_client(stack: VclStack) -> tuple[VclSocket, VclSocket, VclSocket]:
+    """(listener, non-blocking client, accepted): a connection whose client end never blocks."""
     srv, addr = stack.server()
     c = stack.client_socket()
     c.setblocking(False)
     c.connect_ex(addr)
     srv.settimeout(10)
     conn, _ = srv.accept()
+    return srv, c, conn
+
+
+def test_selector_mixes_kernel_and_vcl_sockets(stack: VclStack) -> None:
+    srv, c, conn = _nonblocking_client(stack)
     a, b = socket.socketpair()
     with VclSelector() as sel:
         sel.register(a, R, "kernel")
@@ -140,12 +139,7 @@ def test_selector_mixes_kernel_and_vcl_sockets(stack: VclStack) -> None:
 
 
 def test_select_timeout_is_honoured_without_spinning(stack: VclStack) -> None:
-    srv, addr = stack.server()
-    c = stack.client_socket()
-    c.setblocking(False)
-    c.connect_ex(addr)
-    srv.settimeout(10)
-    conn, _ = srv.accept()
+    srv, c, conn = _nonblocking_client(stack)
     with VclSelector() as sel:
         sel.register(c, R)
         cpu0, t0 = time.process_time(), time.monotonic()

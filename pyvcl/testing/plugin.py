@@ -10,6 +10,11 @@ Fixtures:
 * ``vpp_factory`` (function) -- ``vpp_factory(**kwargs)`` starts a new instance with those
   `VppInstance` arguments; every instance it made is stopped at teardown.
 
+And a fixture maker: ``stack = vcl_stack_fixture(ct_port, tcp_port)`` in a test module gives it
+a module-scoped ``stack`` fixture, a `pyvcl.testing.conformance.VclStack` on the module's
+``vpp``, parametrised over cut-through (ports from ``ct_port``) and VPP's TCP stack (ports
+from ``tcp_port``): each module picks its own ports so modules never collide.
+
 Tests that use any of these (directly or through other fixtures) get the ``vpp`` marker, so
 ``pytest -m vpp`` / ``-m "not vpp"`` select them.  When such a test fails, the tail of each
 VPP's console and log is added to the report.
@@ -24,7 +29,14 @@ import pytest
 
 from pyvcl.testing.vpp import VppInstall, VppInstance, find_vpp, why_missing
 
-__all__ = ["VppFactory", "vpp", "vpp_factory", "vpp_install", "vpp_options"]
+__all__ = [
+    "VppFactory",
+    "vcl_stack_fixture",
+    "vpp",
+    "vpp_factory",
+    "vpp_install",
+    "vpp_options",
+]
 
 _VPP_FIXTURES = frozenset({"vpp_install", "vpp", "vpp_factory"})
 
@@ -110,3 +122,19 @@ def vpp_factory(vpp_install: VppInstall) -> Iterator[VppFactory]:
         yield factory
     finally:
         factory.stop_all()
+
+
+def vcl_stack_fixture(ct_port: int, tcp_port: int) -> Any:
+    """A module-scoped ``stack`` fixture over both topologies (see the module notes)."""
+    from pyvcl.testing.conformance import VclStack
+
+    @pytest.fixture(scope="module", params=["ct", "tcp"])
+    def stack(request: pytest.FixtureRequest, vpp: VppInstance) -> Iterator[VclStack]:
+        if request.param == "ct":
+            s = VclStack(vpp, "local", first_port=ct_port)
+        else:
+            s = VclStack(vpp, "global", first_port=tcp_port)
+        yield s
+        s.close()
+
+    return stack
