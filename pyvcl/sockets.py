@@ -23,6 +23,7 @@ import errno
 import ipaddress
 import os
 import socket
+import time
 from typing import Any
 
 from .api.messages import AttachOptions
@@ -319,10 +320,24 @@ class VclSocket:
         return self._worker.send(self._s, data, self._timeout)
 
     def sendall(self, data: Any, flags: int = 0) -> None:
+        """Send all of ``data``.  As for a kernel socket (Python >= 3.5), the timeout bounds
+        the whole call, not each partial send."""
         view = memoryview(data).cast("B")
-        total = 0
-        while total < len(view):
-            total += self.send(view[total:], flags)
+        n = len(view)
+        total = self.send(view, flags) if n else 0
+        if total >= n:
+            return  # the usual case: it all fitted at once
+        timeout = self._timeout
+        deadline = None if not timeout else time.monotonic() + timeout
+        while total < n:
+            if deadline is None:
+                left = timeout
+            else:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise Timeout(f"sendall timed out after {total} of {n} bytes")
+            self._check_open()
+            total += self._worker.send(self._s, view[total:], left)
 
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
         if bufsize < 0:

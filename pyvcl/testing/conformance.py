@@ -12,6 +12,7 @@ their own setup the same way:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -165,6 +166,38 @@ def check_recv_timeout(stack: Stack) -> None:
         assert 0.15 < time.monotonic() - t0 < 5
 
 
+def check_sendall_timeout_bounds_the_whole_call(stack: Stack) -> None:
+    """Python >= 3.5: a sendall's timeout is its total duration, however often a slow reader
+    lets a partial send through."""
+    stop = threading.Event()
+
+    def trickle(conn: Any) -> None:
+        # Reads a little every 50 ms: progress, but slow.  Gives up after 6 s, so a sendall
+        # whose timeout restarts with each send still ends (late) and the check fails fast.
+        conn.settimeout(0.05)
+        end = time.monotonic() + 6
+        while not stop.is_set() and time.monotonic() < end:
+            with contextlib.suppress(TimeoutError, BlockingIOError, OSError):
+                conn.recv(16 << 10)
+            time.sleep(0.05)
+
+    with pair(stack) as (_, cli, conn):
+        t = threading.Thread(target=trickle, args=(conn,), daemon=True)
+        t.start()
+        cli.settimeout(1.0)
+        t0 = time.monotonic()
+        try:
+            cli.sendall(bytes(256 << 20))  # far more than any buffer and the trickle can take
+        except TimeoutError:
+            pass
+        else:
+            raise AssertionError("sendall to a slow reader did not time out")
+        finally:
+            stop.set()
+            t.join(5)
+        assert time.monotonic() - t0 < 5, "sendall's timeout was restarted by each send"
+
+
 def check_nonblocking_recv(stack: Stack) -> None:
     with pair(stack) as (_, cli, conn):
         cli.setblocking(False)
@@ -283,6 +316,7 @@ CHECKS: list[Callable[[Stack], None]] = [
     check_eof_after_peer_close,
     check_connect_refused,
     check_recv_timeout,
+    check_sendall_timeout_bounds_the_whole_call,
     check_nonblocking_recv,
     check_send_after_shutdown_is_broken_pipe,
     check_addresses,
