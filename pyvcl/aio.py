@@ -409,11 +409,29 @@ class VclServer:
         await self.wait_closed()
 
 
+def _opportunistic(app: VclApp | None) -> VclApp | None:
+    """``app``, or for None the process-wide app (`pyvcl.fallback.default_app`: attached from
+    $VCL_CONFIG and the VCL_* variables), or None when that fell back to kernel sockets."""
+    if app is not None:
+        return app
+    from . import fallback
+
+    default = fallback.default_app()
+    return default if isinstance(default, VclApp) else None
+
+
 async def open_connection(
-    app: VclApp, host: str, port: int, *, limit: int = _LIMIT
+    app: VclApp | None, host: str, port: int, *, limit: int = _LIMIT
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """Connect over ``app``: asyncio's (StreamReader, StreamWriter) pair.  ``host`` is a
-    literal address.  Raises ConnectionRefusedError etc. as asyncio.open_connection does."""
+    literal address.  Raises ConnectionRefusedError etc. as asyncio.open_connection does.
+
+    ``app=None``: over the process-wide app when VPP is reachable, else plain
+    `asyncio.open_connection` on kernel sockets -- the same code runs with or without VPP."""
+    vcl_app = _opportunistic(app)
+    if vcl_app is None:
+        return await asyncio.open_connection(host, port, limit=limit)
+    app = vcl_app
     loop = asyncio.get_running_loop()
     sock = await _connect(app, (host, port))
     reader = asyncio.StreamReader(limit=limit, loop=loop)
@@ -446,7 +464,7 @@ async def _connect(app: VclApp, address: Address) -> VclSocket:
 
 
 async def start_server(
-    app: VclApp,
+    app: VclApp | None,
     client_connected_cb: Callable[
         [asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None] | None
     ],
@@ -454,9 +472,16 @@ async def start_server(
     port: int = 0,
     *,
     limit: int = _LIMIT,
-) -> VclServer:
+) -> VclServer | asyncio.Server:
     """Listen over ``app``; ``client_connected_cb(reader, writer)`` (a function or a
-    coroutine function) runs for each connection, as with `asyncio.start_server`."""
+    coroutine function) runs for each connection, as with `asyncio.start_server`.
+
+    ``app=None``: over the process-wide app when VPP is reachable, else plain
+    `asyncio.start_server` on kernel sockets (an `asyncio.Server`, used the same way)."""
+    vcl_app = _opportunistic(app)
+    if vcl_app is None:
+        return await asyncio.start_server(client_connected_cb, host, port, limit=limit)
+    app = vcl_app
     loop = asyncio.get_running_loop()
     listener = app.create_server((host or "0.0.0.0", port))  # waits briefly for BOUND
     listener.setblocking(False)

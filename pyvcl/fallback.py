@@ -171,7 +171,8 @@ _default: tuple[int, VclApp | KernelApp] | None = None  # (pid that made it, app
 def default_app() -> VclApp | KernelApp:
     """The process-wide app behind `create_connection` / `create_server`: attached from the
     environment like C VCL (``$VCL_CONFIG``, ``VCL_*``) on first use, or kernel sockets when
-    VPP is not reachable.  Made again in a forked child (module docstring)."""
+    VPP is not reachable.  Made again in a forked child (module docstring).  Unlike C VCL it
+    always asks for the message-queue eventfd, which event loops need."""
     global _default
     with _default_lock:
         current = _default
@@ -179,7 +180,10 @@ def default_app() -> VclApp | KernelApp:
             return current[1]
         from .config import load_vcl_config
 
-        app = open_app(config=load_vcl_config())
+        # Always with the mq eventfd, whatever vcl.conf says (C VCL's default is the
+        # mutex/condvar): pyvcl.selector and pyvcl.aio wait on it, and neither VPP nor any
+        # peer can tell the difference.
+        app = open_app(config=load_vcl_config(), use_mq_eventfd=True)
         _default = (os.getpid(), app)
         return app
 

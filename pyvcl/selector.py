@@ -285,3 +285,8 @@ class VclSelector(selectors.BaseSelector):
 
     def __repr__(self) -> str:
         return f"<pyvcl.VclSelector vcl={len(self._vcl)} fds={len(self._fds)}>"
+
+
+# For code written against `selectors`: kernel fds alone work as with selectors.DefaultSelector,
+# and pyvcl sockets (e.g. from the `pyvcl.socket` drop-in) can join them.
+DefaultSelector = VclSelector

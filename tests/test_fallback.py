@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import threading
@@ -192,5 +193,83 @@ def test_module_level_functions_with_vpp(vpp: Any, monkeypatch: pytest.MonkeyPat
                 t.join(10)
             assert got == [b"back"]
             listener.close()
+    finally:
+        fallback.close_default_app()
+
+
+async def _aio_echo_roundtrip(port: int) -> tuple[object, bytes]:
+    """Serve one echo with pyvcl.aio's opportunistic calls (app=None); what served and got."""
+    from pyvcl import aio
+
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(await reader.readexactly(5))
+        await writer.drain()
+        writer.close()
+
+    server = await aio.start_server(None, echo, "127.0.0.1", port)
+    try:
+        reader, writer = await aio.open_connection(None, "127.0.0.1", port)
+        writer.write(b"hello")
+        await writer.drain()
+        got = await reader.readexactly(5)
+        writer.close()
+        return server, got
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+def test_aio_without_vpp_is_asyncio_on_kernel_sockets(no_vpp_env: None) -> None:
+    port = socket.create_server(("127.0.0.1", 0))
+    free = port.getsockname()[1]
+    port.close()
+    server, got = asyncio.run(asyncio.wait_for(_aio_echo_roundtrip(free), 20))
+    assert got == b"hello" and isinstance(server, asyncio.Server)
+
+
+def test_default_selector_takes_kernel_sockets(no_vpp_env: None) -> None:
+    import selectors
+
+    from pyvcl.selector import DefaultSelector
+
+    a, b = socket.socketpair()
+    with a, b, DefaultSelector() as sel:
+        sel.register(a, selectors.EVENT_READ, "a")
+        assert sel.select(0) == []
+        b.send(b"x")
+        assert [k.data for k, _ in sel.select(5)] == ["a"]
+
+
+def test_aio_with_vpp_uses_the_process_wide_app(vpp: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pyvcl import aio
+
+    monkeypatch.setenv("VCL_CONFIG", "")
+    monkeypatch.setenv("VCL_VPP_SAPI_SOCKET", str(vpp.app_socket()))
+    monkeypatch.setenv("VCL_APP_SCOPE_LOCAL", "")
+    fallback.close_default_app()
+
+    async def run(peer: VclApp) -> bytes:
+        async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.write(await reader.readexactly(7))
+            await writer.drain()
+            writer.close()
+
+        server = await aio.start_server(peer, echo, "127.0.0.1", 24805)
+        try:
+            reader, writer = await aio.open_connection(None, "127.0.0.1", 24805)
+            assert isinstance(writer.transport, aio.VclTransport)
+            writer.write(b"via vpp")
+            await writer.drain()
+            got = await reader.readexactly(7)
+            writer.close()
+            return got
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    try:
+        with VclApp(vpp.app_socket(), name="aio-peer") as peer:
+            assert asyncio.run(asyncio.wait_for(run(peer), 30)) == b"via vpp"
+            assert is_vpp(fallback.default_app())
     finally:
         fallback.close_default_app()
