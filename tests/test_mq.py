@@ -641,6 +641,35 @@ def test_hostile_handles_leave_the_queue_untouched(corrupt: Callable[[MessageQue
     assert after == before and (after["queue"]["head"], after["queue"]["cursize"]) == (0, 2)
 
 
+@pytest.mark.parametrize(
+    "corrupt",
+    [
+        pytest.param(lambda mq: poke_handle(mq, 0, 1, 4), id="elt-beyond-nitems"),
+        pytest.param(lambda mq: poke_handle(mq, 0, 7, 0), id="ring-beyond-n_rings"),
+        pytest.param(lambda mq: poke_handle(mq, 0, 0, 3), id="elt-not-at-ring-head"),
+        pytest.param(lambda mq: poke_ring(mq, 0, "head", 3), id="wrong-ring-head"),
+        pytest.param(lambda mq: poke_ring(mq, 0, "head", 9), id="ring-head-beyond-nitems"),
+        pytest.param(lambda mq: poke_ring(mq, 0, "cursize", 0), id="ring-cursize-too-small"),
+        pytest.param(lambda mq: poke_ring(mq, 0, "cursize", 9), id="ring-cursize-too-large"),
+    ],
+)
+@pytest.mark.parametrize("how", ["one-pending", "max_n-1"])
+def test_hostile_handle_of_a_single_drain(
+    corrupt: Callable[[MessageQueue], None], how: str
+) -> None:
+    """The one-message drain (the data path's usual case) checks as much as the batch path."""
+    if how == "one-pending":
+        _, _, mq = build_mq(8, ((8, 18), (4, 256)))
+        mq.send_io(E.IO_TX, 1)
+    else:
+        _, _, mq = _two_pending()
+    corrupt(mq)
+    before = mq.describe()
+    with pytest.raises(SharedMemoryError):
+        mq.drain() if how == "one-pending" else mq.drain(max_n=1)
+    assert mq.describe() == before
+
+
 def test_hostile_indices_after_attach() -> None:
     seg, off, mq = _two_pending()
     poke_q(seg, off, "cursize", 9)
