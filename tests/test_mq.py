@@ -831,3 +831,31 @@ def test_attaches_to_pyvcl_snapshot_segments() -> None:
             if m["role"] == "app worker mq":
                 (ev,) = mq.pending()
                 assert ev.name == "IO_RX" and mq.drain() == [ev]
+
+
+def test_two_threads_waiting_on_one_eventfd_queue() -> None:
+    """Misuse (the queue has one consumer), but it must not break: each concurrent waiter
+    gets its own poll object instead of a RuntimeError from a shared one."""
+    fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+    r, w = os.pipe()
+    try:
+        _, _, mq = build_mq(8, ((8, 18), (4, 256)), eventfd=fd)
+        results: list[object] = []
+
+        def waiter() -> None:
+            try:
+                results.append(mq.wait(5, also_fds=(r,)).pending)
+            except Exception as e:  # the failure this test is about
+                results.append(e)
+
+        threads = [threading.Thread(target=waiter) for _ in range(2)]
+        for t in threads:
+            t.start()
+        time.sleep(0.2)
+        mq.send_io(E.IO_TX, 1)
+        for t in threads:
+            t.join(10)
+        assert results == [True, True]
+    finally:
+        for f in (fd, r, w):
+            os.close(f)

@@ -182,6 +182,7 @@ class MessageQueue:
         self._cons_lock = threading.Lock()  # one consumer at a time within this process
         self._fd_nonblocking = False
         self._poller: tuple[tuple[int, ...], Any] | None = None  # (fds, select.poll)
+        self._poller_lock = threading.Lock()
         self._signal_owed = False  # a consumer broadcast the mutex was too busy for (_signal)
         # Indices in shared memory must be sane now; they are re-checked on every use.
         self._queue_indices()
@@ -596,17 +597,28 @@ class MessageQueue:
     fd_poll_interval = 0.02
 
     def _wait_eventfd(self, deadline: float | None, fds: tuple[int, ...]) -> WaitResult:
-        evfd = self._consumer_fd()
         # One poll object per set of fds, kept: a blocked reader waits here once per message.
-        cached = self._poller
-        if cached is not None and cached[0] == fds:
-            poller = cached[1]
-        else:
-            poller = select.poll()
-            for fd in fds:
-                poller.register(fd, select.POLLIN | select.POLLPRI)
-            poller.register(evfd, select.POLLIN)
-            self._poller = (fds, poller)
+        # A poll object cannot be polled by two threads at once, so a second concurrent
+        # waiter (two threads misusing the one consumer) gets a fresh one.
+        if not self._poller_lock.acquire(False):
+            return self._wait_eventfd_with(self._new_poller(fds), deadline)
+        try:
+            cached = self._poller
+            if cached is None or cached[0] != fds:
+                cached = self._poller = (fds, self._new_poller(fds))
+            return self._wait_eventfd_with(cached[1], deadline)
+        finally:
+            self._poller_lock.release()
+
+    def _new_poller(self, fds: tuple[int, ...]) -> Any:
+        poller = select.poll()
+        for fd in fds:
+            poller.register(fd, select.POLLIN | select.POLLPRI)
+        poller.register(self._consumer_fd(), select.POLLIN)
+        return poller
+
+    def _wait_eventfd_with(self, poller: Any, deadline: float | None) -> WaitResult:
+        evfd = self._consumer_fd()
         while True:
             slice_ = _RESYNC if deadline is None else min(_RESYNC, deadline - time.monotonic())
             ready = poller.poll(max(0, int(slice_ * 1000 + 0.999))) if slice_ > 0 else []
