@@ -277,10 +277,9 @@ class _AcqRelWords:
     """`AtomicRegion.words32`/`words64` where plain accesses are not acquire/release: item
     access by word index through the backend's load/store (bounds and alignment checked)."""
 
-    __slots__ = ("_load", "_shift", "_store", "_width")
+    __slots__ = ("_load", "_shift", "_store")
 
     def __init__(self, region: AtomicRegion, width: int) -> None:
-        self._width = width
         self._shift = width.bit_length() - 1
         self._load, self._store = _backend_word_ops(region, width)
 

@@ -243,21 +243,28 @@ class SessionWorker:
                 # Ask to be told once a useful amount is free, not after every dequeue: a
                 # wake-up per few bytes would make writer and reader ping-pong through VPP.
                 want = min(len(view), max(1, tx.size // 4))
-                tx.deq_thresh = want
-                tx.add_want_deq_ntf(DeqNotify.WANT_DEQ_NOTIF)
-                if tx.max_enqueue() >= want:  # room appeared while we asked: go again
+                if self._ask_for_room(s, tx, want):  # room appeared while we asked: go again
                     continue
-                if s.cut_through and tx.set_event():
-                    # The reader checks its own signal words, not ours: VPP copies our request
-                    # there only when it handles a TX event of ours (ct_session_tx).  Without
-                    # one pending, the request would never reach the reader.
-                    self.vpp_mq(self._mq_of(s)).send_io(E.IO_TX, s.vpp_index)
                 seen = s.tx_events
             # The notification may come before ``want`` bytes are free (a cut-through reader
             # uses its own threshold): then write what fits, or ask again.
             woken = functools.partial(self._writable_or_notified, s, want, seen)
             if not self.wait_until(woken, timeout):
                 raise Timeout("send timed out")
+
+    def _ask_for_room(self, s: Session, tx: Fifo, want: int) -> bool:
+        """Request a dequeue notification for when ``want`` bytes are free; True if they are
+        free already (checked after asking, so no notification can be missed)."""
+        tx.deq_thresh = want
+        tx.add_want_deq_ntf(DeqNotify.WANT_DEQ_NOTIF)
+        if tx.max_enqueue() >= want:
+            return True
+        if s.cut_through and tx.set_event():
+            # The reader checks its own signal words, not ours: VPP copies our request there
+            # only when it handles a TX event of ours (ct_session_tx).  Without one pending,
+            # the request would never reach the reader.
+            self.vpp_mq(self._mq_of(s)).send_io(E.IO_TX, s.vpp_index)
+        return False
 
     def _writable_or_notified(self, s: Session, want: int, seen: int) -> bool:
         return s.tx_events != seen or self._writable(s, want)
@@ -336,13 +343,7 @@ class SessionWorker:
             return bool(s.accepted) or st not in (State.LISTENING, State.LISTEN_PENDING)
         if st in (State.CONNECTING, State.ACCEPTING):
             return False
-        if st not in (State.READY, State.PEER_CLOSED) or s.freed or s.shut_rd:
-            return True  # recv returns EOF or raises at once
-        rx, _ = self.fifos(s)
-        if rx.max_dequeue() or st == State.PEER_CLOSED:
-            return True
-        rx.unset_event()  # else VPP may skip the event for the next bytes (see `_readable`)
-        return rx.max_dequeue() > 0
+        return self._readable(s)  # (re-arms has_event when not readable)
 
     def _ready_to_write(self, s: Session) -> bool:
         st = s.state
@@ -355,14 +356,8 @@ class SessionWorker:
         _, tx = self.fifos(s)
         if tx.max_enqueue():
             return True
-        tx.deq_thresh = max(1, tx.size // 4)  # wake at a quarter free, as `send` does
-        tx.add_want_deq_ntf(DeqNotify.WANT_DEQ_NOTIF)
-        if tx.max_enqueue():
-            return True
-        if s.cut_through and tx.set_event():
-            # VPP copies the request to the reader's signal words only on a TX event of ours.
-            self.vpp_mq(self._mq_of(s)).send_io(E.IO_TX, s.vpp_index)
-        return False
+        # Wake at a quarter free, as `send` does; any room that appeared meanwhile counts.
+        return self._ask_for_room(s, tx, max(1, tx.size // 4)) or tx.max_enqueue() > 0
 
     def pump_signalled(self) -> bool:
         """For an event loop woken by the app mq's eventfd: reset the eventfd, then handle
