@@ -243,3 +243,26 @@ def test_worker_bad_added_segment(
         assert SEG_HANDLE not in w.segments
     for fd in fds:
         os.close(fd)
+
+
+def test_poll_closed_never_waits_and_reads_only_a_hang_up() -> None:
+    """The app socket keeps a receive timeout; asking whether VPP closed it must neither wait
+    for that timeout (another thread may have taken the pending frame) nor call a timed-out
+    check a close.  A frame pending is not a close; VPP's close is, frames pending or not."""
+    import time
+
+    from pyvcl.api.sapi import SapiSocket
+
+    ours, vpps = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    sapi = SapiSocket(ours, "test", timeout=5.0)
+    ours.settimeout(5.0)
+    with closing(sapi), closing(vpps):
+        start = time.monotonic()
+        assert not sapi.poll_closed()
+        assert time.monotonic() - start < 1.0
+        vpps.send(b"x")
+        assert not sapi.poll_closed()
+        vpps.close()
+        assert sapi.poll_closed()  # a frame still pending
+        ours.recv(16)
+        assert sapi.poll_closed()

@@ -16,6 +16,7 @@ import contextlib
 import ctypes
 import errno
 import os
+import select
 import socket
 import time
 from dataclasses import dataclass, field
@@ -29,6 +30,8 @@ from ..wire.sapi import SAPI_MSG_SIZE, SAPI_PAYLOAD_OFFSET, SAPI_PAYLOAD_SIZE
 # VCL's receive buffer has room for 32 fds (vcl_sapi.c); VPP never sends more in one reply.
 MAX_FDS_PER_MSG = 32
 DEFAULT_TIMEOUT = 10.0
+# poll(2) bits that mean the peer is gone: hang-up, its half of the shutdown, or an error.
+_CLOSED_MASK = select.POLLHUP | select.POLLRDHUP | select.POLLERR
 ABSTRACT_PREFIX = "abstract:"
 
 
@@ -194,14 +197,19 @@ class SapiSocket:
         return msg
 
     def poll_closed(self) -> bool:
-        """True if VPP has closed its end (EOF or error pending), without consuming a frame."""
+        """True if VPP has closed its end (hang-up or error pending), without consuming a
+        frame and without waiting.  Asks poll(2) rather than peeking: a peek on this socket
+        waits up to its timeout when another thread took the pending frame first (a socket
+        with a timeout polls before every receive, MSG_DONTWAIT or not), and a timed-out
+        peek must not read as "closed".  A unix SEQPACKET socket reports POLLHUP once its
+        peer is closed (unix_release_sock shuts both directions), pending frames or not."""
+        poller = select.poll()
+        poller.register(self.sock.fileno(), _CLOSED_MASK)
         try:
-            data = self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-        except (BlockingIOError, InterruptedError):
+            ready = poller.poll(0)
+        except InterruptedError:
             return False
-        except OSError:
-            return True
-        return data == b""
+        return any(mask & _CLOSED_MASK for _, mask in ready)
 
     def close(self) -> None:
         self.sock.close()
