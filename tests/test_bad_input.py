@@ -266,3 +266,4 @@ def test_poll_closed_never_waits_and_reads_only_a_hang_up() -> None:
         assert sapi.poll_closed()  # a frame still pending
         ours.recv(16)
         assert sapi.poll_closed()
+    assert sapi.poll_closed()  # our own end closed: no ValueError from poll

@@ -203,8 +203,11 @@ class SapiSocket:
         with a timeout polls before every receive, MSG_DONTWAIT or not), and a timed-out
         peek must not read as "closed".  A unix SEQPACKET socket reports POLLHUP once its
         peer is closed (unix_release_sock shuts both directions), pending frames or not."""
+        fd = self.sock.fileno()
+        if fd < 0:
+            return True  # closed on our side: nothing more will come from VPP either
         poller = select.poll()
-        poller.register(self.sock.fileno(), _CLOSED_MASK)
+        poller.register(fd, _CLOSED_MASK)
         try:
             ready = poller.poll(0)
         except InterruptedError:
