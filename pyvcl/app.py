@@ -44,6 +44,7 @@ from .errors import (
 from .mq.events import Event
 from .mq.queue import MessageQueue
 from .segment import Segment
+from .wire.abi import check_live_layouts
 from .wire.enums import SapiMsgType, SessionError, SessionEvent, SessionFdFlag
 from .wire.segment import FIFO_SEGMENT_HEADER
 from .wire.session import SEGMENT_NAME_LEN
@@ -223,6 +224,7 @@ class App(_AppWorker):
                 raise TypeError(f"unknown attach option {key!r}")
             setattr(opts, key, value)
         payload = encode_attach(opts)  # validates before we touch the network
+        check_live_layouts()  # before anything of VPP's is mapped
         path = app_socket if app_socket is not None else default_app_socket(opts.namespace_id)
         sapi = SapiSocket.connect(path, timeout)
         app = cls(sapi, opts)

@@ -273,3 +273,28 @@ def test_aio_with_vpp_uses_the_process_wide_app(vpp: Any, monkeypatch: pytest.Mo
             assert is_vpp(fallback.default_app())
     finally:
         fallback.close_default_app()
+
+
+def test_a_machine_whose_vpp_layouts_are_unknown_falls_back_before_mapping(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """VPP on aarch64 has 128-byte cache lines and a 48-byte mutex in every mq header: with
+    x86-64 layouts every later field would be misread.  Attach refuses (ENOSYS) before it
+    touches the socket, and opportunistic use falls back to kernel sockets, saying why."""
+    import errno
+
+    from pyvcl.app import App
+    from pyvcl.errors import VppUnreachable
+    from pyvcl.wire import abi
+
+    abi.check_live_layouts("x86_64")
+    monkeypatch.setattr(abi, "MACHINE", "aarch64")
+    missing = tmp_path / "no-such-socket"  # ENOENT, were the socket tried first
+    with pytest.raises(VppUnreachable) as raised:
+        App.attach(missing, name="t")
+    assert raised.value.errno == errno.ENOSYS and "aarch64" in raised.value.strerror
+    reasons: list[VppUnreachable] = []
+    with open_app(missing, on_fallback=reasons.append) as app:
+        assert not is_vpp(app)
+        echo_through(app)
+    assert [e.errno for e in reasons] == [errno.ENOSYS]

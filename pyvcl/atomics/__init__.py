@@ -37,8 +37,11 @@ mutex lock + unlock        0.59 µs    (libc, same for both)
 The libatomic CAS is slower because the expected value travels through a per-thread scratch
 word (a shared one would let two Python threads clobber each other's expected value).
 
-The aarch64 bytes were checked against GNU as and run under the unicorn emulator, not yet on
-aarch64 hardware.  Both backends keep the GIL during the call (PyDLL / PYFUNCTYPE): releasing and
+The aarch64 bytes were checked against GNU as and run under qemu-aarch64 (tests/test_atomics.py
+passes there, but for the robust-mutex tests qemu-user cannot run), not yet on aarch64
+hardware.  (pyvcl does not attach to VPP on aarch64 yet: `pyvcl.wire.abi`.)
+
+Both backends keep the GIL during the call (PyDLL / PYFUNCTYPE): releasing and
 retaking it costs more than the instruction.
 
 Loads are acquire, stores release, read-modify-writes sequentially consistent.  Values are

@@ -9,19 +9,17 @@ import ctypes
 import ctypes.util
 import errno
 import os
-import platform
 import struct
 import threading
 from collections.abc import Callable
 from typing import NamedTuple, NoReturn
 
 from pyvcl.errors import VclError
+from pyvcl.wire.abi import MACHINE
 
 _ACQUIRE, _RELEASE, _SEQ_CST = 2, 3, 5  # C11 memory_order values, as libatomic takes them
 _V = ctypes.c_void_p  # the cheapest ctypes argument converter for any int that fits a register
-_MACHINE = {"amd64": "x86_64", "arm64": "aarch64"}.get(
-    platform.machine().lower(), platform.machine().lower()
-)
+_MACHINE = MACHINE
 
 
 class _Ops(NamedTuple):

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from pyvcl.errors import LocalError, RemoteError, Timeout, VclError
+from pyvcl.wire.abi import PTHREAD_COND_SIZE, PTHREAD_MUTEX_SIZES
 
 from .backends import _MACHINE, _V
 
@@ -20,8 +21,8 @@ if TYPE_CHECKING:
     from . import AtomicRegion
 
 # glibc sizes; larger than the real size on unknown machines so bounds checks stay safe.
-_MUTEX_SIZE = {"x86_64": 40, "aarch64": 48}.get(_MACHINE, 64)
-_COND_SIZE = 48
+_MUTEX_SIZE = PTHREAD_MUTEX_SIZES.get(_MACHINE, 64)
+_COND_SIZE = PTHREAD_COND_SIZE
 
 _SLICE = 1.0  # blocking calls return to Python this often so Ctrl-C (a signal handler) runs
 _CLOCK_REALTIME, _CLOCK_MONOTONIC = 0, 1

@@ -1,7 +1,8 @@
 """The wire layer: every C struct that crosses the app socket or lives in shared memory,
 declared once (construct) with derived fast accessors.  See `pyvcl.wire._decl.Decl`.
 
-Layouts are those of VPP v26.06 (x86_64/aarch64, little-endian, 8-byte pointers).  The few
+Layouts are those of VPP v26.06 on x86-64 (little-endian, 8-byte pointers, 64-byte cache
+lines, glibc's 40-byte mutex; `pyvcl.wire.abi` says why aarch64 differs).  The few
 structs that differ in another supported release come from `declarations(version)`.
 """
 

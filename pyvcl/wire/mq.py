@@ -9,9 +9,10 @@ At an mq's offset: ``svm_msg_q_shared_t`` (n_rings), then the queue header
 from __future__ import annotations
 
 from ._decl import Bytes, Decl, Struct, array, pad, u32, u64
+from .abi import PTHREAD_COND_SIZE, PTHREAD_MUTEX_SIZES
 
-PTHREAD_MUTEX_SIZE = 40  # glibc x86_64/aarch64 pthread_mutex_t
-PTHREAD_COND_SIZE = 48  # glibc pthread_cond_t
+# The queue header as VPP lays it out on x86-64 (abi.py: aarch64's mutex is 8 bytes longer).
+PTHREAD_MUTEX_SIZE = PTHREAD_MUTEX_SIZES["x86_64"]
 
 SVM_MSG_Q_SHARED = Decl(
     "svm_msg_q_shared_t",
@@ -60,7 +61,7 @@ PTHREAD_MUTEX_FIELDS = Decl(
         "__owner" / u32,
         "__nusers" / u32,
         "__kind" / u32,
-        pad(20),
+        pad(PTHREAD_MUTEX_SIZE - 20),
     ),
     "glibc x86_64 layout: __kind 144 = robust (16) | process-shared (128).",
 )
