@@ -292,6 +292,21 @@ def test_plugin_skips_without_vpp(pytester: pytest.Pytester, no_vpp_env: Path):
     result.assert_outcomes(passed=1, deselected=2)
 
 
+def test_plugin_skips_where_pyvcl_cannot_attach(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+):
+    """On a machine whose VPP layouts pyvcl does not know (aarch64), VPP tests skip with the
+    reason instead of failing at attach, whether or not a VPP is installed."""
+    from pyvcl.wire import abi
+
+    monkeypatch.setattr(abi, "MACHINE", "aarch64")  # the inner run is in this process
+    pytester.makeconftest('pytest_plugins = ["pyvcl.testing.plugin"]')
+    pytester.makepyfile(textwrap.dedent(_INNER_TESTS))
+    result = pytester.runpytest_inprocess("-rs")
+    result.assert_outcomes(passed=1, skipped=2)
+    result.stdout.fnmatch_lines(["*SKIPPED*layouts on x86_64 only, not on aarch64*"])
+
+
 # --------------------------------------------------------------------------------------------
 # With a real VPP
 

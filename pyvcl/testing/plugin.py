@@ -3,7 +3,8 @@
 Fixtures:
 
 * ``vpp_install`` (session) -- the `VppInstall` from `find_vpp`; skips the test, with
-  `why_missing`'s reason, when there is none.
+  `why_missing`'s reason, when there is none, and on machines whose VPP shared-memory
+  layouts pyvcl does not know yet (`pyvcl.wire.abi`: attaching would be refused).
 * ``vpp`` (module) -- a running `VppInstance` shared by a module's tests.  A module can
   override the ``vpp_options`` fixture (module scope, a dict of `VppInstance` keyword
   arguments) to configure it.
@@ -27,7 +28,9 @@ from typing import Any
 
 import pytest
 
+from pyvcl.errors import VppUnreachable
 from pyvcl.testing.vpp import VppInstall, VppInstance, find_vpp, why_missing
+from pyvcl.wire.abi import check_live_layouts
 
 __all__ = [
     "VppFactory",
@@ -95,6 +98,10 @@ def pytest_runtest_makereport(
 @pytest.fixture(scope="session")
 def vpp_install() -> VppInstall:
     """The VPP install to test against; skips when there is none."""
+    try:
+        check_live_layouts()
+    except VppUnreachable as e:
+        pytest.skip(str(e.strerror))
     install = find_vpp()
     if install is None:
         pytest.skip(why_missing())
