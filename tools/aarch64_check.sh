@@ -35,17 +35,8 @@ SUITE=bookworm
 INCLUDE=python3.11-minimal,libpython3.11-stdlib,libffi8,libatomic1
 WHEELS=(pytest pluggy iniconfig packaging pygments)
 STAMP=$ROOT/.pyvcl-aarch64-ready
-REBUILD=0 KEEP=0
-for arg in "$@"; do
-    case $arg in
-        --rebuild) REBUILD=1 ;;
-        --keep) KEEP=1 ;;
-        -h | --help) sed -n '2,/^$/p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-        *) echo "unknown argument: $arg (try --help)" >&2; exit 2 ;;
-    esac
-done
-
-die() { echo "aarch64_check: $*" >&2; echo "RESULT: FAIL (could not run)"; exit 2; }
+# shellcheck source=tools/_root_tool.sh
+source "$(dirname "$0")/_root_tool.sh"  # REBUILD, KEEP, --help, die
 
 [ "$(id -u)" = 0 ] || die "must run as root (debootstrap, apt-get)"
 case $ROOT in /?*) ;; *) die "AARCH64ROOT must be an absolute path other than /" ;; esac

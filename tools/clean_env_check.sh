@@ -33,18 +33,8 @@ ROOT=${CLEANROOT:-/opt/cleanroot}
 MIRROR=${CLEANROOT_MIRROR:-http://deb.debian.org/debian}
 SUITE=bookworm
 STAMP=$ROOT/.pyvcl-cleanroot-ready
-REBUILD=0
-KEEP=0
-for arg in "$@"; do
-    case $arg in
-        --rebuild) REBUILD=1 ;;
-        --keep) KEEP=1 ;;
-        -h | --help) sed -n '2,/^$/p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-        *) echo "unknown argument: $arg (try --help)" >&2; exit 2 ;;
-    esac
-done
-
-die() { echo "clean_env_check: $*" >&2; echo "RESULT: FAIL (could not run)"; exit 2; }
+# shellcheck source=tools/_root_tool.sh
+source "$(dirname "$0")/_root_tool.sh"  # REBUILD, KEEP, --help, die
 
 [ "$(id -u)" = 0 ] || die "must run as root (chroot, mount, debootstrap)"
 case $ROOT in /*) ;; *) die "CLEANROOT must be an absolute path" ;; esac

@@ -1,0 +1,17 @@
+# Shared by the manual root-based checks (clean_env_check.sh, aarch64_check.sh); sourced, not run.
+# Sets REBUILD and KEEP from the arguments (--rebuild, --keep, --help prints the calling script's
+# header comment) and defines die, which names the calling script.
+# shellcheck shell=bash
+
+# shellcheck disable=SC2034  # used by the scripts that source this
+REBUILD=0 KEEP=0
+for arg in "$@"; do
+    case $arg in
+        --rebuild) REBUILD=1 ;;
+        --keep) KEEP=1 ;;
+        -h | --help) sed -n '2,/^$/p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) echo "unknown argument: $arg (try --help)" >&2; exit 2 ;;
+    esac
+done
+
+die() { echo "$(basename "$0" .sh): $*" >&2; echo "RESULT: FAIL (could not run)"; exit 2; }
