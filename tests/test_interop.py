@@ -9,6 +9,7 @@ and interop is judged by the bytes each side received.  Every wait is bounded.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import random
@@ -24,6 +25,7 @@ import pytest
 from pyvcl.sockets import VclApp, VclSocket
 from pyvcl.testing.hoststack import TOPOLOGIES, Side, Topology, topology
 from pyvcl.testing.ldp import LdpPython, script
+from pyvcl.testing.streams import recv_all, recv_exactly, recv_when_peer_dies
 
 SIZE = 1 << 20
 WAIT = 20.0  # bound on any single blocking step
@@ -156,23 +158,6 @@ def app_factory() -> Iterator[Any]:
         app.close()
 
 
-def _recv_exactly(s: VclSocket, n: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = s.recv(min(1 << 20, n - len(buf)))
-        if not chunk:
-            break
-        buf += chunk
-    return bytes(buf)
-
-
-def _recv_to_eof(s: VclSocket) -> bytes:
-    buf = bytearray()
-    while chunk := s.recv(1 << 20):
-        buf += chunk
-    return bytes(buf)
-
-
 def _check_vpp(vpp: Any) -> None:
     assert vpp.is_running(), f"VPP died\n{vpp.log_tail()}"
 
@@ -189,7 +174,7 @@ def test_pyvcl_client_to_cvcl_echo_server(
         t0 = time.monotonic()
         with app.create_connection((topo.host, port), timeout=WAIT) as s:
             got: dict[str, bytes] = {}
-            reader = threading.Thread(target=lambda: got.setdefault("echo", _recv_exactly(s, SIZE)))
+            reader = threading.Thread(target=lambda: got.setdefault("echo", recv_exactly(s, SIZE)))
             reader.start()
             s.sendall(data)
             reader.join(WAIT)
@@ -227,36 +212,46 @@ def test_pyvcl_half_close_then_cvcl_answers(
             s.sendall(data)
             s.shutdown(socket.SHUT_WR)
             s.settimeout(WAIT)
-            answer = _recv_to_eof(s).decode()
+            answer = recv_all(s).decode()
         assert answer == f"{SIZE} {hashlib.sha256(data).hexdigest()}\n"
     _check_vpp(vpp)
 
 
 # -- C VCL client -> pyvcl server ------------------------------------------------------------
-def test_cvcl_client_to_pyvcl_echo_server(
-    vpp: Any, topo: Topology, scripts: dict[str, Path], conf: Any, app_factory: Any
-) -> None:
+@contextlib.contextmanager
+def _cvcl_client_accepted(
+    vpp: Any, topo: Topology, scripts: dict[str, Path], conf: Any, app_factory: Any, mode: str
+) -> Iterator[tuple[VclSocket, LdpPython, bytes]]:
+    """A pyvcl server and the C VCL (LDP) client script in ``mode`` connected to it: yields
+    the accepted connection (closed after), the client process and the SIZE bytes it sends."""
     port = next(_ports)
     seed = port
     data = random.Random(seed).randbytes(SIZE)
-    app = app_factory(topo.server, f"interop-srv-{topo.name}")
+    app = app_factory(topo.server, f"interop-{mode}-{topo.name}")
     with app.create_server((topo.host, port)) as listener:
         listener.settimeout(WAIT)
-        argv = (topo.host, str(port), str(SIZE), str(seed), "echo")
+        argv = (topo.host, str(port), str(SIZE), str(seed), mode)
         with LdpPython(vpp, conf(topo.client), scripts["client"], *argv) as cli:
             conn, _peer = listener.accept()
             with conn:
                 conn.settimeout(WAIT)
-                received = bytearray()
-                while chunk := conn.recv(1 << 20):
-                    received += chunk
-                    conn.sendall(chunk)
-                    if len(received) == SIZE:
-                        break
-                got = cli.wait_line("got", WAIT)
-            assert bytes(received) == data
-            assert got == f"got {SIZE} {hashlib.sha256(data).hexdigest()}"
-            cli.finish(timeout=2)
+                yield conn, cli, data
+
+
+def test_cvcl_client_to_pyvcl_echo_server(
+    vpp: Any, topo: Topology, scripts: dict[str, Path], conf: Any, app_factory: Any
+) -> None:
+    with _cvcl_client_accepted(vpp, topo, scripts, conf, app_factory, "echo") as (conn, cli, data):
+        received = bytearray()
+        while chunk := conn.recv(1 << 20):
+            received += chunk
+            conn.sendall(chunk)
+            if len(received) == SIZE:
+                break
+        got = cli.wait_line("got", WAIT)
+        assert bytes(received) == data
+        assert got == f"got {SIZE} {hashlib.sha256(data).hexdigest()}"
+        cli.finish(timeout=2)
     _check_vpp(vpp)
 
 
@@ -270,22 +265,14 @@ def test_cvcl_half_close_then_pyvcl_answers(
     vpp: Any, topo: Topology, scripts: dict[str, Path], conf: Any, app_factory: Any
 ) -> None:
     skip_half_close_on_ct(topo)
-    port = next(_ports)
-    seed = port
-    data = random.Random(seed).randbytes(SIZE)
-    app = app_factory(topo.server, f"interop-hcs-{topo.name}")
-    with app.create_server((topo.host, port)) as listener:
-        listener.settimeout(WAIT)
-        argv = (topo.host, str(port), str(SIZE), str(seed), "halfclose")
-        with LdpPython(vpp, conf(topo.client), scripts["client"], *argv) as cli:
-            conn, _peer = listener.accept()
-            with conn:
-                conn.settimeout(WAIT)
-                received = _recv_to_eof(conn)  # the C client shut down its write side
-                assert received == data
-                conn.sendall(f"{len(received)} {hashlib.sha256(received).hexdigest()}".encode())
-            answer = cli.wait_line("answer", WAIT)
-            assert answer == f"answer {SIZE} {hashlib.sha256(data).hexdigest()}"
+    accepted = _cvcl_client_accepted(vpp, topo, scripts, conf, app_factory, "halfclose")
+    with accepted as (conn, cli, data):
+        received = recv_all(conn)  # the C client shut down its write side
+        assert received == data
+        conn.sendall(f"{len(received)} {hashlib.sha256(received).hexdigest()}".encode())
+        conn.close()  # the client reads the answer to EOF
+        answer = cli.wait_line("answer", WAIT)
+        assert answer == f"answer {SIZE} {hashlib.sha256(data).hexdigest()}"
     _check_vpp(vpp)
 
 
@@ -345,7 +332,6 @@ def test_cvcl_peer_killed(
     """The C VCL peer is SIGKILLed mid-session: pyvcl's blocked recv returns promptly (EOF
     or an OSError), its close is clean, and VPP lives on."""
     port = next(_ports)
-    result: dict[str, Any] = {}
     if role == "server":  # C VCL echo server, pyvcl client
         peer = LdpPython(vpp, conf(topo.server), scripts["echo_server"], topo.host, str(port))
         peer.wait_line("listening", WAIT)
@@ -353,7 +339,7 @@ def test_cvcl_peer_killed(
         s = app.create_connection((topo.host, port), timeout=WAIT)
         s.sendall(b"ping")
         s.settimeout(WAIT)
-        assert _recv_exactly(s, 4) == b"ping"
+        assert recv_exactly(s, 4) == b"ping"
         listener = None
     else:  # C VCL client, pyvcl server
         app = app_factory(topo.server, f"interop-kill-srv-{topo.name}")
@@ -363,28 +349,13 @@ def test_cvcl_peer_killed(
         peer = LdpPython(vpp, conf(topo.client), scripts["client"], *argv)
         s, _ = listener.accept()
         s.settimeout(WAIT)
-        _recv_exactly(s, 1000)  # the client is sending; we do not echo, so it blocks
+        recv_exactly(s, 1000)  # the client is sending; we do not echo, so it blocks
     with peer:
-
-        def reader() -> None:
-            try:
-                while chunk := s.recv(1 << 20):
-                    result["bytes"] = result.get("bytes", 0) + len(chunk)
-                result["eof"] = True
-            except OSError as e:
-                result["error"] = e
-
-        t = threading.Thread(target=reader, daemon=True)
-        t.start()
-        time.sleep(0.3)
-        t0 = time.monotonic()
-        peer.kill()
-        t.join(10)
-        assert not t.is_alive(), "recv still blocked 10 s after the C VCL peer died"
-        delay = time.monotonic() - t0
-    assert result.get("eof") or isinstance(result.get("error"), OSError), result
+        # recv_all returns at EOF or raises the OSError the death caused: either is fine.
+        result, delay = recv_when_peer_dies(lambda: recv_all(s), peer.kill)
+    seen = f"EOF after {len(result)} bytes" if isinstance(result, bytes) else repr(result)
     s.close()
     if listener is not None:
         listener.close()
     _check_vpp(vpp)
-    print(f"{topo.name}: C VCL {role} death seen after {delay * 1e3:.0f} ms: {result}")
+    print(f"{topo.name}: C VCL {role} death seen after {delay * 1e3:.0f} ms: {seen}")

@@ -30,6 +30,7 @@ import pytest
 from pyvcl.session.core import State
 from pyvcl.sockets import VclApp, VclSocket
 from pyvcl.testing.hoststack import Topology, topology
+from pyvcl.testing.streams import recv_exactly, recv_when_peer_dies, run_threads
 from pyvcl.wire.enums import SessionEvent as E
 
 WAIT = 20.0
@@ -81,16 +82,6 @@ def ct_pair(vpp: Any) -> Iterator[Pair]:
     pair = make_pair(vpp, "ct", "robust", rx_fifo_size=256 << 10, tx_fifo_size=256 << 10)
     yield pair
     pair.close()
-
-
-def recv_exactly(s: VclSocket, n: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = s.recv(min(1 << 20, n - len(buf)))
-        if not chunk:
-            raise AssertionError(f"EOF after {len(buf)} of {n} bytes")
-        buf += chunk
-    return bytes(buf)
 
 
 _SESSION_LINE = re.compile(r"^\[[\d:]+\]\S*\s+\S+\s+(\S+)", re.MULTILINE)
@@ -313,15 +304,7 @@ def test_100_concurrent_connections(vpp_factory: Any, scope: str) -> None:
                 barrier.abort()
 
         threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(n)]
-        t0 = time.monotonic()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
-        elapsed = time.monotonic() - t0
-        assert not any(t.is_alive() for t in threads), "client threads hung"
-        if errors:
-            raise errors[0]
+        elapsed = run_threads(threads, 60, errors, "a client thread")
         server.join()
         assert results == dict.fromkeys(range(n), True)
         settle(pair, vpp, 1)
@@ -445,23 +428,8 @@ def test_peer_app_killed(vpp_factory: Any, scope: str, tmp_path: Any) -> None:
             conn, _ = listener.accept()  # the peer's connect completes when we accept
             conn.settimeout(WAIT)
             assert recv_exactly(conn, 5) == b"hello"
-            result: dict[str, Any] = {}
-
-            def reader() -> None:
-                try:
-                    result["data"] = conn.recv(100)
-                except OSError as e:
-                    result["error"] = e
-
-            t = threading.Thread(target=reader, daemon=True)
-            t.start()
-            time.sleep(0.3)
-            t0 = time.monotonic()
-            peer.kill()
-            t.join(10)
-            assert not t.is_alive(), "recv still blocked 10 s after the peer died"
-            delay = time.monotonic() - t0
-            assert result.get("data") == b"" or isinstance(result.get("error"), OSError), result
+            result, delay = recv_when_peer_dies(lambda: conn.recv(100), peer.kill)
+            assert result == b"" or isinstance(result, OSError), result
             conn.close()
         finally:
             peer.kill()
@@ -630,15 +598,7 @@ def test_1gib_each_way(vpp_factory: Any, scope: str) -> None:
             threading.Thread(target=send, args=("down", conn, 1)),
             threading.Thread(target=recv, args=("down", cli)),
         ]
-        t0 = time.monotonic()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(900)
-        elapsed = time.monotonic() - t0
-        assert not any(t.is_alive() for t in threads), "transfer hung"
-        if errors:
-            raise errors[0]
+        elapsed = run_threads(threads, 900, errors, "the transfer")
         assert digests["up-sent"] == digests["up-got"]
         assert digests["down-sent"] == digests["down-got"]
         for s in (cli, conn, listener):

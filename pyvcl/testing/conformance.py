@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from typing import Any, Protocol
 
 from .hoststack import topology
+from .streams import recv_all, recv_exactly
 
 Address = tuple[Any, ...]
 
@@ -92,29 +93,13 @@ def pair(stack: Stack) -> Iterator[tuple[Any, Any, Any]]:
                 s.close()
 
 
-def _recv_exactly(s: Any, n: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = s.recv(min(1 << 20, n - len(buf)))
-        assert chunk, f"EOF after {len(buf)} of {n} bytes"
-        buf += chunk
-    return bytes(buf)
-
-
-def _recv_all(s: Any) -> bytes:
-    buf = bytearray()
-    while chunk := s.recv(1 << 20):
-        buf += chunk
-    return bytes(buf)
-
-
 # -- the checks ----------------------------------------------------------------------------
 def check_echo(stack: Stack) -> None:
     with pair(stack) as (_, cli, conn):
         cli.sendall(b"ping")
-        assert _recv_exactly(conn, 4) == b"ping"
+        assert recv_exactly(conn, 4) == b"ping"
         conn.sendall(b"pong!")
-        assert _recv_exactly(cli, 5) == b"pong!"
+        assert recv_exactly(cli, 5) == b"pong!"
 
 
 def check_bulk_both_ways(stack: Stack) -> None:
@@ -122,13 +107,13 @@ def check_bulk_both_ways(stack: Stack) -> None:
     up, down = os.urandom(size), os.urandom(size // 2)
     with pair(stack) as (_, cli, conn):
         got: dict[str, bytes] = {}
-        t = threading.Thread(target=lambda: got.setdefault("up", _recv_exactly(conn, size)))
+        t = threading.Thread(target=lambda: got.setdefault("up", recv_exactly(conn, size)))
         t.start()
         cli.sendall(up)
         t.join(60)
         t2 = threading.Thread(target=lambda: conn.sendall(down))
         t2.start()
-        got["down"] = _recv_exactly(cli, len(down))
+        got["down"] = recv_exactly(cli, len(down))
         t2.join(60)
     assert hashlib.sha256(got["up"]).digest() == hashlib.sha256(up).digest()
     assert got["down"] == down
@@ -138,7 +123,7 @@ def check_eof_after_peer_close(stack: Stack) -> None:
     with pair(stack) as (_, cli, conn):
         cli.sendall(b"last words")
         cli.close()
-        assert _recv_all(conn) == b"last words"
+        assert recv_all(conn) == b"last words"
         assert conn.recv(10) == b""  # EOF stays EOF
 
 
@@ -260,7 +245,7 @@ def check_sequential_connections(stack: Stack) -> None:
         for _ in range(n):
             conn, _ = srv.accept()
             with conn:
-                conn.sendall(_recv_exactly(conn, 8))
+                conn.sendall(recv_exactly(conn, 8))
 
     t = threading.Thread(target=serve, daemon=True)
     t.start()
@@ -268,7 +253,7 @@ def check_sequential_connections(stack: Stack) -> None:
         for i in range(n):
             with stack.connect(addr, timeout=10) as c:
                 c.sendall(i.to_bytes(8, "little"))
-                assert _recv_exactly(c, 8) == i.to_bytes(8, "little")
+                assert recv_exactly(c, 8) == i.to_bytes(8, "little")
         t.join(30)
     finally:
         srv.close()
@@ -288,7 +273,7 @@ def check_concurrent_connections(stack: Stack) -> None:
         assert len(conns) == n
         for i, c in enumerate(clients):
             c.sendall(bytes([i]) * 100)
-        received = sorted(_recv_exactly(s, 100)[0] for s in conns)
+        received = sorted(recv_exactly(s, 100)[0] for s in conns)
         assert received == list(range(n))
         for c in clients:
             c.close()
@@ -420,7 +405,7 @@ def check_nonblocking_connect(stack: Stack) -> None:
         assert c.connect_ex(addr) == errno.EISCONN
         t.join(10)
         c.sendall(b"nb")
-        assert _recv_exactly(out["conn"], 2) == b"nb"
+        assert recv_exactly(out["conn"], 2) == b"nb"
     finally:
         if t.is_alive():
             t.join(10)
@@ -481,7 +466,7 @@ def check_selector_readiness(stack: Stack) -> None:
             assert sel.select(0.1) == [], "writable with full buffers"
             drained: dict[str, int] = {}
             t = threading.Thread(
-                target=lambda: drained.setdefault("n", len(_recv_exactly(conn, sent)))
+                target=lambda: drained.setdefault("n", len(recv_exactly(conn, sent)))
             )
             t.start()
             assert [ev for _, ev in sel.select(10)] == [selectors.EVENT_WRITE]
