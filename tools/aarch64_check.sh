@@ -17,7 +17,8 @@
 #
 # Environment:
 #   AARCH64ROOT     where the arm64 root lives (default /opt/arm64check)
-#   AARCH64_MIRROR  Debian mirror for debootstrap (default http://deb.debian.org/debian)
+#   AARCH64_MIRROR  Debian mirror for debootstrap (default: the first Debian archive in this
+#                   machine's apt sources; the tool names none of its own)
 #   TMPDIR          where the per-run temp dir pyvcl-aarch64.* goes (default /tmp)
 #
 # Writes only under $AARCH64ROOT and the per-run temp dir (removed at exit unless --keep): the
@@ -30,13 +31,13 @@
 set -uo pipefail
 
 ROOT=${AARCH64ROOT:-/opt/arm64check}
-MIRROR=${AARCH64_MIRROR:-http://deb.debian.org/debian}
 SUITE=bookworm
 INCLUDE=python3.11-minimal,libpython3.11-stdlib,libffi8,libatomic1
 WHEELS=(pytest pluggy iniconfig packaging pygments)
 STAMP=$ROOT/.pyvcl-aarch64-ready
 # shellcheck source=tools/_root_tool.sh
-source "$(dirname "$0")/_root_tool.sh"  # REBUILD, KEEP, --help, die
+source "$(dirname "$0")/_root_tool.sh"  # REBUILD, KEEP, --help, die, apt_mirror
+MIRROR=${AARCH64_MIRROR:-$(apt_mirror)} || die "no Debian mirror in this machine's apt sources: set AARCH64_MIRROR"
 
 [ "$(id -u)" = 0 ] || die "must run as root (debootstrap, apt-get)"
 case $ROOT in /?*) ;; *) die "AARCH64ROOT must be an absolute path other than /" ;; esac

@@ -13,7 +13,8 @@
 #
 # Environment:
 #   CLEANROOT            where the root lives (default /opt/cleanroot)
-#   CLEANROOT_MIRROR     Debian mirror for debootstrap (default http://deb.debian.org/debian)
+#   CLEANROOT_MIRROR     Debian mirror for debootstrap (default: the first Debian archive in this
+#                        machine's apt sources; the tool names none of its own)
 #   CLEANROOT_CA_BUNDLE  CA bundle for pip inside the root (default: $PIP_CERT if set).  Only for
 #                        networks whose TLS is intercepted by a proxy with its own CA; it is
 #                        passed as PIP_CERT for this run and not installed into the root.
@@ -30,11 +31,11 @@
 set -uo pipefail
 
 ROOT=${CLEANROOT:-/opt/cleanroot}
-MIRROR=${CLEANROOT_MIRROR:-http://deb.debian.org/debian}
 SUITE=bookworm
 STAMP=$ROOT/.pyvcl-cleanroot-ready
 # shellcheck source=tools/_root_tool.sh
-source "$(dirname "$0")/_root_tool.sh"  # REBUILD, KEEP, --help, die
+source "$(dirname "$0")/_root_tool.sh"  # REBUILD, KEEP, --help, die, apt_mirror
+MIRROR=${CLEANROOT_MIRROR:-$(apt_mirror)} || die "no Debian mirror in this machine's apt sources: set CLEANROOT_MIRROR"
 
 [ "$(id -u)" = 0 ] || die "must run as root (chroot, mount, debootstrap)"
 case $ROOT in /*) ;; *) die "CLEANROOT must be an absolute path" ;; esac
