@@ -392,6 +392,20 @@ class VclSocket:
         if how in (socket.SHUT_WR, socket.SHUT_RDWR):
             w.request(w.layer.shutdown(s))
 
+    @property
+    def can_half_close(self) -> bool:
+        """Whether ``shutdown(SHUT_WR)`` reaches the peer as EOF.  False for a cut-through
+        session (two apps on one VPP): VPP v26.06 passes no half-close there, so the peer
+        sees EOF only when this side closes (`wait_sent` first, to lose nothing)."""
+        return not self._s.cut_through
+
+    def wait_sent(self, timeout: float | None = None) -> bool:
+        """Wait until the peer has read all that was sent (True), or until ``timeout`` or
+        the connection's end (False).  For closing a cut-through session without cutting off
+        data still in flight."""
+        self._check_open()
+        return self._worker.wait_sent(self._s, timeout)
+
     def close(self) -> None:
         if self._closed:
             return

@@ -288,6 +288,27 @@ def test_vcl_config_cut_through_echo(vpp: Any, nc: Any, tmp_path: Path) -> None:
     assert b"kernel" not in p.stderr
 
 
+def test_vpp_cut_through_ends_without_quit_option(vpp: Any, nc: Any, tmp_path: Path) -> None:
+    """Cut-through has no half-close: at stdin's EOF the sender waits until the peer has read
+    everything, then closes, and the listener (whose stdin stays open) ends on that EOF.
+    Before, both waited forever."""
+    sock, data = str(vpp.app_socket()), os.urandom(4 << 20)
+    src, out = tmp_path / "in.bin", tmp_path / "out.bin"
+    src.write_bytes(data)
+    with open(out, "wb") as f:
+        srv = nc(
+            "-v", "--app-socket", sock, "-l", "127.0.0.1", "25003", stdin=subprocess.PIPE, stdout=f
+        )
+    srv.wait_for("listening on 127.0.0.1:25003")
+    with open(src, "rb") as f:
+        cli = nc("-v", "--app-socket", sock, "127.0.0.1", "25003", stdin=f)
+    assert cli.wait(30) == 0, cli.err()
+    assert "closing once the peer has read them" in cli.err()
+    assert srv.wait(30) == 0, srv.err()
+    assert "the peer closed (no half-close on this session)" in srv.err()
+    assert out.read_bytes() == data
+
+
 @pytest.mark.slow
 def test_vpp_cut_through_100mib(
     vpp: Any, nc: Any, big_file: tuple[Path, str], tmp_path: Path

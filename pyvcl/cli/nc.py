@@ -13,10 +13,13 @@ ends the connection with an error.
 
 Half-close and VPP: through VPP's TCP stack the peer sees the half-close as EOF, as with kernel
 sockets.  Between two apps on one VPP (a cut-through session, app-scope-local) VPP v26.06 does
-not pass a half-close on: the peer sees EOF only when this side closes.  A sender whose peer
-waits for EOF must then close: use ``-q 0`` (or ``-q SECS``) on the sending side.  (VPP
-turns a cut-through close with unread incoming bytes into a reset of the peer: for transfers
-both ways give each side a ``-q SECS`` long enough for the other's data.)
+not pass a half-close on: the peer sees EOF only when this side closes.  So on such a session
+nc, at EOF on stdin, waits until the peer has read everything sent and then closes (``-v``
+says so), and a side whose peer closed stops too: ``nc -l > out`` and ``nc HOST PORT < file``
+both exit once the file is across.  A side that sent nothing waits for the peer's EOF instead
+(its close would cut the peer off).  (VPP turns a cut-through close with unread incoming bytes
+into a reset of the peer: for transfers both ways give each side a ``-q SECS`` long enough for
+the other's data; ``-q`` bounds both waits.)
 
 Which stack: ``--app-socket``/``--ns``/``--runtime-dir`` or ``--vcl-config`` name a VPP, which
 must be reachable.  Without them pyvcl attaches as C VCL would (``$VCL_CONFIG``, the ``VCL_*``
@@ -62,7 +65,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         description="Copy stdin to a TCP connection and the connection to stdout, over VPP "
         "(kernel sockets when VPP is not reachable and no VPP was named).",
         epilog="Cut-through sessions (two apps on one VPP) do not pass a half-close on: the "
-        "peer sees EOF only at close, so the sending side needs -q SECS or --close-on-eof.",
+        "peer sees EOF only at close, so at EOF on stdin nc closes once the peer has read what "
+        "was sent.",
     )
     p.add_argument("host", metavar="HOST", help="address to connect to (with -l: to listen on)")
     p.add_argument("port", metavar="PORT", type=_port, help="TCP port (with -l: 0 = any)")
@@ -236,6 +240,8 @@ class _Connection:
         self.recv_done = threading.Event()
         self.started = self.recv_secs = self.send_secs = 0.0
         self._closing = False
+        # Kernel sockets and VPP's TCP stack pass a half-close on; cut-through sessions do not.
+        self.half_close: bool = getattr(sock, "can_half_close", True)
 
     def _recv_loop(self) -> None:
         buf = bytearray(BUFSIZE)
@@ -267,6 +273,12 @@ class _Connection:
                 if chunk is None:  # stdin is quiet: give up on a connection that broke
                     if self.recv_done.is_set() and self.error is not None:
                         return False
+                    if self.recv_done.is_set() and not self.half_close:
+                        # Without half-close the peer's EOF is its close: nothing more from
+                        # stdin could reach it.
+                        if self.verbose:
+                            _err("the peer closed (no half-close on this session): done")
+                        return False
                     continue
                 if isinstance(chunk, BaseException):
                     self.error = self.error or chunk
@@ -290,12 +302,15 @@ class _Connection:
         receiver.start()
         try:
             if self._send_loop():
-                if self.verbose:
-                    _err(f"EOF on stdin after {self.sent} bytes: shutting down the write side")
-                with contextlib.suppress(OSError):
-                    self.sock.shutdown(socket.SHUT_WR)
                 bounded = quit_after is not None and quit_after >= 0
-                self.recv_done.wait(quit_after if bounded else None)
+                if self.half_close:
+                    if self.verbose:
+                        _err(f"EOF on stdin after {self.sent} bytes: shutting down the write side")
+                    with contextlib.suppress(OSError):
+                        self.sock.shutdown(socket.SHUT_WR)
+                    self.recv_done.wait(quit_after if bounded else None)
+                else:
+                    self._end_without_half_close(quit_after if bounded else None)
         finally:
             self._closing = True
             if not self.recv_done.is_set():
@@ -306,6 +321,26 @@ class _Connection:
         if self.verbose:
             _err(f"closed: sent {_rate(self.sent, self.send_secs)}, "
                  f"received {_rate(self.received, self.recv_secs)}")  # fmt: skip
+
+    def _end_without_half_close(self, quit_after: float | None) -> None:
+        """stdin is done on a session that cannot half-close (cut-through): the peer learns
+        of our EOF only from our close.  Once the peer has read all we sent, close; unless we
+        sent nothing, in which case the peer is the sender and our close would cut it off, so
+        wait for its EOF.  ``-q SECS`` still bounds the wait for the peer's EOF."""
+        if self.sent == 0 and quit_after is None:
+            if self.verbose:
+                _err("EOF on stdin, nothing sent, no half-close on this session: waiting for "
+                     "the peer's EOF")  # fmt: skip
+            self.recv_done.wait()
+            return
+        if self.verbose:
+            _err(f"EOF on stdin after {self.sent} bytes; no half-close on this session: "
+                 "closing once the peer has read them")  # fmt: skip
+        drained = self.sock.wait_sent(quit_after)
+        if self.verbose and not drained:
+            _err("the peer did not read everything sent before the connection ended")
+        if quit_after:
+            self.recv_done.wait(quit_after)
 
 
 def _is_kernel(app: Any) -> bool:

@@ -252,6 +252,25 @@ class SessionWorker:
             if not self.wait_until(woken, timeout):
                 raise Timeout("send timed out")
 
+    def wait_sent(self, s: Session, timeout: float | None) -> bool:
+        """Wait until the peer has read everything written so far (the tx fifo is empty), or
+        the session can no longer deliver it (closed, reset).  True when the fifo emptied."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            with self.lock:
+                if not s.writable_state or s.state == State.PEER_CLOSED:
+                    return False
+                _, tx = self.fifos(s)
+                if tx.max_dequeue() == 0:
+                    return True
+                if self._ask_for_room(s, tx, tx.size):  # emptied while we asked
+                    continue
+                seen = s.tx_events
+            left = None if deadline is None else deadline - time.monotonic()
+            woken = functools.partial(self._writable_or_notified, s, tx.size, seen)
+            if (left is not None and left <= 0) or not self.wait_until(woken, left):
+                return False
+
     def _ask_for_room(self, s: Session, tx: Fifo, want: int) -> bool:
         """Request a dequeue notification for when ``want`` bytes are free; True if they are
         free already (checked after asking, so no notification can be missed)."""
