@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import pytest
 
@@ -11,32 +10,36 @@ from pyvcl.testing.conformance import CHECKS, KernelStack, Stack, VclStack
 
 
 @pytest.fixture(scope="module")
-def vcl_ct(vpp: Any) -> Iterator[VclStack]:
-    stack = VclStack(vpp, "local")
-    yield stack
-    stack.close()
+def vcl_stacks() -> Iterator[dict[str, VclStack]]:
+    """The pyvcl stacks made so far in this module, closed at its end."""
+    made: dict[str, VclStack] = {}
+    yield made
+    for s in made.values():
+        s.close()
 
 
-@pytest.fixture(scope="module")
-def vcl_tcp(vpp: Any) -> Iterator[VclStack]:
-    stack = VclStack(vpp, "global", first_port=23000)
-    yield stack
-    stack.close()
+# Each pyvcl stack: its topology, and whether its VPP runs a worker thread.
+PYVCL_STACKS = {
+    "pyvcl-ct": ("local", False, 21000),
+    "pyvcl-tcp": ("global", False, 23000),
+    "pyvcl-ct-workers": ("local", True, 21500),
+    "pyvcl-tcp-workers": ("global", True, 23500),
+}
 
 
 @pytest.fixture(
-    params=[
-        "kernel",
-        pytest.param("pyvcl-ct", marks=pytest.mark.vpp),
-        pytest.param("pyvcl-tcp", marks=pytest.mark.vpp),
-    ]
+    params=["kernel", *(pytest.param(name, marks=pytest.mark.vpp) for name in PYVCL_STACKS)]
 )
-def stack(request: pytest.FixtureRequest) -> Stack:
-    if request.param == "kernel":
+def stack(request: pytest.FixtureRequest, vcl_stacks: dict[str, VclStack]) -> Stack:
+    name = request.param
+    if name == "kernel":
         return KernelStack()
-    fixture = "vcl_ct" if request.param == "pyvcl-ct" else "vcl_tcp"
-    result: Stack = request.getfixturevalue(fixture)
-    return result
+    if name not in vcl_stacks:
+        scope, workers, port = PYVCL_STACKS[name]
+        vpp = request.getfixturevalue("vpp_with_workers" if workers else "vpp")
+        vcl_stacks[name] = VclStack(vpp, scope, first_port=port)
+        vcl_stacks[name].name = name
+    return vcl_stacks[name]
 
 
 # Known differences from kernel TCP, each with the reason.
@@ -51,7 +54,17 @@ DIFFERENCES = {
 
 @pytest.mark.parametrize("check", CHECKS, ids=[c.__name__.removeprefix("check_") for c in CHECKS])
 def test_socket_like(check: Callable[[Stack], None], stack: Stack) -> None:
-    reason = DIFFERENCES.get((check.__name__.removeprefix("check_"), stack.name))
-    if reason:
-        pytest.xfail(reason)
     check(stack)
+
+
+@pytest.fixture(autouse=True)
+def _known_differences(request: pytest.FixtureRequest) -> None:
+    """A strict xfail marker on each (check, stack) pair listed in DIFFERENCES."""
+    callspec = getattr(request.node, "callspec", None)
+    if callspec is None:
+        return
+    check, stack = callspec.params.get("check"), callspec.params.get("stack")
+    name = getattr(check, "__name__", "").removeprefix("check_")
+    reason = DIFFERENCES.get((name, str(stack).removesuffix("-workers")))
+    if reason:
+        request.applymarker(pytest.mark.xfail(reason=reason, strict=True))

@@ -7,14 +7,17 @@ Fixtures:
   layouts pyvcl does not know yet (`pyvcl.wire.abi`: attaching would be refused).
 * ``vpp`` (module) -- a running `VppInstance` shared by a module's tests.  A module can
   override the ``vpp_options`` fixture (module scope, a dict of `VppInstance` keyword
-  arguments) to configure it.
+  arguments) to configure it.  ``$PYVCL_VPP_WORKERS=N`` gives it N worker threads (unless
+  ``vpp_options`` says otherwise), to run the whole suite against a VPP with workers.
+* ``vpp_with_workers`` (module) -- a `VppInstance` with one worker thread.
 * ``vpp_factory`` (function) -- ``vpp_factory(**kwargs)`` starts a new instance with those
   `VppInstance` arguments; every instance it made is stopped at teardown.
 
 And a fixture maker: ``stack = vcl_stack_fixture(ct_port, tcp_port)`` in a test module gives it
-a module-scoped ``stack`` fixture, a `pyvcl.testing.conformance.VclStack` on the module's
-``vpp``, parametrised over cut-through (ports from ``ct_port``) and VPP's TCP stack (ports
-from ``tcp_port``): each module picks its own ports so modules never collide.
+a module-scoped ``stack`` fixture, a `pyvcl.testing.conformance.VclStack`, parametrised over
+cut-through (ports from ``ct_port``) and VPP's TCP stack (ports from ``tcp_port``), each on
+the module's ``vpp`` and again on ``vpp_with_workers`` ("ct-workers", "tcp-workers"): each
+module picks its own ports so modules never collide.
 
 Tests that use any of these (directly or through other fixtures) get the ``vpp`` marker, so
 ``pytest -m vpp`` / ``-m "not vpp"`` select them.  When such a test fails, the tail of each
@@ -23,6 +26,7 @@ VPP's console and log is added to the report.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Generator, Iterator
 from typing import Any
 
@@ -39,9 +43,11 @@ __all__ = [
     "vpp_factory",
     "vpp_install",
     "vpp_options",
+    "vpp_with_workers",
 ]
 
-_VPP_FIXTURES = frozenset({"vpp_install", "vpp", "vpp_factory"})
+_VPP_FIXTURES = frozenset({"vpp_install", "vpp", "vpp_factory", "vpp_with_workers"})
+WORKERS_VAR = "PYVCL_VPP_WORKERS"
 
 
 class VppFactory:
@@ -114,10 +120,28 @@ def vpp_options() -> dict[str, Any]:
     return {}
 
 
+def default_workers() -> int:
+    """VPP worker threads for the ``vpp`` fixture: ``$PYVCL_VPP_WORKERS`` (default 0), so the
+    whole suite can run against a VPP whose sessions live on worker threads."""
+    raw = os.environ.get(WORKERS_VAR, "").strip() or "0"
+    if not raw.isdigit():
+        raise pytest.UsageError(f"${WORKERS_VAR}={raw!r}: a number of worker threads")
+    return int(raw)
+
+
 @pytest.fixture(scope="module")
 def vpp(vpp_install: VppInstall, vpp_options: dict[str, Any]) -> Iterator[VppInstance]:
-    """A running private VPP shared by the module's tests."""
-    with VppInstance(vpp_install, **vpp_options) as inst:
+    """A running private VPP shared by the module's tests (``$PYVCL_VPP_WORKERS`` workers
+    unless the module's ``vpp_options`` say otherwise)."""
+    with VppInstance(vpp_install, **{"workers": default_workers(), **vpp_options}) as inst:
+        yield inst
+
+
+@pytest.fixture(scope="module")
+def vpp_with_workers(vpp_install: VppInstall) -> Iterator[VppInstance]:
+    """A running private VPP with one worker thread (``cpu { workers 1 }``): sessions through
+    its TCP stack live on the worker, control messages on the main thread."""
+    with VppInstance(vpp_install, workers=1) as inst:
         yield inst
 
 
@@ -135,12 +159,19 @@ def vcl_stack_fixture(ct_port: int, tcp_port: int) -> Any:
     """A module-scoped ``stack`` fixture over both topologies (see the module notes)."""
     from pyvcl.testing.conformance import VclStack
 
-    @pytest.fixture(scope="module", params=["ct", "tcp"])
-    def stack(request: pytest.FixtureRequest, vpp: VppInstance) -> Iterator[VclStack]:
-        if request.param == "ct":
-            s = VclStack(vpp, "local", first_port=ct_port)
+    params = [
+        pytest.param(name, marks=pytest.mark.vpp)
+        for name in ("ct", "tcp", "ct-workers", "tcp-workers")
+    ]
+
+    @pytest.fixture(scope="module", params=params)
+    def stack(request: pytest.FixtureRequest) -> Iterator[VclStack]:
+        topo, _, workers = request.param.partition("-")
+        inst: VppInstance = request.getfixturevalue("vpp_with_workers" if workers else "vpp")
+        if topo == "ct":
+            s = VclStack(inst, "local", first_port=ct_port)
         else:
-            s = VclStack(vpp, "global", first_port=tcp_port)
+            s = VclStack(inst, "global", first_port=tcp_port)
         yield s
         s.close()
 
