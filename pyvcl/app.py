@@ -44,6 +44,8 @@ from .errors import (
 from .mq.events import Event
 from .mq.queue import MessageQueue
 from .segment import Segment
+from .vppversion import check_peer_version
+from .wire import DEFAULT_VERSION
 from .wire.abi import check_live_layouts
 from .wire.enums import SapiMsgType, SessionError, SessionEvent, SessionFdFlag
 from .wire.segment import FIFO_SEGMENT_HEADER
@@ -200,6 +202,7 @@ class App(_AppWorker):
         super().__init__(sapi)
         self.options = options
         self.reply: AttachReply | None = None
+        self.vpp_version = DEFAULT_VERSION  # the VPP release spoken to (pyvcl.vppversion)
         self.vpp_segment: Segment | None = None
         self.app_mq: MessageQueue | None = None
         self.vpp_mqs: list[MessageQueue] = []
@@ -214,10 +217,13 @@ class App(_AppWorker):
         options: AttachOptions | None = None,
         *,
         timeout: float = DEFAULT_TIMEOUT,
+        vpp_version: str | None = None,
         **option_values: Any,
     ) -> App:
         """Attach to VPP.  ``app_socket`` defaults to the namespace socket under /run/vpp;
-        ``option_values`` override fields of ``options`` (see `AttachOptions`)."""
+        ``option_values`` override fields of ``options`` (see `AttachOptions`).
+        ``vpp_version`` (else ``$PYVCL_VPP_VERSION``) is the VPP release to expect: a VPP
+        that shows another one is refused before anything is sent (`pyvcl.vppversion`)."""
         opts = options or AttachOptions()
         for key, value in option_values.items():
             if not hasattr(opts, key):
@@ -229,6 +235,7 @@ class App(_AppWorker):
         sapi = SapiSocket.connect(path, timeout)
         app = cls(sapi, opts)
         try:
+            app.vpp_version = check_peer_version(sapi.fileno(), vpp_version)
             sapi.send(SapiMsgType.ATTACH, payload)
             msg = sapi.recv_expect(SapiMsgType.ATTACH_REPLY)
             app.fds.extend(msg.fds)
