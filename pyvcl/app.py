@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import stat
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -36,6 +37,7 @@ from .errors import (
     AppSocketError,
     LocalError,
     SessionLayerError,
+    SharedMemoryError,
     Timeout,
     VclError,
     VppDisconnected,
@@ -43,13 +45,13 @@ from .errors import (
 )
 from .mq.events import Event
 from .mq.queue import MessageQueue
-from .segment import Segment
+from .segment import Segment, describe_fd
 from .vppversion import check_peer_version
 from .wire import DEFAULT_VERSION
 from .wire.abi import check_live_layouts
 from .wire.enums import SapiMsgType, SessionError, SessionEvent, SessionFdFlag
 from .wire.segment import FIFO_SEGMENT_HEADER
-from .wire.session import SEGMENT_NAME_LEN
+from .wire.session import CTRL_PAYLOADS, SEGMENT_NAME_LEN
 
 DEFAULT_RUNTIME_DIR = "/run/vpp"
 INVALID_HANDLE = 0xFFFFFFFFFFFFFFFF  # VCL rejects a first segment with this handle
@@ -57,6 +59,17 @@ DETACH_SYNC_TIMEOUT = 1.0  # longest wait for VPP to handle our messages before 
 SEND_FDS_TIMEOUT = 1.0  # longest wait for an added segment's fd (VPP sends it before the event)
 SYNC_CONTEXT = 0xFFFFFF00  # contexts of sync_with_vpp's probes (never a session index)
 _FSH = FIFO_SEGMENT_HEADER
+_FIRST_CTRL = int(SessionEvent.CTRL_RPC)  # event types below are IO events: nothing to do
+_ADD_SEGMENT = int(SessionEvent.CTRL_APP_ADD_SEGMENT)
+_DEL_SEGMENT = int(SessionEvent.CTRL_APP_DEL_SEGMENT)
+# The fds of each role in attach and worker replies are of one kind.
+_MEMFD, _EVENTFD = "a memfd", "an eventfd"
+_FD_KINDS = {
+    SessionFdFlag.VPP_MQ_SEGMENT: _MEMFD,
+    SessionFdFlag.MEMFD_SEGMENT: _MEMFD,
+    SessionFdFlag.MQ_EVENTFD: _EVENTFD,
+    SessionFdFlag.VPP_MQ_EVENTFD: _EVENTFD,
+}
 
 
 def default_app_socket(namespace_id: str = "", runtime_dir: str | None = None) -> Path:
@@ -88,6 +101,11 @@ class _AppWorker:
         self._segment_fds: dict[int, int] = {}  # memfds of segments added after attach
         self.fds: list[int] = []  # every other fd we own (first segment memfds, eventfds)
         self.closed = False
+        # What poll keeps when acting on an event fails midway (see `_act_on`): events already
+        # acted on, events not yet looked at, and the error to raise at the next poll.
+        self._ready: list[Event] = []
+        self._backlog: list[Event] = []
+        self._poll_error: Exception | None = None
 
     def _check_usable(self) -> None:
         raise NotImplementedError
@@ -100,9 +118,16 @@ class _AppWorker:
     def poll(self, timeout: float | None = 0.0) -> list[Event]:
         """Events VPP queued for this worker, waiting up to ``timeout`` (None: forever) for the
         first.  Segment add/del events are acted on before they are returned.  Raises
-        `VppDisconnected` if VPP closed the app socket."""
+        `VppDisconnected` if VPP closed the app socket.
+
+        A bad event (a control event without its payload, a segment that cannot be mapped)
+        loses no other event: this call returns the events before it (if there are none it
+        raises the error at once), the next call raises the error, and the call after that
+        returns the events after it, each acted on in order."""
         self._check_usable()
         mq = self._event_mq()
+        if self._poll_error is not None or self._ready or self._backlog:
+            return self._resume()
         events = mq.drain()
         if not events and timeout != 0:
             woke = mq.wait(timeout, also_fds=(self.sapi.fileno(),))
@@ -110,11 +135,49 @@ class _AppWorker:
                 raise VppDisconnected(f"VPP closed the app socket {self.sapi.path}")
             events = mq.drain()
         for ev in events:
-            if ev.type == SessionEvent.CTRL_APP_ADD_SEGMENT:
-                self._add_segment(ev)
-            elif ev.type == SessionEvent.CTRL_APP_DEL_SEGMENT:
-                self._del_segment(ev)
+            if ev.type >= _FIRST_CTRL:
+                return self._act_on(events, [])
         return events
+
+    def _resume(self) -> list[Event]:
+        """Carry on where acting on a batch failed: its error, then the rest of the batch."""
+        error, self._poll_error = self._poll_error, None
+        if error is not None:
+            raise error
+        ready, backlog = self._ready, self._backlog
+        self._ready, self._backlog = [], []
+        return self._act_on(backlog, ready)
+
+    def _act_on(self, events: list[Event], done: list[Event]) -> list[Event]:
+        """Act on the control events of ``events`` (``done`` were acted on before): map and
+        unmap segments, and refuse control events without their payload.
+
+        If one fails, the events before it are returned and its error kept for the next poll
+        (raised at once if there are none, or if it is not an `Exception`), and the events
+        after it wait in ``_backlog``: a bad event never loses the good ones around it."""
+        for i, ev in enumerate(events):
+            t = ev.type
+            if t < _FIRST_CTRL:
+                continue
+            try:
+                if ev.msg is None and t in CTRL_PAYLOADS:
+                    raise SharedMemoryError(
+                        f"{self._event_mq().name}: {ev.name} event without its payload (a "
+                        "control event type in an IO ring slot)"
+                    )
+                if t == _ADD_SEGMENT:
+                    self._add_segment(ev)
+                elif t == _DEL_SEGMENT:
+                    self._del_segment(ev)
+            except BaseException as e:
+                self._backlog = events[i + 1 :]
+                handled = done + events[:i]
+                if handled and isinstance(e, Exception):
+                    self._poll_error = e
+                    return handled
+                self._ready = handled
+                raise
+        return done + events if done else events
 
     def wait_for(self, event_type: int, timeout: float, **match: Any) -> tuple[Event, list[Event]]:
         """Poll until an event of ``event_type`` whose payload fields equal ``match`` arrives;
@@ -152,6 +215,7 @@ class _AppWorker:
             raise AppSocketError(f"SEND_FDS for segment {name} carried {n_fds} fds, not 1")
         fd = fd_msg.fds[0]
         try:
+            _check_fd_kind(fd, _MEMFD, f"SEND_FDS for segment {name}")
             if msg.segment_handle == INVALID_HANDLE:
                 raise AppSocketError(f"segment {name} announced with the invalid handle ~0")
             seg = Segment.map_fd(fd, name=name, handle=msg.segment_handle)
@@ -177,22 +241,27 @@ class _AppWorker:
     def _del_segment(self, ev: Event) -> None:
         handle = ev.msg.segment_handle
         seg = self.segments.pop(handle, None)
+        fd = self._segment_fds.pop(handle, None)
+        if fd is not None:
+            os.close(fd)  # the mapping keeps its own reference to the memfd
         if seg is not None:
             if seg is self._event_mq().segment:
                 self.retired_segments.append(seg)  # our mq lives there: never unmap it early
             else:
-                seg.close()
-        fd = self._segment_fds.pop(handle, None)
-        if fd is not None:
-            os.close(fd)
+                try:
+                    seg.close()
+                except LocalError:
+                    self.retired_segments.append(seg)  # views of it live on: unmap at close
 
-    def _release_segments(self) -> None:
-        """Unmap every segment and close every fd this worker received."""
+    def _release_segments(self, cleanup: _Cleanup) -> None:
+        """Unmap every segment and close every fd this worker received (every step is run,
+        failures are collected in ``cleanup``)."""
         for seg in [*self.segments.values(), *self.retired_segments]:
-            seg.close()
+            cleanup(seg.close)
         self.segments, self.retired_segments = {}, []
         _close_all([*self.fds, *self._segment_fds.values()])
         self.fds, self._segment_fds = [], {}
+        self._ready, self._backlog, self._poll_error = [], [], None
 
 
 class App(_AppWorker):
@@ -244,7 +313,8 @@ class App(_AppWorker):
                 raise session_error("VPP refused the attach", reply.retval)
             app._setup(reply, assign_fds(reply.fd_flags, reply.n_fds, msg.fds))
         except BaseException:
-            app.close()
+            with contextlib.suppress(Exception):  # it releases everything; the cause matters
+                app.close()
             raise
         return app
 
@@ -256,6 +326,7 @@ class App(_AppWorker):
             raise AppSocketError(f"attach reply lacks segment fds (flags {reply.fd_flags!r})")
         if self.options.use_mq_eventfd and SessionFdFlag.MQ_EVENTFD not in fds:
             raise AppSocketError("asked for an mq eventfd but the attach reply has none")
+        _check_fd_kinds(fds, "attach reply")
         self.vpp_segment = Segment.map_fd(fds[SessionFdFlag.VPP_MQ_SEGMENT][0], name="vpp-mq-seg")
         first = Segment.map_fd(fds[SessionFdFlag.MEMFD_SEGMENT][0], handle=reply.segment_handle)
         self.segments[reply.segment_handle] = first
@@ -360,14 +431,19 @@ class App(_AppWorker):
 
     # -- teardown -------------------------------------------------------------------------------
     def detach(self) -> None:
-        """Tell VPP we leave (APP_DETACH), then release everything.  Idempotent."""
+        """Tell VPP we leave (APP_DETACH), then release everything (`close`), even if the
+        goodbye fails.  Idempotent."""
         if self.closed:
             return
-        if os.getpid() == self.pid and self.reply is not None and self.vpp_mqs:
-            with contextlib.suppress(VclError, OSError):
-                self.sync_with_vpp(DETACH_SYNC_TIMEOUT)
-                self.send_ctrl(SessionEvent.CTRL_APP_DETACH, client_index=self.api_client_handle)
-        self.close()
+        try:
+            if os.getpid() == self.pid and self.reply is not None and self.vpp_mqs:
+                with contextlib.suppress(VclError, OSError):
+                    self.sync_with_vpp(DETACH_SYNC_TIMEOUT)
+                    self.send_ctrl(
+                        SessionEvent.CTRL_APP_DETACH, client_index=self.api_client_handle
+                    )
+        finally:
+            self.close()
 
     def sync_with_vpp(self, timeout: float) -> bool:
         """Wait until VPP has handled everything we queued on its mqs; True if it did.
@@ -399,19 +475,25 @@ class App(_AppWorker):
 
     def close(self) -> None:
         """Release the socket, mappings and fds without messaging VPP (closing the socket
-        detaches us anyway).  Idempotent."""
+        detaches us anyway).  Idempotent.
+
+        Every one is released even if releasing another fails; then one `VclError` reports
+        what failed (a `LocalError` EBUSY for a segment whose views are still alive: it stays
+        mapped until they are released)."""
         if self.closed:
             return
         self.closed = True
+        cleanup = _Cleanup()
         for mq in [self.app_mq, *self.vpp_mqs]:
             if mq is not None:
-                mq.close()
+                cleanup(mq.close)
         self.app_mq, self.vpp_mqs = None, []
         if self.vpp_segment is not None:
-            self.vpp_segment.close()
+            cleanup(self.vpp_segment.close)
             self.vpp_segment = None
-        self._release_segments()
-        self.sapi.close()
+        self._release_segments(cleanup)
+        cleanup(self.sapi.close)
+        cleanup.done(f"closing {self!r}")
 
     def __enter__(self) -> App:
         return self
@@ -460,6 +542,7 @@ class Worker(_AppWorker):
                 raise AppSocketError("worker reply lacks its segment fd")
             if app.options.use_mq_eventfd and SessionFdFlag.MQ_EVENTFD not in fds:
                 raise AppSocketError("asked for an mq eventfd but the worker reply has none")
+            _check_fd_kinds(fds, "worker reply")
             worker.segment = Segment.map_fd(
                 fds[SessionFdFlag.MEMFD_SEGMENT][0], handle=reply.segment_handle
             )
@@ -469,7 +552,8 @@ class Worker(_AppWorker):
                 os.set_blocking(evfd, False)
             worker.mq = MessageQueue(worker.segment, reply.app_event_queue_address, eventfd=evfd)
         except BaseException:
-            worker.close(notify=False)
+            with contextlib.suppress(Exception):  # it releases everything; the cause matters
+                worker.close(notify=False)
             raise
         return worker
 
@@ -495,10 +579,12 @@ class Worker(_AppWorker):
 
     def close(self, notify: bool = True) -> None:
         """Delete the worker: ADD_DEL_WORKER(is_add=0) (VPP sends no reply) and close.  In a
-        forked child it only releases the child's copies."""
+        forked child it only releases the child's copies.  Like `App.close`, it releases
+        everything even if a step fails, then raises one `VclError`."""
         if self.closed:
             return
         self.closed = True
+        cleanup = _Cleanup()
         if notify and self.reply is not None and not self.app.closed and os.getpid() == self.pid:
             with contextlib.suppress(VclError, OSError):
                 self.sapi.send(
@@ -506,13 +592,14 @@ class Worker(_AppWorker):
                     encode_worker_add_del(self.app.app_index, self.reply.wrk_index, False),
                 )
         if self.mq is not None:
-            self.mq.close()
+            cleanup(self.mq.close)
         self.mq = None
         if self.segment is not None:
-            self.segment.close()  # also in segments unless setup failed before that
+            cleanup(self.segment.close)  # also in segments unless setup failed before that
         self.segment = None
-        self._release_segments()
-        self.sapi.close()
+        self._release_segments(cleanup)
+        cleanup(self.sapi.close)
+        cleanup.done(f"closing {self!r}")
 
     def __enter__(self) -> Worker:
         return self
@@ -529,6 +616,69 @@ def _close_all(fds: Iterable[int]) -> None:
     for fd in fds:
         with contextlib.suppress(OSError):
             os.close(fd)
+
+
+class _Cleanup:
+    """Runs release steps, each even if an earlier one failed, and then reports the failures
+    as one `VclError` (`done`).  An interrupt (a `BaseException` that is not an `Exception`)
+    is re-raised as itself, after the remaining steps."""
+
+    def __init__(self) -> None:
+        self.errors: list[BaseException] = []
+
+    def __call__(self, step: Any) -> None:
+        try:
+            step()
+        except BaseException as e:
+            self.errors.append(e)
+
+    def done(self, what: str) -> None:
+        errors, self.errors = self.errors, []
+        if errors:
+            error = _combined(errors, what)
+            del errors
+            try:
+                raise error
+            finally:
+                del error  # no reference cycle through this frame
+
+
+def _combined(errors: list[BaseException], what: str) -> BaseException:
+    """The one exception that reports ``errors``: an interrupt as itself, a lone `VclError` as
+    itself, else a `VclError` listing them all (the first as its cause)."""
+    first = next((e for e in errors if not isinstance(e, Exception)), errors[0])
+    if not isinstance(first, Exception) or (len(errors) == 1 and isinstance(first, VclError)):
+        return first
+    text = "; ".join(
+        str(e.strerror) if isinstance(e, VclError) else f"{type(e).__name__}: {e}" for e in errors
+    )
+    code = first.errno if isinstance(first, VclError) else errno.EIO
+    combined = VclError(f"{what}: {text}", code)
+    combined.__cause__ = first
+    return combined
+
+
+def _check_fd_kind(fd: int, kind: str, what: str) -> None:
+    """Raise `AppSocketError` unless the ``fd`` VPP sent is ``kind``: a memfd (a regular file:
+    VPP's segments are memfds, or hugetlbfs files on old kernels) or an eventfd."""
+    if kind == _MEMFD:
+        try:
+            ok = stat.S_ISREG(os.fstat(fd).st_mode)
+        except OSError:
+            ok = False
+        seen = "" if ok else describe_fd(fd)
+    else:  # without /proc an eventfd is only "an anonymous inode": accept that
+        seen = describe_fd(fd)
+        ok = seen in ("anon_inode:[eventfd]", "an anonymous inode")
+    if not ok:
+        raise AppSocketError(f"{what}: expected {kind}, received fd {fd}, {seen}")
+
+
+def _check_fd_kinds(fds: dict[SessionFdFlag, list[int]], what: str) -> None:
+    """`_check_fd_kind` for every fd of a reply, by its role."""
+    for flag, numbers in fds.items():
+        for fd in numbers:
+            _check_fd_kind(fd, _FD_KINDS[flag], f"{what}: {flag.name} fd")
 
 
 __all__ = ["App", "AttachOptions", "SessionError", "SessionLayerError", "Worker"]

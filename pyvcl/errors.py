@@ -47,6 +47,23 @@ class AppSocketError(RemoteError):
     """The app socket misbehaved: truncated/oversized message, missing fds, unexpected type."""
 
 
+class RecordingError(VclError):
+    """A recording (an app-socket trace or a shared-memory snapshot) is malformed: its JSON
+    structure, or a number, offset or length in it, is not what the format allows.  Nothing
+    live is involved.  ``path`` is the file, when known; it leads the message."""
+
+    default_errno = _errno.EBADMSG
+
+    def __init__(self, message: str, path: object = None) -> None:
+        super().__init__(f"{path}: {message}" if path is not None else message)
+        self.reason = message
+        self.path = path
+
+    def at(self, path: object) -> RecordingError:
+        """This error, naming ``path`` (itself if it already names a file)."""
+        return self if self.path is not None else RecordingError(self.reason, path)
+
+
 class VppUnreachable(VclError):
     """No VPP answers at the app socket path (absent, refused, or not a VPP socket)."""
 

@@ -18,7 +18,7 @@ in `Snapshot.meta` but nothing here relies on them; `pyvcl.inspect` decodes the 
 from __future__ import annotations
 
 import bisect
-import json
+import errno
 import mmap
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,8 +26,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from .errors import SharedMemoryError
+from .errors import RecordingError, SharedMemoryError
 from .inspect import describe_fifo, describe_mq, describe_segment, fifo_refs
+from .recording import U64_MAX, int_field, need, read_json, shallow, typed
+from .recording import field as json_field
 from .segment import Segment
 from .wire.enums import SessionEvent
 
@@ -43,6 +45,8 @@ REGION_FIFO_DATA = "fifo-data-at-head"
 ROLE_APP_MQ = "app worker mq"  # ``regions[].role`` of the app's own mq
 
 _REGION_KEYS = ("id", "what", "segment", "seg_offset", "fsh_offset", "length", "bin_offset")
+MAX_SEGMENT_SIZE = 1 << 47
+"""Largest segment a snapshot may describe (the x86-64 user address space, 128 TiB)."""
 
 
 class NotCapturedError(SharedMemoryError):
@@ -65,13 +69,21 @@ class Region:
     info: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @classmethod
-    def from_json(cls, entry: dict[str, Any]) -> Region:
-        try:
-            values = {k: entry[k] for k in _REGION_KEYS}
-        except KeyError as e:
-            raise SharedMemoryError(f"snapshot region {entry!r} lacks {e}") from None
+    def from_json(cls, entry: Any, where: str = "region") -> Region:
+        """A ``regions[]`` entry, every field checked (`RecordingError` if one is wrong)."""
+        entry = typed(entry, dict, where)
+        json_field(entry, "role", where, str, default="")  # shown by describe_snapshot
         info = {k: v for k, v in entry.items() if k not in _REGION_KEYS}
-        return cls(**values, info=info)
+        return cls(
+            id=int_field(entry, "id", where),
+            what=json_field(entry, "what", where, str),
+            segment=int_field(entry, "segment", where),
+            seg_offset=int_field(entry, "seg_offset", where, 0, MAX_SEGMENT_SIZE),
+            fsh_offset=int_field(entry, "fsh_offset", where, -MAX_SEGMENT_SIZE, MAX_SEGMENT_SIZE),
+            length=int_field(entry, "length", where, 0, MAX_SEGMENT_SIZE),
+            bin_offset=int_field(entry, "bin_offset", where),
+            info=info,
+        )
 
 
 class SnapshotSegment(Segment):
@@ -155,23 +167,42 @@ class Snapshot:
 
     @classmethod
     def load(cls, path: str | Path) -> Snapshot:
-        """Load ``NAME.json`` + ``NAME.bin``; ``path`` may name either file or the common stem."""
+        """Load ``NAME.json`` + ``NAME.bin``; ``path`` may name either file or the common stem.
+
+        Every field used is checked first: a malformed snapshot raises `RecordingError` naming
+        the file and what is wrong (a missing or unreadable file the usual `OSError`)."""
         json_path, bin_path = snapshot_files(path)
-        meta: dict[str, Any] = json.loads(json_path.read_text())
-        if meta.get("format") != SNAPSHOT_FORMAT:
-            raise SharedMemoryError(
-                f"{json_path}: format {meta.get('format')!r}, expected {SNAPSHOT_FORMAT!r}"
-            )
-        regions = [Region.from_json(r) for r in meta.get("regions", [])]
-        blob = bin_path.read_bytes()
-        segments: list[SnapshotSegment] = []
         try:
-            for position, entry in enumerate(meta.get("segments", [])):
-                segments.append(_build_segment(position, entry, regions, blob, json_path))
-        except BaseException:
-            for seg in segments:
-                seg.close()
-            raise
+            meta = typed(read_json(json_path), dict, "the document")
+            fmt = meta.get("format")
+            need(fmt == SNAPSHOT_FORMAT, f"format {fmt!r}, expected {SNAPSHOT_FORMAT!r}")
+            for key in ("name", "note", "vpp_version", "arch"):
+                json_field(meta, key, "the document", str, default="")
+            shallow(json_field(meta, "process", "the document", dict, default={}), "'process'")
+            regions = [
+                Region.from_json(r, f"regions[{k}]")
+                for k, r in enumerate(json_field(meta, "regions", "the document", list))
+            ]
+            specs = [
+                _SegmentSpec.from_json(k, e)
+                for k, e in enumerate(json_field(meta, "segments", "the document", list))
+            ]
+            indices = [spec.index for spec in specs]
+            need(len(set(indices)) == len(indices), f"segment indices repeat: {indices}")
+            for r in regions:
+                need(r.segment in indices, f"region {r.id}: segment {r.segment} is not listed")
+            blob = bin_path.read_bytes()
+            segments: list[SnapshotSegment] = []
+            try:
+                for spec in specs:
+                    segments.append(_build_segment(spec, regions, blob))
+                _check_fsh_offsets(segments, regions)
+            except BaseException:
+                for seg in segments:
+                    seg.close()
+                raise
+        except RecordingError as e:
+            raise e.at(json_path) from None
         return cls(json_path.with_name(json_path.stem), meta, segments, regions)
 
     # -- lookup ---------------------------------------------------------------------------------
@@ -275,16 +306,26 @@ def describe_snapshot(source: str | Path | Snapshot, *, peek: int = 64) -> dict[
 
 
 def _announced(mqs: list[dict[str, Any]]) -> set[int]:
-    """Segment handles VPP announced (APP_ADD_SEGMENT) or withdrew (APP_DEL_SEGMENT)."""
+    """Segment handles VPP announced (APP_ADD_SEGMENT) or withdrew (APP_DEL_SEGMENT).  Such an
+    event without its payload (a control event type in an IO ring slot) is added to the mq's
+    ``problems``."""
     handles = set()
     for mq in mqs:
         for ring in mq.get("rings", []):
             for slot in ring["slots"]:
-                if slot.get("event_type") in (
+                if slot.get("event_type") not in (
                     SessionEvent.CTRL_APP_ADD_SEGMENT,
                     SessionEvent.CTRL_APP_DEL_SEGMENT,
                 ):
-                    handles.add(int(slot["payload"]["segment_handle"]))
+                    continue
+                payload = slot.get("payload")
+                if payload is None:
+                    mq.setdefault("problems", []).append(
+                        f"ring {ring['index']} slot {slot['elt']}: {slot['type_name']} without "
+                        "its payload (a control event type in an IO slot)"
+                    )
+                else:
+                    handles.add(int(payload["segment_handle"]))
     return handles
 
 
@@ -313,7 +354,7 @@ def snapshot_files(path: str | Path) -> tuple[Path, Path]:
     json_path, bin_path = stem.with_name(stem.name + ".json"), stem.with_name(stem.name + ".bin")
     for f in (json_path, bin_path):
         if not f.is_file():
-            raise FileNotFoundError(f"snapshot file {f} not found")
+            raise FileNotFoundError(errno.ENOENT, "snapshot file not found", str(f))
     return json_path, bin_path
 
 
@@ -323,48 +364,95 @@ def find_snapshots(directory: str | Path) -> list[Path]:
     return sorted(p.with_suffix("") for p in d.glob("*.json") if p.with_suffix(".bin").is_file())
 
 
-def _build_segment(
-    position: int, entry: dict[str, Any], regions: list[Region], blob: bytes, where: Path
-) -> SnapshotSegment:
-    index = int(entry.get("index", position))
-    size = int(entry.get("map_length") or entry.get("ssvm", {}).get("ssvm_size") or 0)
-    if size <= 0:
-        raise SharedMemoryError(f"{where}: segment {index} has no mapping length")
-    if int(entry.get("map_file_offset", 0)):
-        raise SharedMemoryError(f"{where}: segment {index} was not mapped from file offset 0")
+@dataclass(frozen=True)
+class _SegmentSpec:
+    """A ``segments[]`` entry, checked: what `_build_segment` needs."""
+
+    index: int
+    size: int
+    name: str
+    kind: str
+    handle: int | None
+
+    @classmethod
+    def from_json(cls, position: int, entry: Any) -> _SegmentSpec:
+        where = f"segments[{position}]"
+        entry = typed(entry, dict, where)
+        index = int_field(entry, "index", where, default=position)
+        size = int_field(entry, "map_length", where, 0, MAX_SEGMENT_SIZE, default=0)
+        if not size:
+            ssvm = json_field(entry, "ssvm", where, dict, default={})
+            size = int_field(ssvm, "ssvm_size", f"{where}: 'ssvm'", 0, MAX_SEGMENT_SIZE, default=0)
+        need(size, f"segment {index} has no mapping length ('map_length' or ssvm 'ssvm_size')")
+        file_offset = int_field(entry, "map_file_offset", where, default=0)
+        need(file_offset == 0, f"segment {index} was not mapped from file offset 0")
+        return cls(
+            index=index,
+            size=size,
+            name=json_field(entry, "memfd_name", where, str, default=""),
+            kind=json_field(entry, "kind", where, str, default=""),
+            handle=_first_handle(
+                json_field(entry, "segment_handles", where, dict, default={}), where
+            ),
+        )
+
+
+def _build_segment(spec: _SegmentSpec, regions: list[Region], blob: bytes) -> SnapshotSegment:
+    index, size = spec.index, spec.size
     mine = [r for r in regions if r.segment == index]
-    buf = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE)
+    for r in mine:
+        need(
+            r.seg_offset + r.length <= size,
+            f"region {r.id} (+{r.length} at {r.seg_offset:#x}) lies outside segment {index} "
+            f"({size} bytes)",
+        )
+        need(
+            r.bin_offset + r.length <= len(blob),
+            f"region {r.id} (+{r.length} at {r.bin_offset:#x}) lies outside the "
+            f"{len(blob)}-byte .bin file",
+        )
+    try:
+        buf = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE)
+    except (OSError, OverflowError, ValueError) as e:
+        raise RecordingError(f"segment {index}: cannot rebuild its {size}-byte mapping: {e}") from e
     try:
         for r in mine:
-            if r.seg_offset < 0 or r.length < 0 or r.seg_offset + r.length > size:
-                raise SharedMemoryError(f"{where}: region {r.id} lies outside segment {index}")
-            if r.bin_offset < 0 or r.bin_offset + r.length > len(blob):
-                raise SharedMemoryError(f"{where}: region {r.id} lies outside the .bin file")
             buf[r.seg_offset : r.seg_offset + r.length] = blob[
                 r.bin_offset : r.bin_offset + r.length
             ]
-        return SnapshotSegment(
-            buf,
-            name=str(entry.get("memfd_name", "")),
-            handle=_first_handle(entry.get("segment_handles")),
-            index=index,
-            kind=str(entry.get("kind", "")),
-            regions=mine,
-        )
+        try:
+            return SnapshotSegment(
+                buf, name=spec.name, handle=spec.handle, index=index, kind=spec.kind, regions=mine
+            )
+        except SharedMemoryError as e:
+            raise RecordingError(f"segment {index}: {e.strerror}") from e
     except BaseException:
         buf.close()
         raise
 
 
-def _first_handle(handles: Any) -> int | None:
+def _check_fsh_offsets(segments: list[SnapshotSegment], regions: list[Region]) -> None:
+    """Each region's ``fsh_offset`` must be its ``seg_offset`` from its segment's fifo segment
+    header (decoders use the former)."""
+    fsh = {seg.index: seg.fsh for seg in segments}
+    for r in regions:
+        need(
+            r.fsh_offset == r.seg_offset - fsh[r.segment],
+            f"region {r.id}: fsh_offset {r.fsh_offset} is not seg_offset {r.seg_offset} minus "
+            f"the fifo segment header offset {fsh[r.segment]}",
+        )
+
+
+def _first_handle(handles: dict[str, Any], where: str) -> int | None:
     """``segment_handles`` maps hex handle strings to how they were learned; take the first."""
-    if not handles:
-        return None
     for key in handles:
+        what = f"{where}: segment handle {key!r}"
         try:
-            return int(str(key), 0)
+            handle = int(key, 0)
         except ValueError:
-            continue
+            raise RecordingError(f"{what} is not a number") from None
+        need(0 <= handle <= U64_MAX, f"{what} is outside 0..2**64-1")
+        return handle
     return None
 
 

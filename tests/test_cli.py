@@ -58,6 +58,23 @@ def test_decode_garbage_is_an_error(tmp_path: Path) -> None:
     assert p.returncode == 1 and "209" in p.stderr and "Traceback" not in p.stderr
 
 
+@pytest.mark.parametrize(
+    ("name", "missing"),
+    [("absent.json", "absent.json"), ("dir", "dir"), ("snap.bin", "snap.json")],
+    ids=["missing", "directory", "bin-without-json"],
+)
+def test_decode_an_unreadable_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, missing: str
+) -> None:
+    """One line naming the file that cannot be read, exit 1, no traceback."""
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "snap.bin").write_bytes(b"")
+    assert main(["decode", str(tmp_path / name)]) == 1
+    out, err = capsys.readouterr()
+    assert not out and len(err.splitlines()) == 1
+    assert err.startswith(f"pyvcl decode: {tmp_path / missing}: ")
+
+
 @pytest.mark.parametrize("eventfd", ["--use-mq-eventfd", "--no-use-mq-eventfd"])
 def test_attach_against_vpp(vpp: Any, eventfd: str) -> None:
     p = run("attach", "--app-socket", str(vpp.app_socket()), eventfd, "--json")

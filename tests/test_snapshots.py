@@ -26,12 +26,13 @@ from pyvcl import inspect as ins
 from pyvcl.errors import SharedMemoryError
 from pyvcl.snapshot import (
     REGION_FIFO_DATA,
+    ROLE_APP_MQ,
     NotCapturedError,
     Snapshot,
     SnapshotSegment,
     describe_snapshot,
 )
-from pyvcl.wire.enums import C_ENUMS
+from pyvcl.wire.enums import C_ENUMS, SessionEvent
 from pyvcl.wire.fifo import SVM_FIFO_CHUNK, SVM_FIFO_SHARED
 from pyvcl.wire.mq import SVM_MSG_Q_SHARED_QUEUE
 from pyvcl.wire.segment import FIFO_SEGMENT_SLICE, FREE_LIST_OFFSET_BITS
@@ -410,3 +411,25 @@ def test_describe_snapshot(name: str) -> None:
         gone = [n for n in meta["notes"] if "no longer mapped" in n]
         chk.eq("unresolved_fifo_refs", len(out["unresolved_fifo_refs"]), len(gone))
         chk.done()
+
+
+@pytest.mark.parametrize("event_type", ["CTRL_APP_ADD_SEGMENT", "CTRL_APP_DEL_SEGMENT"])
+def test_describe_snapshot_reports_a_control_event_in_an_io_slot(event_type: str) -> None:
+    """A segment event type in an IO ring slot (no payload there) is a problem of that mq in
+    the output, not a KeyError."""
+    with loaded("ct-client-connected") as (snap, _, _):
+        region = next(r for r in snap.mq_regions() if r.info.get("role") == ROLE_APP_MQ)
+        seg = snap.segment(region.segment)
+        ring = ins.describe_mq(seg, region.fsh_offset)["rings"][0]
+        assert ring["slots"], "the app mq's IO ring must have held an event"
+        elt = ring["slots"][0]["elt"]
+        seg.view[seg.at(ring["data_fsh_offset"] + elt * ring["elsize"], 1)] = SessionEvent[
+            event_type
+        ]
+        out = describe_snapshot(snap)
+        (mq,) = [m for m in out["mqs"] if m["role"] == ROLE_APP_MQ]
+        (slot,) = [s for s in mq["rings"][0]["slots"] if s["elt"] == elt]
+        reported = [p for p in mq["problems"] if f"ring 0 slot {elt}:" in p]
+        assert reported or "error" in slot, (mq["problems"], slot)
+        if reported:
+            assert "without its payload" in reported[0]

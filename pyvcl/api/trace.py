@@ -8,12 +8,13 @@ the process received with it) and optionally ``mmaps`` (how those fds were then 
 from __future__ import annotations
 
 import enum
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import AppSocketError
+from ..errors import AppSocketError, RecordingError, VclError
+from ..recording import field as json_field
+from ..recording import int_field, integer, need, read_json, typed
 from ..wire.enums import SapiMsgType
 from ..wire.sapi import PAYLOADS, SAPI_MSG_SIZE, SAPI_PAYLOAD_OFFSET
 from .messages import (
@@ -23,6 +24,9 @@ from .messages import (
     assign_fds,
     decode_attach,
 )
+
+DIRECTIONS = ("app->vpp", "vpp->app")
+FD_MAX = (1 << 31) - 1  # a descriptor number is a non-negative C int
 
 
 @dataclass
@@ -81,16 +85,57 @@ def decode_frame(
 
 
 def load_trace(path: str | Path) -> list[TraceMessage]:
-    data = json.loads(Path(path).read_text())
-    out: list[TraceMessage] = []
-    for i, ev in enumerate(data.get("events", [])):
-        frame = bytes.fromhex(ev["hex"])
-        if ev.get("len", len(frame)) != len(frame):
-            raise AppSocketError(f"event {i}: len {ev['len']} but {len(frame)} bytes of hex")
-        fds = [int(fd) for fd in ev.get("fds", [])]
+    """The messages of a trace file, decoded.  A file that is not a well-formed trace raises
+    `RecordingError` naming the file and what is wrong; an unreadable one the usual `OSError`."""
+    try:
+        return _messages(read_json(path))
+    except RecordingError as e:
+        raise e.at(path) from None
+
+
+def _messages(data: Any) -> list[TraceMessage]:
+    doc = typed(data, dict, "the document")
+    need("events" in doc, "not an app-socket trace: no 'events' list")
+    events = json_field(doc, "events", "the document", list)
+    return [_message(i, typed(ev, dict, f"event {i}")) for i, ev in enumerate(events)]
+
+
+def _message(i: int, ev: dict[str, Any]) -> TraceMessage:
+    where = f"event {i}"
+    direction = json_field(ev, "dir", where, str)
+    need(direction in DIRECTIONS, f"{where}: 'dir' is {direction!r}, not one of {DIRECTIONS}")
+    text = json_field(ev, "hex", where, str)
+    try:
+        frame = bytes.fromhex(text)
+    except ValueError:
+        raise RecordingError(f"{where}: 'hex' is not a string of hex byte pairs") from None
+    length = int_field(ev, "len", where, default=len(frame))
+    need(length == len(frame), f"{where}: 'len' is {length} but 'hex' holds {len(frame)} bytes")
+    fds = [
+        integer(fd, f"{where}: fds[{k}]", 0, FD_MAX)
+        for k, fd in enumerate(json_field(ev, "fds", where, list, default=[]))
+    ]
+    mmaps = [
+        _mmap(typed(mm, dict, f"{where}: mmaps[{k}]"), f"{where}: mmaps[{k}]", len(fds))
+        for k, mm in enumerate(json_field(ev, "mmaps", where, list, default=[]))
+    ]
+    try:
         msg_type, fields, roles = decode_frame(frame, fds)
-        out.append(TraceMessage(i, ev["dir"], msg_type, fields, fds, roles, ev.get("mmaps", [])))
-    return out
+    except VclError as e:
+        raise RecordingError(f"{where}: {e.strerror}") from e
+    return TraceMessage(i, direction, msg_type, fields, fds, roles, mmaps)
+
+
+def _mmap(mm: dict[str, Any], where: str, n_fds: int) -> dict[str, Any]:
+    """One ``mmaps`` entry: which received fd (``fd_index``) was mapped how."""
+    need(n_fds, f"{where}: an mmap of a message that carried no fds")
+    return {
+        "fd_index": int_field(mm, "fd_index", where, 0, n_fds - 1),
+        "length": int_field(mm, "length", where),
+        "offset": int_field(mm, "offset", where, default=0),
+        "prot": json_field(mm, "prot", where, str, default=""),
+        "flags": json_field(mm, "flags", where, str, default=""),
+    }
 
 
 def format_trace(messages: list[TraceMessage]) -> str:

@@ -2,15 +2,19 @@
 
 A trace (JSON with ``events``: a recorded app-socket exchange) prints each frame decoded; a
 shared-memory snapshot (``NAME.bin`` + ``NAME.json`` with ``regions``) prints its segments,
-message queues with every event, and fifos.
+message queues with every event, and fifos.  A malformed or unreadable file is one line on
+stderr, ``pyvcl decode: FILE: what is wrong``, and exit status 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
+from typing import Any
 
+from ..errors import VclError
 from .render import render, to_jsonable
 
 
@@ -23,27 +27,44 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 def run(args: argparse.Namespace) -> int:
     path: Path = args.file
+    try:
+        text = _decode(path, args.json)
+    except VclError:
+        raise  # a RecordingError names the file; the CLI prints it as one line
+    except OSError as e:  # unreadable: missing, a directory, no permission...
+        print(f"pyvcl decode: {e.filename or path}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    print(text)
+    return 0
+
+
+def _decode(path: Path, as_json: bool) -> str:
+    """The decoded recording as text (or JSON text)."""
+    data: Any
     if path.suffix == ".bin" or _is_snapshot(path):
         from ..snapshot import describe_snapshot
 
         data = to_jsonable(describe_snapshot(path))
-        print(json.dumps(data, indent=2) if args.json else render(data))
-        return 0
+        return json.dumps(data, indent=2) if as_json else render(data)
     from ..api.trace import format_trace, load_trace
 
     messages = load_trace(path)
-    if args.json:
-        print(json.dumps(to_jsonable([vars(m) for m in messages]), indent=2))
-    else:
-        print(format_trace(messages))
-    return 0
+    if as_json:
+        return json.dumps(to_jsonable([vars(m) for m in messages]), indent=2)
+    return format_trace(messages)
 
 
 def _is_snapshot(path: Path) -> bool:
     if path.suffix != ".json":
         return False
+    from ..recording import read_json
+
     try:
-        head = json.loads(path.read_text())
-    except (OSError, ValueError):
+        head = read_json(path)
+    except (OSError, VclError):
+        return False  # the trace loader says what is wrong with it
+    if not isinstance(head, dict):
         return False
-    return isinstance(head, dict) and "regions" in head
+    from ..snapshot import SNAPSHOT_FORMAT
+
+    return "regions" in head or head.get("format") == SNAPSHOT_FORMAT

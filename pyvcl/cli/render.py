@@ -43,8 +43,8 @@ def to_jsonable(value: Any) -> Any:
 def render(value: Any, indent: int = 0, key: str = "") -> str:
     pad = "  " * indent
     if isinstance(value, dict):
-        if "names" in value and "value" in value and len(value) == 2:
-            return f"{value['value']:#x} ({'|'.join(value['names']) or '0'})"
+        if _is_flag(value):
+            return f"{value['value']:#x} ({'|'.join(map(str, value['names'])) or '0'})"
         lines = []
         for k, v in value.items():
             if isinstance(v, (dict, list)) and v and not _is_flag(v):
@@ -69,4 +69,10 @@ def render(value: Any, indent: int = 0, key: str = "") -> str:
 
 
 def _is_flag(v: Any) -> bool:
-    return isinstance(v, dict) and set(v) == {"names", "value"}
+    """A flag value as `to_jsonable` writes it: ``{"value": int, "names": [...]}``."""
+    return (
+        isinstance(v, dict)
+        and set(v) == {"names", "value"}
+        and isinstance(v["value"], int)
+        and isinstance(v["names"], list)
+    )

@@ -1,0 +1,231 @@
+"""Malformed recordings: the real traces and snapshots, mutated field by field (keys deleted,
+types changed, huge and negative numbers, truncated hex, a cut .bin).  The loaders raise
+`RecordingError` and nothing else, and ``pyvcl decode`` (its main, in-process) prints one line
+``pyvcl decode: FILE: what is wrong`` and exits 1 -- never a traceback.  The recordings come
+from the shared data (skipped when it is absent)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pyvcl.api.trace import load_trace
+from pyvcl.cli import main
+from pyvcl.errors import RecordingError
+from pyvcl.snapshot import describe_snapshot
+
+from .shared_data import shared_path
+
+DELETE = object()
+TRUNCATE = object()  # a string cut to an odd length (hex: no longer whole bytes)
+SHORTEN = object()  # a string cut to half, whole bytes (hex: a frame too short)
+# What each value is replaced with: every JSON type, and numbers no field can hold.
+BAD_VALUES: list[Any] = [DELETE, None, "x", {}, True, 1.5, -1, 2**64]
+HEX_MUTATIONS: list[Any] = [TRUNCATE, SHORTEN, "zz" * 209]
+
+TRACE = "sapi-client"  # 4 events: ATTACH, ATTACH_REPLY with 3 fds and 4 mmaps, 2 SEND_FDS
+SNAPSHOT = "attach-ldp-idle"  # the smallest: 2 segments, 4 regions
+
+
+def _paths(doc: Any, keep: Any) -> Iterator[tuple[Any, ...]]:
+    """Every path into ``doc`` (of lists, the first 3 elements) that ``keep`` accepts."""
+
+    def walk(value: Any, path: tuple[Any, ...]) -> Iterator[tuple[Any, ...]]:
+        if keep(path):
+            yield path
+        if isinstance(value, dict):
+            for k, v in value.items():
+                yield from walk(v, (*path, k))
+        elif isinstance(value, list):
+            for k, v in enumerate(value[:3]):
+                yield from walk(v, (*path, k))
+
+    yield from walk(doc, ())
+
+
+def _mutated(doc: Any, path: tuple[Any, ...], how: Any) -> Any:
+    new = copy.deepcopy(doc)
+    if not path:
+        return None if how is DELETE else how
+    parent = new
+    for k in path[:-1]:
+        parent = parent[k]
+    old = parent[path[-1]]
+    if how is DELETE:
+        del parent[path[-1]]
+    elif how is TRUNCATE:
+        parent[path[-1]] = old[: len(old) - 1 - len(old) % 2]
+    elif how is SHORTEN:
+        parent[path[-1]] = old[: len(old) // 4 * 2]
+    else:
+        parent[path[-1]] = how
+    return new
+
+
+def _name(how: Any) -> str:
+    special = {id(DELETE): "deleted", id(TRUNCATE): "odd hex", id(SHORTEN): "short hex"}
+    return special.get(id(how)) or repr(how)[:20]
+
+
+def _path_params(doc: Any, keep: Any) -> list[Any]:
+    return [pytest.param(p, id="/".join(map(str, p)) or "document") for p in _paths(doc, keep)]
+
+
+def _mutations(path: tuple[Any, ...]) -> list[Any]:
+    return BAD_VALUES + (HEX_MUTATIONS if path[-1:] == ("hex",) else [])
+
+
+def _decode_prints_one_line(
+    path: Path, capsys: pytest.CaptureFixture[str], names: Path | None = None
+) -> str | None:
+    """Run ``pyvcl decode`` in-process: None if it decoded, else its one error line, which
+    names the file (``names``, by default ``path``) -- never a traceback or an exception."""
+    code = main(["decode", str(path)])
+    out, err = capsys.readouterr()
+    if code == 0:
+        assert out and not err
+        return None
+    assert code == 1 and "Traceback" not in err
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"pyvcl decode: {names or path}: "), err
+    return lines[0]
+
+
+# -- traces ------------------------------------------------------------------------------------
+def _trace() -> dict[str, Any]:
+    return json.loads(shared_path("vpp-v26.06", "traces", f"{TRACE}.json").read_text())
+
+
+def _trace_paths() -> list[Any]:
+    try:
+        doc = _trace()
+    except pytest.skip.Exception:
+        return [pytest.param((), marks=pytest.mark.skip(reason="no shared data"))]
+    # Events 0-2 (ATTACH, ATTACH_REPLY with fds and mmaps, SEND_FDS; 3 is another SEND_FDS),
+    # the first fd and mmap of each.
+    return _path_params(doc, lambda path: not set(path[2:]) & {1, 2})
+
+
+@pytest.mark.parametrize("path", _trace_paths())
+def test_mutated_trace(tmp_path: Path, capsys: pytest.CaptureFixture[str], path: Any) -> None:
+    doc, file = _trace(), tmp_path / "trace.json"
+    for how in _mutations(path):
+        file.write_text(json.dumps(_mutated(doc, path, how)))
+        try:
+            load_trace(file)
+            loaded = True
+        except RecordingError as e:
+            assert e.path == file and str(e).startswith(f"{file}: "), _name(how)
+            loaded = False
+        assert (_decode_prints_one_line(file, capsys) is None) == loaded, _name(how)
+
+
+# -- snapshots ---------------------------------------------------------------------------------
+# The fields the loader reads (mqs, fifos and notes are the capture tool's own decode: unused).
+_SNAPSHOT_KEYS = {"format", "name", "note", "vpp_version", "arch", "process", "segments", "regions"}
+_MQ_REGION = 2  # regions[2] is an mq, with a role; regions[0] a segment header
+
+
+def _snapshot_doc() -> dict[str, Any]:
+    """The snapshot's JSON without its unused parts."""
+    doc = json.loads(shared_path("vpp-v26.06", "snapshots", f"{SNAPSHOT}.json").read_text())
+    # As in the other snapshots, where the capture tool learned the handle.
+    doc["segments"][0]["segment_handles"] = {"0x200000000": "inferred"}
+    return {k: v for k, v in doc.items() if k in _SNAPSHOT_KEYS}
+
+
+def _snapshot(directory: Path) -> dict[str, Any]:
+    """`_snapshot_doc`, with the .bin copied into ``directory`` as ``snap.bin``."""
+    shutil.copy(shared_path("vpp-v26.06", "snapshots", f"{SNAPSHOT}.bin"), directory / "snap.bin")
+    return _snapshot_doc()
+
+
+# What the loader reads of a segment entry and of a region entry (their other keys are the
+# capture tool's notes: mutating them changes nothing).
+_SEGMENT_KEYS = {"index", "map_length", "map_file_offset", "memfd_name", "kind", "segment_handles"}
+_REGION_KEYS = {"id", "what", "segment", "seg_offset", "fsh_offset", "length", "bin_offset"}
+
+
+def _keep_snapshot_path(path: tuple[Any, ...]) -> bool:
+    """The document, its keys, segment 0 with its keys (and ssvm_size), region 0 (a segment
+    header) with its keys."""
+    if len(path) <= 1 or path in (("segments", 0), ("regions", 0)):
+        return True
+    if path[1] != 0:
+        return False
+    if path[0] == "segments":
+        return path[2:] in ((k,) for k in _SEGMENT_KEYS) or path[2:] == ("ssvm", "ssvm_size")
+    return path[0] == "regions" and path[2:] in ((k,) for k in _REGION_KEYS)
+
+
+def _snapshot_paths() -> list[Any]:
+    try:
+        doc = _snapshot_doc()
+    except pytest.skip.Exception:
+        return [pytest.param((), marks=pytest.mark.skip(reason="no shared data"))]
+    return [
+        *_path_params(doc, _keep_snapshot_path),
+        pytest.param(("regions", _MQ_REGION, "role"), id="regions/mq/role"),
+    ]
+
+
+@pytest.mark.parametrize("path", _snapshot_paths())
+def test_mutated_snapshot(tmp_path: Path, capsys: pytest.CaptureFixture[str], path: Any) -> None:
+    doc, file = _snapshot(tmp_path), tmp_path / "snap.json"
+    for how in _mutations(path):
+        file.write_text(json.dumps(_mutated(doc, path, how)))
+        _check_snapshot(file, capsys, _name(how))
+
+
+def _check_snapshot(file: Path, capsys: pytest.CaptureFixture[str], what: str = "") -> None:
+    try:
+        describe_snapshot(file)
+        loaded = True
+    except RecordingError as e:
+        assert e.path == file and str(e).startswith(f"{file}: "), what
+        loaded = False
+    assert (_decode_prints_one_line(file, capsys) is None) == loaded, what
+
+
+@pytest.mark.parametrize("cut", [0, 100, 30000])
+def test_snapshot_with_a_cut_bin(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], cut: int
+) -> None:
+    file = tmp_path / "snap.json"
+    file.write_text(json.dumps(_snapshot(tmp_path)))
+    blob = (tmp_path / "snap.bin").read_bytes()
+    (tmp_path / "snap.bin").write_bytes(blob[:cut])
+    with pytest.raises(RecordingError, match=r"region \d+ .* lies outside the \d+-byte .bin file"):
+        describe_snapshot(file)
+    assert _decode_prints_one_line(file, capsys)
+
+
+def test_snapshot_with_a_zeroed_header(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Bytes that cannot be a segment (no fifo segment header): the snapshot is invalid."""
+    file = tmp_path / "snap.json"
+    file.write_text(json.dumps(_snapshot(tmp_path)))
+    blob = bytearray((tmp_path / "snap.bin").read_bytes())
+    blob[:4096] = bytes(4096)
+    (tmp_path / "snap.bin").write_bytes(bytes(blob))
+    with pytest.raises(RecordingError, match=r"segment 0: .* has no fifo segment header"):
+        describe_snapshot(file)
+    line = _decode_prints_one_line(file, capsys)
+    assert line and _decode_prints_one_line(file.with_suffix(".bin"), capsys, file) == line
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "{", "[1, 2]", '{"events": 5}', "\xff", "[" * 100000, '{"regions": []}'],
+    ids=["empty", "cut", "list", "events-int", "not-utf8", "deep", "snapshot-without-format"],
+)
+def test_not_a_recording(tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str) -> None:
+    file = tmp_path / "x.json"
+    file.write_bytes(text.encode("latin-1"))
+    file.with_suffix(".bin").write_bytes(b"")  # a snapshot needs one
+    assert _decode_prints_one_line(file, capsys)
