@@ -575,6 +575,9 @@ class OpportunisticServer(asyncio.AbstractServer):
     async def _listen(self) -> None:
         """Listen through the app's backend now; then close the previous listener."""
         backend = self._app.backend  # (raises VppUnreachable while VPP is away, no fallback)
+        old = self._listening_on
+        if isinstance(old, VclApp) and old.worker.dead is not None:
+            self._close_listener()  # VPP's death broke it: nothing to keep till the new one
         server: VclServer | asyncio.Server
         if isinstance(backend, VclApp):
             server = await _start_vcl_server(backend, self._cb, self._host, self._port,
@@ -588,10 +591,14 @@ class OpportunisticServer(asyncio.AbstractServer):
             return
         if self._port == 0 and server.sockets:
             self._port = server.sockets[0].getsockname()[1]
-        old, self._server, self._listening_on = self._server, server, backend
-        if old is not None:
-            old.close()
-            self._old.append(old)
+        self._close_listener()
+        self._server, self._listening_on = server, backend
+
+    def _close_listener(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._old.append(self._server)
+            self._server, self._listening_on = None, None
 
     def _switched(self, app: OpportunisticApp) -> None:
         """The app switched (called in the thread that noticed it): follow on the loop."""
@@ -655,10 +662,7 @@ class OpportunisticServer(asyncio.AbstractServer):
         self._stop_following()
         if self._follower is not None:
             self._follower.cancel()
-        if self._server is not None:
-            self._server.close()
-            self._old.append(self._server)
-            self._server = None
+        self._close_listener()
         for fut in self._closing_waiters:
             if not fut.done():
                 fut.set_result(None)
