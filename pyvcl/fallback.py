@@ -1,15 +1,16 @@
 """Opportunistic use of VPP: attach when VPP is there, use the kernel's sockets when it is not.
 
-    app = pyvcl.open_app()                  # VclApp if VPP answers, else KernelApp
+    app = pyvcl.open_app()                  # VPP if it answers, else the kernel's sockets
     with app.create_connection(("10.0.0.1", 80), timeout=5) as s:
         s.sendall(b"GET / HTTP/1.0\\r\\n\\r\\n")
     print("via VPP" if pyvcl.is_vpp(app) else "via the kernel")
 
-`open_app` attaches like `VclApp` (``app_socket``, ``config``, attach options); only
-`VppUnreachable` -- no VPP at the app socket -- makes it fall back.  Everything else (a bad
-option, VPP refusing the attach, a broken vcl.conf) is raised as usual, since a fallback would
-hide a mistake.  `KernelApp` has `VclApp`'s surface (``socket``, ``create_connection``,
-``create_server``, ``close``, ``closed``, context manager) over Python's `socket` module.
+`open_app` attaches like `VclApp` (``app_socket``, ``config``, attach options) and returns an
+`OpportunisticApp` over that `VclApp`, or over a `KernelApp`; only `VppUnreachable` -- no VPP
+at the app socket -- makes it fall back.  Everything else (a bad option, VPP refusing the
+attach, a broken vcl.conf) is raised as usual, since a fallback would hide a mistake.
+`KernelApp` has `VclApp`'s surface (``socket``, ``create_connection``, ``create_server``,
+``close``, ``closed``, context manager) over Python's `socket` module.
 
 The module-level `create_connection` and `create_server` (also ``pyvcl.create_connection`` /
 ``pyvcl.create_server``) use one process-wide default app, made on first use by `default_app`:
@@ -23,13 +24,23 @@ kernel sockets when no VPP answers.  Caveats:
 * The default app is shared by every thread.  pyvcl sessions are thread-safe, but all of them
   go through one app worker: one message queue, events handled by whichever thread waits.
   Threads that each want their own app should call `open_app` themselves.
-* The choice is made once: if VPP starts later, the default app stays on kernel sockets until
-  `close_default_app` (the next use then tries VPP again).
 * The two stacks differ where VPP does: VPP does not connect an app to its own listener (so
   a process cannot talk to itself through one app, the default one included); a cut-through
   connect completes only once the listening app accepts; C VCL's default scope (no
   ``app-scope-local`` in vcl.conf, no ``VCL_APP_SCOPE_LOCAL``) is global only, so no
   cut-through to apps on the same VPP.
+
+VPP restarts (docs/restarts.md).  `open_app` and the default app return an `OpportunisticApp`,
+which follows VPP: a watcher thread looks every `WATCH_INTERVAL` seconds.  When VPP dies it
+logs one WARNING on this module's logger ("VPP went away (...): new connections use kernel
+sockets until it is back", or "... fail until it is back" without fallback) and new
+connections and listeners use the kernel (or raise `VppUnreachable`); connections through the
+dead VPP raise `VppDisconnected` (ECONNRESET).  When VPP's app socket accepts again it
+attaches anew and logs "VPP is back (...): new connections use VPP again"; kernel sockets made
+meanwhile keep working.  The same happens when VPP first starts after the app was opened.
+Listeners do not move by themselves (``on_switch`` says when to listen again);
+`pyvcl.aio.start_server` with ``app=None`` does it for you.  An explicit `VclApp` is never
+attached again: after VPP's death it raises `VppDisconnected` for good.
 """
 
 from __future__ import annotations
