@@ -359,11 +359,20 @@ def test_asyncio_server_survives_vpp_kill_and_restart(
     async def serve() -> None:
         server = await aio.start_server(None, echo, "127.0.0.1", port)
         box["server"] = server
+        # An explicit app's server beside it: it must stop, saying why, and stay stopped.
+        explicit = VclApp(vpp.app_socket(), name="rs-explicit", scope_local=True)
+        xserver = await aio.start_server(explicit, echo, "127.0.0.1", port + 1)
+        forever = asyncio.ensure_future(xserver.serve_forever())
         started.set()
         while not stop.is_set():
             await asyncio.sleep(0.02)
         server.close()
         await asyncio.wait_for(server.wait_closed(), 5)
+        box["explicit"] = forever.exception() if forever.done() else "still serving"
+        with pytest.raises(VppDisconnected):  # even with VPP back
+            explicit.create_connection(("127.0.0.1", port), timeout=1)
+        forever.cancel()
+        explicit.close()
 
     def server_thread() -> None:
         try:
@@ -425,6 +434,7 @@ def test_asyncio_server_survives_vpp_kill_and_restart(
         shutil.rmtree(directory, ignore_errors=True)
     assert loop.error is None, loop.error
     assert "error" not in box, box["error"]
+    assert isinstance(box["explicit"], VppDisconnected), box["explicit"]
     assert loop.corrupt == [], loop.corrupt  # no byte lost or changed silently
     print(
         f"\nkernel service {down_served:.2f} s after the kill; through VPP again "
