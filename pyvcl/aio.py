@@ -521,7 +521,11 @@ async def start_server(
     if isinstance(chosen, VclApp):
         return await _start_vcl_server(chosen, client_connected_cb, host, port, limit)
     server = OpportunisticServer(chosen, client_connected_cb, host, port, limit)
-    await server._listen()
+    try:
+        await server._listen()
+    except BaseException:
+        server.close()  # (stops following the app)
+        raise
     return server
 
 
@@ -619,7 +623,7 @@ class OpportunisticServer(asyncio.AbstractServer):
             if backend is self._listening_on:
                 return
             if backend is None:
-                self._listening_on = None
+                self._close_listener()
                 return
             try:
                 await self._listen()
