@@ -190,6 +190,31 @@ def test_death_noticed_at_the_next_call_before_the_watcher_looks(host: FakeVppHo
         app.close()
 
 
+def test_a_connect_broken_by_vpps_death_is_tried_once_more_on_the_kernel(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    h = FakeVppHost(tmp_path).start()
+    app = open_app(h.path, use_mq_eventfd=False, watch_interval=3600)
+    assert isinstance(app, OpportunisticApp)
+    vpp = app.backend
+    assert isinstance(vpp, VclApp)
+
+    def dies_meanwhile(address: Any, timeout: float | None = None) -> Any:
+        h.kill()
+        wait_for("hang-up visible", lambda: not vpp.worker.check_vpp(), timeout=5)
+        raise vpp.worker.dead or AssertionError("not dead")
+
+    monkeypatch.setattr(vpp, "create_connection", dies_meanwhile)
+    try:
+        with KernelApp() as other:
+            srv = other.create_server(("127.0.0.1", 0))
+            with app.create_connection(srv.getsockname(), timeout=5) as c:
+                assert isinstance(c, socket.socket) and isinstance(app.backend, KernelApp)
+    finally:
+        h.close()
+        app.close()
+
+
 def test_starting_without_vpp_attaches_when_it_comes(tmp_path: Path) -> None:
     h = FakeVppHost(tmp_path)
     app = open_app(h.path, use_mq_eventfd=False, watch_interval=FAST)
