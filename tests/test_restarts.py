@@ -153,6 +153,23 @@ def test_follows_vpp_away_and_back(host: FakeVppHost, caplog: pytest.LogCaptureF
         app.backend  # noqa: B018
 
 
+def test_a_listener_of_a_dead_vpp_says_so_from_accept(tmp_path: Path) -> None:
+    """accept on a listener whose VPP died raises `VppDisconnected`, not "not listening"."""
+    from pyvcl.session.core import State
+
+    h = FakeVppHost(tmp_path).start()
+    try:
+        with VclApp(h.path, use_mq_eventfd=False) as app:
+            listener = app.socket()
+            listener._s.is_listener, listener._s.state = True, State.LISTENING  # (as VPP's)
+            h.kill()
+            wait_for("hang-up visible", lambda: not app.worker.check_vpp(), timeout=5)
+            with pytest.raises(VppDisconnected, match="VPP went away"):
+                listener.accept()
+    finally:
+        h.close()
+
+
 def test_without_fallback_new_connections_fail_until_vpp_is_back(
     host: FakeVppHost, caplog: pytest.LogCaptureFixture
 ) -> None:
