@@ -455,11 +455,13 @@ def test_asyncio_server_survives_vpp_kill_and_restart(
         for stale in ("cli.sock", "api.sock", "stats.sock", "app_ns_sockets/default"):
             with contextlib.suppress(FileNotFoundError):
                 (directory / stale).unlink()  # so "ready" means the new VPP's sockets
+        launched_at = time.monotonic()
         vpp_factory(directory=directory)
         back_at = time.monotonic()
         loop.phase = "back"
         wait_for("an echo through VPP again", lambda: loop.seen("back", True), 20)
         vpp_again = time.monotonic() - back_at
+        since_launch = time.monotonic() - launched_at
         assert through_vpp[-1] is True and box["server"].is_vpp
         kept.sendall(b"kernel still")
         assert kept.recv(100) == b"kernel still"
@@ -480,7 +482,8 @@ def test_asyncio_server_survives_vpp_kill_and_restart(
     assert loop.corrupt == [], loop.corrupt  # no byte lost or changed silently
     print(
         f"\nkernel service {down_served:.2f} s after the kill; through VPP again "
-        f"{vpp_again:.2f} s after VPP was ready; {len(loop.ok)} echoes, "
+        f"{vpp_again:.2f} s after VPP was ready ({since_launch:.2f} s after its launch); "
+        f"{len(loop.ok)} echoes, "
         f"{len(loop.failed)} broken messages ({sorted(set(loop.failed))}), "
         f"{loop.refused} refused connects"
     )
