@@ -218,7 +218,8 @@ class OpportunisticApp:
 
     @property
     def is_vpp(self) -> bool:
-        return self._vpp is not None and not self._closed
+        """Whether new connections go through VPP now (VPP's death noticed first)."""
+        return not self._closed and self.check_vpp()
 
     @property
     def reason(self) -> VclError | None:

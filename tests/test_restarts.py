@@ -108,8 +108,8 @@ def test_follows_vpp_away_and_back(host: FakeVppHost, caplog: pytest.LogCaptureF
         assert isinstance(first, VclApp) and is_vpp(app) and app.reason is None
 
         host.kill()
-        wait_for("switch to the kernel", lambda: not app.is_vpp)
-        assert isinstance(app.backend, KernelApp) and not is_vpp(app)
+        wait_for("the watcher's switch to the kernel", lambda: app.switches == 1)
+        assert isinstance(app.backend, KernelApp) and not is_vpp(app) and not app.is_vpp
         assert isinstance(app.reason, VppDisconnected)
         assert messages(caplog) == [
             (
