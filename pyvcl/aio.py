@@ -28,17 +28,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import logging
 import socket
 import weakref
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
-from .errors import LocalError, VclError
+from .errors import LocalError, VclError, VppDisconnected
 from .sockets import Address, VclApp, VclSocket, _parse_address
 
-__all__ = ["VclServer", "VclTransport", "open_connection", "start_server"]
+if TYPE_CHECKING:
+    from .fallback import OpportunisticApp
 
+__all__ = ["OpportunisticServer", "VclServer", "VclTransport", "open_connection", "start_server"]
+
+log = logging.getLogger(__name__)
 _LIMIT = 2**16  # asyncio's default StreamReader limit
 _READ_SIZE = 256 * 1024
+_RELISTEN_DELAY = 0.5  # before listening again after a failed try (VPP still starting, say)
 
 _drivers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, _Driver]] = (
     weakref.WeakKeyDictionary()
@@ -337,7 +344,9 @@ class VclServer:
         self._driver.acquire()
         self._active = 0
         self._closed = False
+        self.failure: BaseException | None = None  # what broke the listener (VPP's death)
         self._waiters: list[asyncio.Future[None]] = []
+        self._forever: list[asyncio.Future[None]] = []  # serve_forever's, failed by `failure`
         self._task: asyncio.Task[None] | None = loop.create_task(self._accept_loop())
 
     @property
@@ -354,11 +363,21 @@ class VclServer:
                 conn, _ = self._listener.accept()
             except BlockingIOError:
                 continue
-            except (OSError, VclError):
-                if self._closed:
-                    return
-                raise
+            except (OSError, VclError) as e:
+                if not self._closed:
+                    self._fail(e)
+                return
             VclTransport(self._loop, conn, self._factory(), self)
+
+    def _fail(self, e: BaseException) -> None:
+        """The listener broke (VPP went away: `VppDisconnected`): stop serving, and make
+        `serve_forever` raise ``e``.  Accepted connections fail on their own."""
+        self.failure = e
+        self._task = None  # (this is that task, ending)
+        self.close()
+        for fut in self._forever:
+            if not fut.done():
+                fut.set_exception(e)
 
     def close(self) -> None:
         """Stop listening; connections already accepted stay open."""
@@ -381,8 +400,13 @@ class VclServer:
         await fut
 
     async def serve_forever(self) -> None:
+        """Until cancelled (then close), or until the listener breaks: raises `failure`."""
+        if self.failure is not None:
+            raise self.failure
+        fut = self._loop.create_future()
+        self._forever.append(fut)
         try:
-            await self._loop.create_future()
+            await fut
         finally:
             self.close()
             await self.wait_closed()
@@ -409,29 +433,42 @@ class VclServer:
         await self.wait_closed()
 
 
-def _opportunistic(app: VclApp | None) -> VclApp | None:
+def _following(app: VclApp | OpportunisticApp | None) -> VclApp | OpportunisticApp:
     """``app``, or for None the process-wide app (`pyvcl.fallback.default_app`: attached from
-    $VCL_CONFIG and the VCL_* variables), or None when that fell back to kernel sockets."""
+    $VCL_CONFIG and the VCL_* variables, following VPP's restarts)."""
     if app is not None:
         return app
     from . import fallback
 
-    default = fallback.default_app()
-    return default if isinstance(default, VclApp) else None
+    return fallback.default_app()
 
 
 async def open_connection(
-    app: VclApp | None, host: str, port: int, *, limit: int = _LIMIT
+    app: VclApp | OpportunisticApp | None, host: str, port: int, *, limit: int = _LIMIT
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """Connect over ``app``: asyncio's (StreamReader, StreamWriter) pair.  ``host`` is a
     literal address.  Raises ConnectionRefusedError etc. as asyncio.open_connection does.
 
-    ``app=None``: over the process-wide app when VPP is reachable, else plain
-    `asyncio.open_connection` on kernel sockets -- the same code runs with or without VPP."""
-    vcl_app = _opportunistic(app)
-    if vcl_app is None:
+    ``app=None`` (or an `OpportunisticApp`): over the process-wide app when VPP is there, else
+    plain `asyncio.open_connection` on kernel sockets -- the same code runs with or without
+    VPP.  A connect that VPP's death breaks is tried once more, on what the app uses then."""
+    chosen = _following(app)
+    if isinstance(chosen, VclApp):
+        return await _open_vcl_connection(chosen, host, port, limit)
+    backend = chosen.backend
+    if not isinstance(backend, VclApp):
         return await asyncio.open_connection(host, port, limit=limit)
-    app = vcl_app
+    try:
+        return await _open_vcl_connection(backend, host, port, limit)
+    except VppDisconnected:
+        if chosen.backend is backend:
+            raise
+        return await open_connection(chosen, host, port, limit=limit)
+
+
+async def _open_vcl_connection(
+    app: VclApp, host: str, port: int, limit: int
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     loop = asyncio.get_running_loop()
     sock = await _connect(app, (host, port))
     reader = asyncio.StreamReader(limit=limit, loop=loop)
@@ -463,25 +500,38 @@ async def _connect(app: VclApp, address: Address) -> VclSocket:
     return sock
 
 
+ConnectedCallback = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None] | None]
+
+
 async def start_server(
-    app: VclApp | None,
-    client_connected_cb: Callable[
-        [asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None] | None
-    ],
+    app: VclApp | OpportunisticApp | None,
+    client_connected_cb: ConnectedCallback,
     host: str | None = None,
     port: int = 0,
     *,
     limit: int = _LIMIT,
-) -> VclServer | asyncio.Server:
+) -> VclServer | OpportunisticServer:
     """Listen over ``app``; ``client_connected_cb(reader, writer)`` (a function or a
     coroutine function) runs for each connection, as with `asyncio.start_server`.
 
-    ``app=None``: over the process-wide app when VPP is reachable, else plain
-    `asyncio.start_server` on kernel sockets (an `asyncio.Server`, used the same way)."""
-    vcl_app = _opportunistic(app)
-    if vcl_app is None:
-        return await asyncio.start_server(client_connected_cb, host, port, limit=limit)
-    app = vcl_app
+    ``app=None`` (or an `OpportunisticApp`): an `OpportunisticServer` listening over the
+    process-wide app when VPP is there, else as `asyncio.start_server` on kernel sockets,
+    and again over whichever the app switches to when VPP goes or comes back."""
+    chosen = _following(app)
+    if isinstance(chosen, VclApp):
+        return await _start_vcl_server(chosen, client_connected_cb, host, port, limit)
+    server = OpportunisticServer(chosen, client_connected_cb, host, port, limit)
+    try:
+        await server._listen()
+    except BaseException:
+        server.close()  # (stops following the app)
+        raise
+    return server
+
+
+async def _start_vcl_server(
+    app: VclApp, client_connected_cb: ConnectedCallback, host: str | None, port: int, limit: int
+) -> VclServer:
     loop = asyncio.get_running_loop()
     listener = app.create_server((host or "0.0.0.0", port))  # waits briefly for BOUND
     listener.setblocking(False)
@@ -495,3 +545,144 @@ async def start_server(
         return asyncio.StreamReaderProtocol(reader, client_connected_cb, loop=loop)
 
     return VclServer(loop, listener, factory)
+
+
+class OpportunisticServer(asyncio.AbstractServer):
+    """What `start_server` returns for an `OpportunisticApp` (``app=None``): a server that
+    follows VPP (docs/restarts.md).  It listens through the app's backend -- a `VclServer`
+    over VPP, an `asyncio.Server` over kernel sockets -- and, each time the app switches,
+    listens through the new backend first and then closes the old listener, on the same
+    port (the first one's, when asked for port 0).  Accepted connections stay on the stack
+    they came through.  `sockets` are the current listener's."""
+
+    def __init__(
+        self,
+        app: OpportunisticApp,
+        client_connected_cb: ConnectedCallback,
+        host: str | None,
+        port: int,
+        limit: int,
+    ) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._app, self._cb, self._host, self._port, self._limit = (
+            app, client_connected_cb, host, port, limit,
+        )  # fmt: skip
+        self._server: VclServer | asyncio.Server | None = None
+        self._listening_on: object = None  # the backend `_server` listens through
+        self._old: list[VclServer | asyncio.Server] = []  # for wait_closed
+        self._closed = False
+        self._follower: asyncio.Task[None] | None = None
+        self._closing_waiters: list[asyncio.Future[None]] = []
+        self._stop_following = app.on_switch(self._switched)
+
+    # -- following the app --------------------------------------------------------------------
+    async def _listen(self) -> None:
+        """Listen through the app's backend now; then close the previous listener."""
+        backend = self._app.backend  # (raises VppUnreachable while VPP is away, no fallback)
+        old = self._listening_on
+        if isinstance(old, VclApp) and old.worker.dead is not None:
+            self._close_listener()  # VPP's death broke it: nothing to keep till the new one
+        server: VclServer | asyncio.Server
+        if isinstance(backend, VclApp):
+            server = await _start_vcl_server(backend, self._cb, self._host, self._port,
+                                             self._limit)  # fmt: skip
+        else:
+            server = await asyncio.start_server(self._cb, self._host, self._port,
+                                                limit=self._limit)  # fmt: skip
+        if self._closed:  # closed while we waited
+            server.close()
+            self._old.append(server)
+            return
+        if self._port == 0 and server.sockets:
+            self._port = server.sockets[0].getsockname()[1]
+        self._close_listener()
+        self._server, self._listening_on = server, backend
+
+    def _close_listener(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._old.append(self._server)
+            self._server, self._listening_on = None, None
+
+    def _switched(self, app: OpportunisticApp) -> None:
+        """The app switched (called in the thread that noticed it): follow on the loop."""
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to follow
+            self._loop.call_soon_threadsafe(self._follow)
+
+    def _follow(self) -> None:
+        if self._closed or (self._follower is not None and not self._follower.done()):
+            return  # (a running follower re-checks the backend before it ends)
+        self._follower = self._loop.create_task(self._follow_app())
+
+    async def _follow_app(self) -> None:
+        while not self._closed:
+            try:
+                backend: object = self._app.backend
+            except VclError:  # VPP away without fallback: nothing to listen through
+                backend = None
+            if backend is self._listening_on:
+                return
+            if backend is None:
+                self._close_listener()
+                return
+            try:
+                await self._listen()
+            except (OSError, VclError) as e:
+                if self._closed:
+                    return
+                log.warning("pyvcl.aio: listening on port %d again failed (%s); retrying",
+                            self._port, e)  # fmt: skip
+                self._loop.call_later(_RELISTEN_DELAY, self._follow)
+                return
+            log.info("pyvcl.aio: listening on port %d through %s", self._port,
+                     "VPP" if isinstance(backend, VclApp) else "kernel sockets")  # fmt: skip
+
+    # -- asyncio.AbstractServer --------------------------------------------------------------
+    @property
+    def sockets(self) -> tuple[object, ...]:
+        if self._closed or self._server is None:
+            return ()
+        return tuple(self._server.sockets)
+
+    @property
+    def is_vpp(self) -> bool:
+        """Whether the current listener is VPP's."""
+        return isinstance(self._server, VclServer) and not self._closed
+
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop
+
+    def is_serving(self) -> bool:
+        return not self._closed
+
+    async def start_serving(self) -> None:
+        """(It serves from the start.)"""
+
+    def close(self) -> None:
+        """Stop listening (and following VPP); connections already accepted stay open."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop_following()
+        if self._follower is not None:
+            self._follower.cancel()
+        self._close_listener()
+        for fut in self._closing_waiters:
+            if not fut.done():
+                fut.set_result(None)
+
+    async def wait_closed(self) -> None:
+        """Until closed and every listener's connections are closed."""
+        if not self._closed:
+            fut = self._loop.create_future()
+            self._closing_waiters.append(fut)
+            await fut
+        for server in list(self._old):
+            await server.wait_closed()
+
+    async def serve_forever(self) -> None:
+        try:
+            await self._loop.create_future()
+        finally:
+            self.close()
+            await self.wait_closed()

@@ -292,6 +292,8 @@ class VclSocket:
         self._check_open()
         s, w = self._s, self._worker
         if not s.is_listener or s.state != State.LISTENING:
+            if w.dead is not None:
+                raise w.dead  # VPP went away (the listener's state says so only vaguely)
             raise OSError(errno.EINVAL, "Invalid argument: not listening")
         if self._timeout == 0 and not s.accepted:
             w.pump()  # nobody else may be polling: look at what VPP queued

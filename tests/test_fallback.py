@@ -14,7 +14,7 @@ import pytest
 
 import pyvcl
 from pyvcl import fallback
-from pyvcl.fallback import KernelApp, is_vpp, open_app
+from pyvcl.fallback import KernelApp, OpportunisticApp, is_vpp, open_app
 from pyvcl.sockets import VclApp
 
 
@@ -58,7 +58,8 @@ def echo_through(app: Any, host: str = "127.0.0.1", port: int = 0, client: Any =
 def test_open_app_without_vpp_is_kernel(tmp_path: Path) -> None:
     seen: list[BaseException] = []
     with open_app(tmp_path / "no-vpp", on_fallback=seen.append) as app:
-        assert isinstance(app, KernelApp) and not is_vpp(app) and app.is_vpp is False
+        assert isinstance(app, OpportunisticApp) and isinstance(app.backend, KernelApp)
+        assert not is_vpp(app) and app.is_vpp is False
         assert isinstance(app.reason, pyvcl.VppUnreachable) and seen == [app.reason]
         echo_through(app)
         s = app.socket()
@@ -115,7 +116,7 @@ def no_vpp_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None
 def test_module_level_functions_without_vpp(no_vpp_env: None) -> None:
     srv = pyvcl.create_server(("127.0.0.1", 0))
     app = fallback.default_app()
-    assert isinstance(app, KernelApp) and isinstance(srv, socket.socket)
+    assert isinstance(app.backend, KernelApp) and isinstance(srv, socket.socket)
     assert fallback.default_app() is app  # made once per process
     port = srv.getsockname()[1]
     t = threading.Thread(target=lambda: srv.accept()[0].sendall(b"hi"), daemon=True)
@@ -150,7 +151,8 @@ def test_open_app_with_vpp_is_vcl(vpp: Any) -> None:
         raise AssertionError(f"fell back: {e}")
 
     with open_app(vpp.app_socket(), on_fallback=never, name="fallback-srv") as app:
-        assert isinstance(app, VclApp) and is_vpp(app)
+        assert isinstance(app, OpportunisticApp) and isinstance(app.backend, VclApp)
+        assert is_vpp(app)
         sock = app.create_server(("127.0.0.1", 24801))
         assert isinstance(sock, pyvcl.VclSocket)
         sock.close()
@@ -224,7 +226,11 @@ def test_aio_without_vpp_is_asyncio_on_kernel_sockets(no_vpp_env: None) -> None:
     free = port.getsockname()[1]
     port.close()
     server, got = asyncio.run(asyncio.wait_for(_aio_echo_roundtrip(free), 20))
-    assert got == b"hello" and isinstance(server, asyncio.Server)
+    from pyvcl.aio import OpportunisticServer
+
+    # A server that follows VPP, listening on kernel sockets for now.
+    assert got == b"hello" and isinstance(server, OpportunisticServer)
+    assert isinstance(server._old[-1], asyncio.Server) and not server.is_vpp
 
 
 def test_default_selector_takes_kernel_sockets(no_vpp_env: None) -> None:

@@ -344,9 +344,9 @@ class _Connection:
 
 
 def _is_kernel(app: Any) -> bool:
-    from ..fallback import KernelApp
+    from ..fallback import is_vpp  # (open_app's app may be on either: ask it)
 
-    return isinstance(app, KernelApp)
+    return not is_vpp(app)
 
 
 def _rate(n: int, secs: float) -> str:
