@@ -453,10 +453,17 @@ class App(_AppWorker):
         (session_mq_accepted_reply_handler dereferences the freed app worker).  VPP handles
         each mq's events in order, so an UNLISTEN of a handle that cannot exist, answered by
         an UNLISTEN_REPLY, marks the point where all earlier messages were handled.  Events
-        that arrive meanwhile are consumed (this is for teardown)."""
-        contexts = {SYNC_CONTEXT + i for i in range(len(self.vpp_mqs))}
-        for i, mq in enumerate(self.vpp_mqs):
-            mq.send_ctrl(
+        that arrive meanwhile are consumed (this is for teardown).
+
+        With worker threads the main thread's mq is left out: VPP then polls it outside the
+        worker barrier, and a control request there (where C VCL never sends one: its ctrl mq
+        is a worker's) corrupts the main thread's event list, and VPP dies with SIGSEGV in
+        session_queue_node_fn.  Nothing of ours needs ordering there: with workers, every
+        session an app holds, TCP or cut-through, lives on a worker (ct_session_connect)."""
+        probes = self._sync_probe_mqs()
+        contexts = {SYNC_CONTEXT + i for i in probes}
+        for i in probes:
+            self.vpp_mqs[i].send_ctrl(
                 SessionEvent.CTRL_UNLISTEN,
                 client_index=self.api_client_handle,
                 context=SYNC_CONTEXT + i,
@@ -472,6 +479,12 @@ class App(_AppWorker):
                 if ev.type == SessionEvent.CTRL_UNLISTEN_REPLY:
                     contexts.discard(ev.msg.context)
         return True
+
+    def _sync_probe_mqs(self) -> list[int]:
+        """Indices of the VPP mqs `sync_with_vpp` probes: all but the main thread's, unless
+        the main thread's is the ctrl mq (VPP without workers)."""
+        main_is_ctrl = self._reply.vpp_ctrl_mq_thread == 0
+        return [i for i in range(len(self.vpp_mqs)) if i != 0 or main_is_ctrl]
 
     def close(self) -> None:
         """Release the socket, mappings and fds without messaging VPP (closing the socket
