@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
         with App.attach(path, attach_options(args), timeout=args.timeout) as app:
             segs = len(app.segments)
             print(
-                f"VPP {app.vpp_version} reachable at {path}: attached as app {app.app_index} "
+                f"VPP reachable at {path} ({app.vpp_version}): attached as app {app.app_index} "
                 f"(api client handle {app.api_client_handle:#x}, {len(app.vpp_mqs)} VPP "
                 f"thread(s), {segs} segment(s)); detached."
             )
