@@ -11,6 +11,7 @@ from .runner import (
     DEFAULT_MEMORY,
     DEFAULT_TIMEOUT,
     FINE,
+    FUZZ_TARGETS,
     Limits,
     child_main,
     fuzz,
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{path}: {r.verdict} {r.where} {r.detail}")
             bad += r.verdict not in FINE
         return 1 if bad else 0
-    names = list(target_classes()) if args.targets == "all" else args.targets.split(",")
+    names = list(FUZZ_TARGETS) if args.targets == "all" else args.targets.split(",")
     counts, findings = fuzz(
         names, args.inputs, args.seed, args.jobs, limits, args.out, not args.no_minimise, sys.stderr
     )

@@ -22,6 +22,7 @@ from typing import Any
 
 from ...api.sapi import encode_frame
 from ...app import App
+from ...errors import WouldBlock
 from ...fifo import Fifo
 from ...mq.events import encode_ctrl, encode_io
 from ...mq.queue import MessageQueue
@@ -277,7 +278,7 @@ class WorkerTarget(Target):
             for path in (
                 lambda s=s: worker.fifos(s),
                 lambda s=s: worker.readiness(s),
-                lambda s=s: worker.recv_into(s, buf, 0),
+                lambda s=s: _recv_if_any(worker, s, buf),
                 lambda s=s: worker.send(s, b"x" * 100, SHORT),
                 lambda s=s: worker.close(s),
             ):
@@ -285,4 +286,7 @@ class WorkerTarget(Target):
         worker.pump()
 
 
-_ = Any
+def _recv_if_any(worker: SessionWorker, s: Any, buf: bytearray) -> None:
+    """A non-blocking read; finding no data is not an error of the input."""
+    with contextlib.suppress(WouldBlock):
+        worker.recv_into(s, buf, 0)

@@ -51,7 +51,7 @@ _PYVCL = str(Path(__file__).resolve().parents[2])
 
 def target_classes() -> dict[str, type[Target]]:
     from .appsock import AttachTarget, WorkerTarget
-    from .targets import FifoTarget, MqTarget, SegmentTarget, SnapshotTarget
+    from .targets import FifoTarget, MqTarget, SegmentTarget, SelfTestTarget, SnapshotTarget
 
     classes: list[type[Target]] = [
         SegmentTarget,
@@ -60,8 +60,13 @@ def target_classes() -> dict[str, type[Target]]:
         SnapshotTarget,
         AttachTarget,
         WorkerTarget,
+        SelfTestTarget,
     ]
     return {c.name: c for c in classes}
+
+
+FUZZ_TARGETS = ("segment", "mq", "fifo", "snapshot", "attach", "worker")
+"""What a fuzz run covers by default (``selftest`` only checks the runner)."""
 
 
 def make_target(name: str, snapshots: str | None = None) -> Target:

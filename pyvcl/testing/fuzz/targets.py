@@ -16,6 +16,7 @@ import json
 import mmap
 import os
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -438,3 +439,36 @@ def default_snapshot_dir() -> Path | None:
 
 
 _ = CTRL_EVENT_SLOT_SIZE
+
+
+# -- selftest: proves the runner's verdicts (not part of a fuzz run) ------------------------------
+class SelfTestTarget(Target):
+    """Does what byte 0 of its ``meta`` space says: 0 nothing, 1 abort, 2 hang, 3 leak an fd,
+    4 raise KeyError, 5 raise a pyvcl error, 6 allocate beyond the memory limit."""
+
+    name = "selftest"
+    HANG = 3600.0
+
+    def build_template(self) -> Template:
+        fields = [
+            FieldRef(META_SPACE, "meta.action", 0, 1),
+            FieldRef(META_SPACE, "meta.spare", 1, 3),
+        ]
+        return Template({META_SPACE: bytes(4)}, Layout(fields, [], [1, 2, 3, 4, 5, 6]), {})
+
+    def run(self, mutation: Mutation) -> None:
+        from ...errors import LocalError
+
+        action = self.mutated(mutation)[META_SPACE][0]
+        if action == 1:
+            os.abort()
+        elif action == 2:
+            time.sleep(self.HANG)
+        elif action == 3:
+            os.open(os.devnull, os.O_RDONLY)
+        elif action == 4:
+            raise KeyError("selftest")
+        elif action == 5:
+            raise LocalError("selftest")
+        elif action == 6:
+            bytearray(1 << 40)
