@@ -45,6 +45,7 @@ DEFAULT_TIMEOUT = 5.0  # seconds one input may take (every blocking call in a ta
 DEFAULT_MEMORY = 2 << 30  # RLIMIT_AS of a worker process
 STARTUP = 15.0  # extra seconds for a worker's imports and the target's template
 BATCH = 400  # inputs per worker process
+STACK_SHOWN = 4  # pyvcl frames a hang's or crash's detail shows
 _HERE = str(Path(__file__).resolve().parent)
 _PYVCL = str(Path(__file__).resolve().parents[2])
 
@@ -202,16 +203,20 @@ def _limit_memory(memory: int) -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
-def _innermost_pyvcl(dump: str) -> str:
-    """From a faulthandler dump, the innermost pyvcl frame of the thread that was running."""
+def _pyvcl_frames(dump: str) -> list[str]:
+    """From a faulthandler dump, the pyvcl frames (not this harness's) of the thread that was
+    running, innermost first."""
     for block in dump.split("\n\n"):
         if "most recent call first" not in block or "Current thread" not in block:
             continue
+        frames = []
         for m in re.finditer(r'File "([^"]+)", line (\d+) in (\S+)', block):
             path = m.group(1)
             if path.startswith(_PYVCL) and not path.startswith(_HERE):
-                return f"{os.path.relpath(path, Path(_PYVCL).parent)}:{m.group(2)} {m.group(3)}"
-    return ""
+                rel = os.path.relpath(path, Path(_PYVCL).parent)
+                frames.append(f"{rel}:{m.group(2)} {m.group(3)}")
+        return frames
+    return []
 
 
 def execute(tasks: Sequence[dict[str, Any]], limits: Limits) -> list[Result]:
@@ -266,15 +271,10 @@ def _run_worker(
                     proc.kill()
                     proc.wait()
                     errors.seek(0)
-                    task = batch[len(done)]
-                    done.append(
-                        _result(
-                            task,
-                            "hang",
-                            f"no answer within {limits.timeout} s",
-                            _innermost_pyvcl(errors.read()),
-                        )
-                    )
+                    frames = _pyvcl_frames(errors.read()) or [""]
+                    stack = " < ".join(frames[:STACK_SHOWN])
+                    detail = f"no answer within {limits.timeout} s; {stack}"
+                    done.append(_result(batch[len(done)], "hang", detail, frames[0]))
                     break
                 line = proc.stdout.readline()
                 if not line:
@@ -284,7 +284,9 @@ def _run_worker(
                     task = batch[len(done)]
                     how = f"signal {signal.Signals(-rc).name}" if rc < 0 else f"exit status {rc}"
                     tail = " | ".join(dump.strip().splitlines()[-3:])[-300:]
-                    done.append(_result(task, "crash", f"{how}; {tail}", _innermost_pyvcl(dump)))
+                    frames = _pyvcl_frames(dump) or [""]
+                    stack = " < ".join(frames[:STACK_SHOWN])
+                    done.append(_result(task, "crash", f"{how}; {stack or tail}", frames[0]))
                     break
                 answer = json.loads(line)
                 done.append(

@@ -145,8 +145,9 @@ def mq_fields(data: bytes | bytearray, space: str, mq_m: int, label: str = "mq")
         for f in fields_of(SVM_MSG_Q_SHARED_QUEUE, space, q, f"{label}.q")
         if not f.name.endswith((".mutex", ".condvar"))
     ]
-    out += fields_of(PTHREAD_MUTEX_FIELDS, space, q + SVM_MSG_Q_SHARED_QUEUE.offset("mutex"))
-    out += fields_of(PTHREAD_COND_FIELDS, space, q + SVM_MSG_Q_SHARED_QUEUE.offset("condvar"))
+    mutex, cond = (q + SVM_MSG_Q_SHARED_QUEUE.offset(n) for n in ("mutex", "condvar"))
+    out += fields_of(PTHREAD_MUTEX_FIELDS, space, mutex, f"{label}.q.mutex")
+    out += fields_of(PTHREAD_COND_FIELDS, space, cond, f"{label}.q.condvar")
     maxsize = int(SVM_MSG_Q_SHARED_QUEUE["maxsize"].get(data, q))
     handles = q + SVM_MSG_Q_SHARED_QUEUE.size
     # the first handles and the last (a recording's queue may hold thousands)
@@ -294,6 +295,9 @@ class MqTarget(Target):
                 lambda: mq.send(encode_io(SessionEvent.IO_RX, 2), block=False),
                 lambda: mq.recv(SHORT),
                 mq.clear_signal,
+                mq.drain,
+                lambda: mq.wait(SHORT),  # on an empty queue: the timed condvar wait
+                lambda: mq.recv(SHORT),
             ):
                 _attempt(path)
         finally:
