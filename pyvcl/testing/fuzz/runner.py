@@ -45,7 +45,7 @@ DEFAULT_TIMEOUT = 5.0  # seconds one input may take (every blocking call in a ta
 DEFAULT_MEMORY = 2 << 30  # RLIMIT_AS of a worker process
 STARTUP = 15.0  # extra seconds for a worker's imports and the target's template
 BATCH = 400  # inputs per worker process
-STACK_SHOWN = 4  # pyvcl frames a hang's or crash's detail shows
+STACK_SHOWN = 12  # pyvcl frames a hang's or crash's detail shows
 _HERE = str(Path(__file__).resolve().parent)
 _PYVCL = str(Path(__file__).resolve().parents[2])
 
@@ -137,7 +137,8 @@ def judge(target: Target, mutation: Mutation) -> tuple[str, str, str]:
 
 
 def child_main(stdin: IO[str], stdout: IO[str]) -> None:
-    """Answer one JSON line per input line: ``{"i", "verdict", "detail", "where"}``."""
+    """Answer one JSON line per input line: ``{"i", "verdict", "detail", "where"}``, after a
+    ``{"ready": target}`` line once each target is built and warmed up."""
     import faulthandler
 
     faulthandler.enable(sys.stderr)
@@ -159,6 +160,8 @@ def child_main(stdin: IO[str], stdout: IO[str]) -> None:
                 )
                 stdout.flush()
                 return
+            stdout.write(json.dumps({"ready": name}) + "\n")  # the per-input clock starts now
+            stdout.flush()
         if "mutation" in task:
             mutation = Mutation.from_json(task["mutation"])
         else:
@@ -289,6 +292,9 @@ def _run_worker(
                     done.append(_result(task, "crash", f"{how}; {stack or tail}", frames[0]))
                     break
                 answer = json.loads(line)
+                deadline = time.monotonic() + limits.timeout
+                if "ready" in answer:
+                    continue
                 done.append(
                     _result(batch[len(done)], answer["verdict"], answer["detail"], answer["where"])
                 )
@@ -296,7 +302,6 @@ def _run_worker(
                     raise RuntimeError(
                         f"fuzz target {batch[0]['target']} is broken: {answer['detail']}"
                     )
-                deadline = time.monotonic() + limits.timeout
         finally:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()

@@ -297,7 +297,6 @@ class MqTarget(Target):
                 mq.clear_signal,
                 mq.drain,
                 lambda: mq.wait(SHORT),  # on an empty queue: the timed condvar wait
-                lambda: mq.recv(SHORT),
             ):
                 _attempt(path)
         finally:
