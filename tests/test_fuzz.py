@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 
 import pytest
 
-from pyvcl.testing.fuzz.mutate import JSON_SPACE, Mutation, Write, generate
+from pyvcl.testing.fuzz.mutate import JSON_SPACE, Mutation, Write, generate, summary
 from pyvcl.testing.fuzz.runner import (
     FUZZ_TARGETS,
+    Finding,
     Limits,
     Result,
     execute,
@@ -103,34 +105,40 @@ def test_mutations_write_whole_declared_fields() -> None:
 
 
 # -- a short run -------------------------------------------------------------------------------
-# Categories the short run still finds in pyvcl, until the fixes in flight land (flip them then).
-KNOWN = {
-    "snapshot": "malformed snapshot JSON leaks TypeError/KeyError/BufferError/OSError from "
-    "Snapshot.load and describe_snapshot",
-    "attach": "hostile vpp-mq mutex words make attach wait forever (pyvcl/atomics/pthread.py)",
-}
+def _family(signature: str) -> str:
+    """A finding's signature without line numbers (which move as the code around them does)."""
+    return re.sub(r":\d+ ", " ", signature)
+
+
+def _open_families() -> set[str]:
+    """Bugs found before and not fixed yet: the saved findings marked ``open``."""
+    entries = [json.loads(p.read_text()) for p in sorted(FINDINGS.glob("*.json"))]
+    return {_family(e["signature"]) for e in entries if e.get("open")}
 
 
 @pytest.fixture(scope="module")
-def short_run() -> dict[str, dict[str, int]]:
+def short_run() -> tuple[dict[str, dict[str, int]], list[Finding]]:
     names = [t for t in FUZZ_TARGETS if t != "snapshot" or default_snapshot_dir() is not None]
-    counts, _ = fuzz(names, SHORT_RUN * len(names), SHORT_SEED, 2, TEST_LIMITS, do_minimise=False)
-    return counts
+    return fuzz(names, SHORT_RUN * len(names), SHORT_SEED, 2, TEST_LIMITS, do_minimise=False)
 
 
-@pytest.mark.parametrize(
-    "target",
-    [
-        pytest.param(t, marks=pytest.mark.xfail(strict=True, reason=KNOWN[t])) if t in KNOWN else t
-        for t in FUZZ_TARGETS
-    ],
-)
-def test_short_run_finds_nothing(short_run: dict[str, dict[str, int]], target: str) -> None:
-    if target not in short_run:
+@pytest.mark.parametrize("target", FUZZ_TARGETS)
+def test_short_run_finds_nothing_new(
+    short_run: tuple[dict[str, dict[str, int]], list[Finding]], target: str
+) -> None:
+    """No bug, crash, hang or leak but those of open findings (tests/fuzz_findings, below)."""
+    counts, findings = short_run
+    if target not in counts:
         pytest.skip("the recorded snapshots are not present")
-    counts = short_run[target]
-    assert counts["ok"] + counts["pyvcl"] == SHORT_RUN, counts
-    assert counts["pyvcl"] > 0, "no input reached a pyvcl check: the mutations miss"
+    known = _open_families()
+    new = [
+        f"{f.result.signature()}: {f.result.detail} {summary(f.mutation)}"
+        for f in findings
+        if f.result.target == target and _family(f.result.signature()) not in known
+    ]
+    assert not new
+    assert sum(counts[target].values()) == SHORT_RUN
+    assert counts[target]["pyvcl"] > 0, "no input reached a pyvcl check: the mutations miss"
 
 
 # -- saved findings are regression tests -----------------------------------------------------------

@@ -16,7 +16,7 @@ import os
 import socket
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from ...segment import Segment
 from ...session.worker import SessionWorker
 from ...wire.enums import SapiMsgType, SessionEvent, SessionFdFlag
 from ...wire.sapi import APP_SAPI_ATTACH_REPLY_MSG, APP_SAPI_MSG, SAPI_MSG_SIZE, SAPI_PAYLOAD_OFFSET
+from ...wire.session import SEGMENT_NAME_LEN
 from .build import FSH_OFFSET, alloc_fifo, alloc_mq, format_segment, session_rings
 from .mutate import FieldRef, Layout, Mutation, fields_of
 from .targets import (
@@ -49,7 +50,9 @@ APP_SEGMENT_HANDLE = 0x100000000  # what VPP hands out for an app's first segmen
 VPP_QUEUE_ITEMS = 16
 APP_QUEUE_ITEMS = 16
 SERVE_TIMEOUT = 5.0  # the fake gives up on a client that never connects or never closes
-FRAME, VPPSEG, APPSEG, META = "frame", "vppseg", "appseg", "meta"
+FRAME, VPPSEG, APPSEG, ADDSEG, META = "frame", "vppseg", "appseg", "addseg", "meta"
+ADDED_SEGMENT_HANDLE = 0x100000001  # a second segment VPP announces (CTRL_APP_ADD_SEGMENT)
+ADDED_SEGMENT_SIZE = 1 << 16
 # meta: [0:2] how many frame bytes to send, [2] how many fds to send (of vpp seg, app seg,
 # eventfd, then duplicates), [3] bit 0: the app asks for eventfd mode
 META_FIELDS = [
@@ -62,9 +65,15 @@ META_FIELDS = [
 class FakeVpp:
     """One scripted app-socket connection (see the module docstring)."""
 
-    def __init__(self, directory: str, frame: bytes, fds: list[int]) -> None:
+    def __init__(
+        self,
+        directory: str,
+        frame: bytes,
+        fds: list[int],
+        then: Sequence[tuple[bytes, list[int]]] = (),
+    ) -> None:
         self.path = Path(directory) / "app.sock"
-        self.frame, self.fds = frame, fds
+        self.frame, self.fds, self.then = frame, fds, then
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.listener.bind(str(self.path))
         self.listener.listen(1)
@@ -83,6 +92,9 @@ class FakeVpp:
                 if self.fds:
                     anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", self.fds))]
                 conn.sendmsg([self.frame], anc)
+                for data, fds in self.then:  # e.g. SEND_FDS before an ADD_SEGMENT event
+                    rights = array.array("i", fds)
+                    conn.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, rights)])
                 self.done.wait(SERVE_TIMEOUT)
 
     def close(self) -> None:
@@ -110,9 +122,13 @@ def attached(spaces: dict[str, bytearray]) -> Iterator[App | None]:
         fds.append(os.eventfd(0, os.EFD_CLOEXEC))
     sent = fds[: meta[2]] + fds[: max(0, meta[2] - len(fds))]
     frame = bytes(spaces[FRAME][: int.from_bytes(meta[0:2], "little")])
+    then = []
+    if ADDSEG in spaces:
+        fds.append(_memfd(spaces[ADDSEG]))
+        then.append((encode_frame(SapiMsgType.SEND_FDS), fds[-1:]))
     app: App | None = None
     with tempfile.TemporaryDirectory(prefix="pyvcl-fuzz-") as d:
-        fake = FakeVpp(d, frame, sent)
+        fake = FakeVpp(d, frame, sent, then)
         try:
             try:
                 app = App.attach(fake.path, timeout=1.0, use_mq_eventfd=use_eventfd)
@@ -220,6 +236,15 @@ class WorkerTarget(Target):
             mq = MessageQueue(seg, app_mq)
             rx, tx = fifos
             common = dict(segment_handle=APP_SEGMENT_HANDLE, server_rx_fifo=rx, server_tx_fifo=tx)
+            mq.send(
+                encode_ctrl(
+                    SessionEvent.CTRL_APP_ADD_SEGMENT,
+                    fd_flags=int(SessionFdFlag.MEMFD_SEGMENT),
+                    segment_size=ADDED_SEGMENT_SIZE,
+                    segment_name=b"fuzz-added".ljust(SEGMENT_NAME_LEN, b"\0"),
+                    segment_handle=ADDED_SEGMENT_HANDLE,
+                )
+            )
             mq.send(encode_ctrl(SessionEvent.CTRL_BOUND, context=0, handle=0x10, vpp_evt_q=vpp_mq))
             mq.send(
                 encode_ctrl(
@@ -241,6 +266,9 @@ class WorkerTarget(Target):
             )
             mq.send(encode_io(SessionEvent.IO_RX, 1))
             mq.send(encode_ctrl(SessionEvent.CTRL_DISCONNECTED, handle=0x30))
+            mq.send(
+                encode_ctrl(SessionEvent.CTRL_APP_DEL_SEGMENT, segment_handle=ADDED_SEGMENT_HANDLE)
+            )
             app_seg = bytes(buf)
         finally:
             seg.close()
@@ -252,8 +280,19 @@ class WorkerTarget(Target):
         ]
         for i, f in enumerate(fifos):
             fields += fifo_fields(app_seg, APPSEG, FSH_OFFSET, f, f"fifo[{i}]")
-        spaces = {FRAME: frame, VPPSEG: vpp_seg, APPSEG: app_seg, META: meta}
-        sizes = [*_sizes(SEGMENT_SIZE), APP_SEGMENT_HANDLE, fifos[0], fifos[1], app_mq, vpp_mq]
+        added = bytearray(ADDED_SEGMENT_SIZE)
+        format_segment(added)
+        fields += segment_fields(added, ADDSEG)
+        spaces = {FRAME: frame, VPPSEG: vpp_seg, APPSEG: app_seg, ADDSEG: bytes(added), META: meta}
+        sizes = [
+            *_sizes(SEGMENT_SIZE),
+            ADDED_SEGMENT_SIZE,
+            APP_SEGMENT_HANDLE,
+            fifos[0],
+            fifos[1],
+            app_mq,
+            vpp_mq,
+        ]
         return Template(spaces, Layout(fields, [], sizes), {})
 
     def run(self, mutation: Mutation) -> None:

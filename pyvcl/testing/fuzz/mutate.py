@@ -123,6 +123,18 @@ class Layout:
     flip_ranges: list[tuple[str, int, int]]  # (space, start, end)
     sizes: list[int]
     json_fields: list[tuple[str, Any]] = field(default_factory=list)  # (dotted path, value)
+    _groups: list[list[FieldRef]] = field(default_factory=list, repr=False)
+
+    def groups(self) -> list[list[FieldRef]]:
+        """The fields by struct instance (name up to its last dot): a write first picks one
+        of these, so a queue's eight-field mutex is not drowned out by its ring slots' many
+        payload fields."""
+        if not self._groups:
+            by_name: dict[str, list[FieldRef]] = {}
+            for f in self.fields:
+                by_name.setdefault(f.name.rsplit(".", 1)[0], []).append(f)
+            self._groups = list(by_name.values())
+        return self._groups
 
 
 def _interesting(
@@ -156,7 +168,7 @@ def generate(rng: random.Random, layout: Layout, base: dict[str, Any]) -> Mutati
             value = _json_value(rng, current, layout.sizes)
             writes.append(Write(JSON_SPACE, 0, json.dumps(value).encode(), path))
             continue
-        f = rng.choice(layout.fields)
+        f = rng.choice(rng.choice(layout.groups()))
         if f.scalar:
             current = int.from_bytes(base[f.space][f.offset : f.offset + f.size], "little")
             peers = rng.sample(scalars, min(3, len(scalars)))
