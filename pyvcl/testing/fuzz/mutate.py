@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import random
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from ...wire._decl import Decl
@@ -198,7 +198,3 @@ def _json_value(rng: random.Random, current: Any, sizes: list[int]) -> Any:
 
 def summary(mutation: Mutation) -> list[str]:
     return [w.describe() for w in mutation.writes]
-
-
-def as_dict(ref: FieldRef) -> dict[str, Any]:
-    return asdict(ref)

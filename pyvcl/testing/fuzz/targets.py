@@ -46,7 +46,7 @@ from ...wire.mq import (
     SVM_MSG_Q_SHARED_QUEUE,
 )
 from ...wire.segment import FIFO_SEGMENT_HEADER, FIFO_SEGMENT_SLICE, SSVM_SHARED_HEADER
-from ...wire.session import CTRL_EVENT_SLOT_SIZE, CTRL_PAYLOADS, SESSION_EVENT
+from ...wire.session import CTRL_PAYLOADS, SESSION_EVENT
 from .build import FSH_OFFSET, alloc_fifo, alloc_mq, format_segment, mq_size, session_rings
 from .mutate import FieldRef, Layout, Mutation, fields_of
 
@@ -439,9 +439,6 @@ def default_snapshot_dir() -> Path | None:
     shared = os.environ.get("PYVCL_SHARED_DIR") or Path(__file__).resolve().parents[4] / "shared"
     d = Path(shared) / "vpp-v26.06" / "snapshots"
     return d if d.is_dir() and (d / f"{SnapshotTarget.stem}.json").is_file() else None
-
-
-_ = CTRL_EVENT_SLOT_SIZE
 
 
 # -- selftest: proves the runner's verdicts (not part of a fuzz run) ------------------------------
