@@ -31,6 +31,7 @@ import threading
 import time
 import traceback
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -380,29 +381,21 @@ def fuzz(
     ]
     chunks = [tasks[k : k + BATCH] for k in range(0, len(tasks), BATCH)]
     results: list[list[Result]] = [[] for _ in chunks]
-    lock = threading.Lock()
-    next_chunk = [0]
     started = time.monotonic()
-
-    def work() -> None:
-        while True:
-            with lock:
-                k = next_chunk[0]
-                next_chunk[0] += 1
-            if k >= len(chunks):
-                return
-            results[k] = execute(chunks[k], limits)
+    pool = ThreadPoolExecutor(max_workers=max(1, jobs))  # each thread drives one worker process
+    try:
+        futures = {pool.submit(execute, chunk, limits): k for k, chunk in enumerate(chunks)}
+        answered = 0
+        for future in as_completed(futures):
+            results[futures[future]] = future.result()  # a broken target raises here
+            answered += len(results[futures[future]])
             if progress is not None:
-                with lock:
-                    n = sum(len(r) for r in results)
-                    progress.write(f"{n}/{len(tasks)} inputs, {time.monotonic() - started:.0f} s\n")
-                    progress.flush()
-
-    threads = [threading.Thread(target=work) for _ in range(max(1, jobs))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+                progress.write(
+                    f"{answered}/{len(tasks)} inputs, {time.monotonic() - started:.0f} s\n"
+                )
+                progress.flush()
+    finally:
+        pool.shutdown(cancel_futures=True)
     counts: dict[str, dict[str, int]] = {n: dict.fromkeys(VERDICTS, 0) for n in names}
     by_signature: dict[str, Finding] = {}
     for r in (r for chunk in results for r in chunk):
