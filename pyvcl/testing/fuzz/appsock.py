@@ -87,7 +87,7 @@ class FakeVpp:
             conn, _ = self.listener.accept()
             with conn:
                 conn.settimeout(SERVE_TIMEOUT)
-                conn.recv(4096)
+                conn.recv(SAPI_MSG_SIZE)  # the ATTACH request
                 anc = []
                 if self.fds:
                     anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", self.fds))]

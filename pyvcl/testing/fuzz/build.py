@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from ...atomics import init_shared_cond, init_shared_mutex
-from ...fifo.chunks import ChunkAllocator
+from ...fifo.chunks import MIN_CHUNK_SIZE, ChunkAllocator
 from ...segment import Segment
 from ...wire.enums import SsvmSegmentType
 from ...wire.fifo import SVM_FIFO_CHUNK, SVM_FIFO_SHARED
@@ -27,8 +27,7 @@ from ...wire.session import CTRL_EVENT_SLOT_SIZE, SESSION_EVENT_SIZE
 
 FSH_OFFSET = 2 * 4096  # FIFO_SEGMENT_ALLOC_OVERHEAD: two pages for the ssvm header
 FIFO_SEGMENT_MAX_FIFO_SIZE = 2 << 30
-MIN_CHUNK = 4096  # FIFO_SEGMENT_MIN_FIFO_SIZE, the smallest chunk
-CACHE_LINE = 64
+FIFO_HEADER_ALIGN = 64  # svm_fifo_shared_t is cache-line aligned (fsh_try_alloc_fifo_hdr)
 
 Rings = tuple[tuple[int, int], ...]  # (nitems, elsize) per ring
 
@@ -102,8 +101,8 @@ def alloc_mq(seg: Segment, q_nitems: int, rings: Rings) -> int:
 def alloc_fifo(seg: Segment, slice_index: int = 0) -> int:
     """A fifo of one 4 KiB chunk, head = tail = 0; its fsh-relative offset."""
     alloc = ChunkAllocator(seg)
-    hdr = alloc.alloc_aligned(SVM_FIFO_SHARED.size, CACHE_LINE)
-    chunk = alloc.alloc(slice_index, MIN_CHUNK)
+    hdr = alloc.alloc_aligned(SVM_FIFO_SHARED.size, FIFO_HEADER_ALIGN)
+    chunk = alloc.alloc(slice_index, MIN_CHUNK_SIZE)
     if not hdr or not chunk:
         raise MemoryError("fuzz segment too small for a fifo")
     view, m = seg.view, seg.fsh + hdr
@@ -113,8 +112,8 @@ def alloc_fifo(seg: Segment, slice_index: int = 0) -> int:
         ("end_chunk", chunk),
         ("head_chunk", chunk),
         ("tail_chunk", chunk),
-        ("size", MIN_CHUNK),
-        ("min_alloc", MIN_CHUNK),
+        ("size", MIN_CHUNK_SIZE),
+        ("min_alloc", MIN_CHUNK_SIZE),
         ("slice_index", slice_index),
     ):
         SVM_FIFO_SHARED[name].put(view, m, value)

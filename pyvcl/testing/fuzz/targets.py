@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ...fifo import Fifo
-from ...fifo.chunks import ChunkAllocator
+from ...fifo.chunks import MIN_CHUNK_SIZE, ChunkAllocator
 from ...inspect import (
     describe_fifo,
     describe_mq,
@@ -188,7 +188,7 @@ def fifo_fields(
 
 
 def _sizes(size: int) -> list[int]:
-    return [size, size - FSH_OFFSET, FSH_OFFSET, 1 << 32, 4096]
+    return [size, size - FSH_OFFSET, FSH_OFFSET, 1 << 32, MIN_CHUNK_SIZE]
 
 
 # -- segment: the allocator's free lists and the inspector ---------------------------------------
@@ -230,10 +230,11 @@ class SegmentTarget(Target):
             for f in self.template.info["fifos"]:
                 _attempt(functools.partial(describe_fifo, seg, f, peek=64))
             alloc = ChunkAllocator(seg)
-            for s, want in ((0, 4096), (1, 8192), (0, 20000)):
+            # one chunk of each carved list, and more than any free chunk holds
+            for s, want in ((0, MIN_CHUNK_SIZE), (1, 2 * MIN_CHUNK_SIZE), (0, 5 * MIN_CHUNK_SIZE)):
                 _attempt(functools.partial(self._alloc_free, alloc, s, want))
             _attempt(alloc.n_free_bytes)
-            _attempt(lambda: alloc.alloc_aligned(4096))
+            _attempt(lambda: alloc.alloc_aligned(MIN_CHUNK_SIZE))
 
     @staticmethod
     def _alloc_free(alloc: ChunkAllocator, slice_index: int, want: int) -> None:
@@ -335,11 +336,11 @@ class FifoTarget(Target):
         """Append a second 4 KiB chunk (as ``svm_fifo_try_grow`` does for a larger size)."""
         m, fsh = seg.fsh + fifo, seg.fsh
         first = int(SVM_FIFO_SHARED["end_chunk"].get(seg.view, m))
-        second = ChunkAllocator(seg).alloc(0, 4096)
+        second = ChunkAllocator(seg).alloc(0, MIN_CHUNK_SIZE)
         SVM_FIFO_CHUNK["next"].put(seg.view, fsh + first, second)
-        SVM_FIFO_CHUNK["start_byte"].put(seg.view, fsh + second, 4096)
+        SVM_FIFO_CHUNK["start_byte"].put(seg.view, fsh + second, MIN_CHUNK_SIZE)
         SVM_FIFO_SHARED["end_chunk"].put(seg.view, m, second)
-        SVM_FIFO_SHARED["size"].put(seg.view, m, 8192)
+        SVM_FIFO_SHARED["size"].put(seg.view, m, 2 * MIN_CHUNK_SIZE)
 
     def run(self, mutation: Mutation) -> None:
         spaces = self.mutated(mutation)
