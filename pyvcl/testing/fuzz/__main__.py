@@ -50,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
             bad += r.verdict not in FINE
         return 1 if bad else 0
     names = list(FUZZ_TARGETS) if args.targets == "all" else args.targets.split(",")
+    if unknown := set(names) - set(target_classes()):
+        p.error(f"unknown targets: {', '.join(sorted(unknown))}")
     counts, findings = fuzz(
         names, args.inputs, args.seed, args.jobs, limits, args.out, not args.no_minimise, sys.stderr
     )
