@@ -24,6 +24,7 @@ from pyvcl.testing import vpp as harness
 from pyvcl.testing.plugin import VppFactory
 from pyvcl.testing.vpp import (
     DEFAULT_PLUGINS,
+    STARVED_START_RETRIES,
     VppCliError,
     VppError,
     VppInstall,
@@ -227,6 +228,26 @@ def test_startup_config(fake_install: VppInstall, tmp_path: Path):
     assert a.app_socket() == d / "app_ns_sockets" / "default"
     assert a.app_socket("srv") == d / "app_ns_sockets" / "srv"
     assert a.pid is None and not a.is_running()
+
+
+@pytest.mark.parametrize(
+    ("console", "launches"),
+    [
+        ("vlib_worker_thread_barrier_release: worker thread deadlock", 1 + STARVED_START_RETRIES),
+        ("some other failure", 1),
+    ],
+)
+def test_start_retries_only_a_cpu_starved_abort(
+    fake_install: VppInstall, console: str, launches: int
+) -> None:
+    """A VPP whose worker missed the 1 s start barrier on a loaded machine is started again
+    (at most STARVED_START_RETRIES times); any other death at start is reported at once."""
+    calls = fake_install.prefix / "calls"
+    fake_install.vpp.write_text(f'#!/bin/sh\necho x >> "{calls}"\necho "{console}"\nexit 134\n')
+    inst = VppInstance(fake_install, plugins=["hs_apps"])
+    with pytest.raises(VppStartError, match="exited with status 134"):
+        inst.start()
+    assert calls.read_text().count("x") == launches
 
 
 def test_unknown_plugin_is_rejected(fake_install: VppInstall):

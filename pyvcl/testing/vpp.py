@@ -26,6 +26,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import itertools
+import logging
 import os
 import re
 import secrets
@@ -64,6 +65,11 @@ __all__ = [
 
 ENV_KEEP_DIR = "PYVCL_VPP_KEEP_DIR"
 """When set to a non-empty value other than ``0``, instance directories are kept after stop."""
+
+log = logging.getLogger(__name__)
+
+STARVED_START_RETRIES = 2
+"""How often a VPP that aborted at start for a CPU-starved worker is started again."""
 
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "af_packet",
@@ -234,6 +240,7 @@ class VppInstance:
         self._finalizer = weakref.finalize(self, _release, self._res)
         self._started = False
         self._startup_seconds: float | None = None
+        self._console_at_launch = 0
         self._final_log: str | None = None
         self._final_console: str | None = None
 
@@ -377,15 +384,46 @@ class VppInstance:
             self._dir.mkdir(parents=True, exist_ok=True)
         try:
             self._check_dir(self._dir)
-            self._launch()
-            self._wait_ready()
+            for attempt in range(1 + STARVED_START_RETRIES):
+                self._launch()
+                try:
+                    self._wait_ready()
+                    break
+                except VppStartError:
+                    if attempt == STARVED_START_RETRIES or not self._starved_at_start():
+                        raise
+                    log.warning("VPP aborted at start, its worker starved of CPU: starting again")
+                    self._reap()
         except BaseException:
             self.stop(timeout=1.0)  # a VPP that failed to start needs no graceful shutdown
             raise
         return self
 
+    def _console_size(self) -> int:
+        try:
+            return self.console_path.stat().st_size
+        except OSError:
+            return 0
+
+    def _starved_at_start(self) -> bool:
+        """Whether VPP died at start because a worker thread did not reach the barrier within
+        VPP's 1 s (BARRIER_SYNC_TIMEOUT, release builds): on a loaded 2-core machine a busy
+        worker can miss it.  That is the machine, not the test, so the start is tried again."""
+        proc = self._res.proc
+        if proc is None or proc.poll() is None:
+            return False
+        with open(self.console_path, "rb") as f:
+            f.seek(self._console_at_launch)
+            return b"worker thread deadlock" in f.read()
+
+    def _reap(self) -> None:
+        proc, self._res.proc = self._res.proc, None
+        if proc is not None:
+            proc.wait()
+
     def _launch(self) -> None:
         self.startup_conf.write_text(self.startup_config())
+        self._console_at_launch = self._console_size()
         preexec = None
         if self.die_with_parent and _load_prctl() is not None:
             preexec = _die_with_parent
