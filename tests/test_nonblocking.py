@@ -37,8 +37,11 @@ def _nb_pair(stack: VclStack) -> tuple[VclSocket, VclSocket, VclSocket]:
         c.connect(addr)
     assert ei.value.errno == errno.EINPROGRESS
     assert c.connect_ex(addr) in (errno.EALREADY, 0)
-    with pytest.raises(BlockingIOError):
-        c.send(b"too early")  # connect in progress: EAGAIN, as Linux says
+    if stack.topology.name == "ct":
+        # A cut-through connect completes only when the server accepts, so it is still in
+        # progress here (through VPP's TCP stack it may have completed by now, on a worker).
+        with pytest.raises(BlockingIOError):
+            c.send(b"too early")  # connect in progress: EAGAIN, as Linux says
     srv_sel, cli_sel = VclSelector(), VclSelector()
     try:
         assert _wait(srv_sel, srv, selectors.EVENT_READ) == selectors.EVENT_READ
