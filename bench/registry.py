@@ -126,6 +126,7 @@ class Config:
     duration: float = 5.0
     quick: bool = False
     rtt_rounds: int = 20000
+    workers: int = 0  # VPP worker threads (cpu { workers N })
     _install: VppInstall | None = field(default=None, init=False, repr=False)
     _vpp: VppInstance | None = field(default=None, init=False, repr=False)
     _vpp_error: str | None = field(default=None, init=False, repr=False)
@@ -162,9 +163,9 @@ class Config:
         return self._install
 
     def vpp(self) -> VppInstance:
-        """The run's private VPP, started on first use (hs_apps only, poll-sleep-usec 10, no
-        workers) and stopped by `close`.  `Skip` without VPP; RuntimeError if it failed to
-        start (then every later call fails the same way at once)."""
+        """The run's private VPP, started on first use (hs_apps only, poll-sleep-usec 10,
+        `workers` worker threads) and stopped by `close`.  `Skip` without VPP; RuntimeError
+        if it failed to start (then every later call fails the same way at once)."""
         if self._vpp is not None and self._vpp.is_running():
             return self._vpp
         if self._vpp_error is not None:
@@ -175,7 +176,7 @@ class Config:
             self._vpp_error += self._vpp.log_tail(20)
             raise RuntimeError(self._vpp_error)
         try:
-            self._vpp = VppInstance(install, plugins=("hs_apps",)).start()
+            self._vpp = VppInstance(install, plugins=("hs_apps",), workers=self.workers).start()
         except Exception as exc:
             self._vpp_error = f"private VPP did not start: {exc}"
             raise RuntimeError(self._vpp_error) from exc

@@ -100,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
                     "interleaved; the summary takes medians")  # fmt: skip
     ap.add_argument("--list", action="store_true", help="list the case names and exit")
     ap.add_argument("--keep", action="store_true", help="keep the work dir (process outputs)")
+    ap.add_argument("--workers", type=int, default=0, help="VPP worker threads (default 0)")
     args = ap.parse_args(argv)
 
     errors = load_optional_cases()
@@ -118,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         duration=args.duration or (1.0 if args.quick else 5.0),
         quick=args.quick,
         rtt_rounds=args.rounds or (2000 if args.quick else 20000),
+        workers=args.workers,
     )
     emit(
         {
@@ -129,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
                 "kernel": platform.release(),
                 "loadavg": os.getloadavg(),
                 "vpp": cfg.vpp_version(),
-                "vpp_startup": "private instance, hs_apps plugin, poll-sleep-usec 10, no workers",
+                "vpp_startup": "private instance, hs_apps plugin, poll-sleep-usec 10, "
+                f"{args.workers} worker(s)",
                 "duration_s": cfg.duration,
                 "rtt_rounds": cfg.rtt_rounds,
                 "repeat": args.repeat,
