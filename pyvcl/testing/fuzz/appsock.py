@@ -31,7 +31,7 @@ from ...session.worker import SessionWorker
 from ...wire.enums import SapiMsgType, SessionEvent, SessionFdFlag
 from ...wire.sapi import APP_SAPI_ATTACH_REPLY_MSG, APP_SAPI_MSG, SAPI_MSG_SIZE, SAPI_PAYLOAD_OFFSET
 from ...wire.session import SEGMENT_NAME_LEN
-from .build import FSH_OFFSET, alloc_fifo, alloc_mq, format_segment, session_rings
+from ..vppshm import FSH_OFFSET, alloc_fifo, alloc_mq, format_segment, session_rings
 from .mutate import FieldRef, Layout, Mutation, fields_of
 from .targets import (
     SHORT,

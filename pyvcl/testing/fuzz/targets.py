@@ -47,7 +47,7 @@ from ...wire.mq import (
 )
 from ...wire.segment import FIFO_SEGMENT_HEADER, FIFO_SEGMENT_SLICE, SSVM_SHARED_HEADER
 from ...wire.session import CTRL_PAYLOADS, SESSION_EVENT
-from .build import FSH_OFFSET, alloc_fifo, alloc_mq, format_segment, mq_size, session_rings
+from ..vppshm import FSH_OFFSET, alloc_fifo, alloc_mq, format_segment, mq_size, session_rings
 from .mutate import FieldRef, Layout, Mutation, fields_of
 
 SHORT = 0.02  # seconds: every blocking call a target makes is bounded by this
