@@ -480,10 +480,24 @@ def test_events_that_do_not_belong_to_the_ctrl_ring_are_refused(event_type: int)
         events.decode(MqRing.CTRL_EVT, _slot(MqRing.CTRL_EVT, event_type))
 
 
-def test_vpp_internal_events_in_its_io_ring_still_decode() -> None:
+def test_vpp_internal_events_decode_only_where_asked_for() -> None:
+    # VPP's worker mqs carry RPC/HALF_CLOSE/CLOSE/RESET in their IO ring, without a message;
+    # an app mq never does, and a RESET without its message would break whoever handles it.
     for t in (E.CTRL_RPC, E.CTRL_HALF_CLOSE, E.CTRL_CLOSE, E.CTRL_RESET):
         ev = events.decode(MqRing.IO_EVT, _slot(MqRing.IO_EVT, t, 7))
         assert ev.type == t and ev.msg is None and ev.session_index is None
+        assert ins.describe_event(MqRing.IO_EVT, _slot(MqRing.IO_EVT, t, 7))["type_name"]
+        with pytest.raises(SharedMemoryError, match="in the IO ring"):
+            events.decode(MqRing.IO_EVT, _slot(MqRing.IO_EVT, t, 7), vpp_internal=False)
+
+
+def test_drain_refuses_vpp_internal_events() -> None:
+    seg, _, mq = build_mq(16)
+    mq.send_io(E.IO_RX, 1)
+    seg.view[ring_hdr(mq, 0) + SVM_MSG_Q_RING_SHARED.size] = E.CTRL_RESET
+    with pytest.raises(SharedMemoryError, match="ring 0 slot 0: CTRL_RESET"):
+        mq.drain()
+    assert mq.pending()[0].type == E.CTRL_RESET  # shown when looked at
 
 
 @pytest.mark.parametrize("batch", [1, 3])
@@ -501,13 +515,20 @@ def test_drain_refuses_an_undecodable_slot_with_the_queue_untouched(batch: int) 
 
 
 @settings(max_examples=300, deadline=None)
-@given(ring=st.sampled_from([0, 1, 2, 7]), data=st.binary(min_size=0, max_size=300))
-def test_decode_raises_nothing_but_shared_memory_error(ring: int, data: bytes) -> None:
+@given(
+    ring=st.sampled_from([0, 1, 2, 7]),
+    data=st.binary(min_size=0, max_size=300),
+    vpp_internal=st.booleans(),
+)
+def test_decode_raises_nothing_but_shared_memory_error(
+    ring: int, data: bytes, vpp_internal: bool
+) -> None:
     try:
-        ev = events.decode(ring, data)
+        ev = events.decode(ring, data, vpp_internal)
     except SharedMemoryError:
         return
     assert ev.ring == ring and ev.raw == data
+    assert ev.msg is not None or ev.session_index is not None or vpp_internal
     ev.fields()
     assert ev.name
 

@@ -95,12 +95,16 @@ _RPC = int(SessionEvent.CTRL_RPC)
 _IO_RING, _CTRL_RING = int(MqRing.IO_EVT), int(MqRing.CTRL_EVT)
 
 
-def decode(ring: int, data: bytes | bytearray | memoryview) -> Event:
+def decode(ring: int, data: bytes | bytearray | memoryview, vpp_internal: bool = True) -> Event:
     """Decode one slot's bytes (an 18-byte IO slot or a 256-byte ctrl slot).
 
     Raises `SharedMemoryError` (and only that) for a slot that cannot hold an event of that
     ring: too short, an event type that does not belong to the ring (a control event in the IO
-    ring would come out without its message), or a payload that does not decode."""
+    ring would come out without its message), or a payload that does not decode.  The
+    VPP-internal events of VPP's own worker mqs (RPC, HALF_CLOSE, CLOSE, RESET in the IO ring,
+    without a message) come out raw; ``vpp_internal=False`` refuses them too, as
+    `MessageQueue.drain` does: VPP never sends them to an app, and pyvcl consumes only app mqs
+    (a RESET without its message would break whoever handles it)."""
     n = len(data)
     if n < SESSION_EVENT_SIZE:
         raise SharedMemoryError(f"event slot of {n} bytes is shorter than session_event_t")
@@ -112,7 +116,7 @@ def decode(ring: int, data: bytes | bytearray | memoryview) -> Event:
             event_type, ring, IO_INDEX_CODEC.unpack_from(data, IO_INDEX_AT)[0], None, bytes(data)
         )
     if ring == _IO_RING:
-        if event_type > _IO_RING_MAX:
+        if event_type > _IO_RING_MAX or not vpp_internal:
             raise SharedMemoryError(f"{_type_name(event_type)} ({event_type}) in the IO ring")
         # VPP-internal events carry pointers or a session handle that mean nothing outside
         # VPP: keep the bytes.

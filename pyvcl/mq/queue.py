@@ -605,7 +605,7 @@ class MessageQueue:
             if decode:
                 dec = events.decode
                 try:
-                    out = [dec(r, raw) for r, raw in raws]
+                    out = [dec(r, raw, False) for r, raw in raws]
                 except SharedMemoryError as exc:
                     raise self._undecodable(handles, raws, exc) from None
             # Consume the handles (svm_msg_q_sub_raw_batch), then free the slots (copied
@@ -628,7 +628,7 @@ class MessageQueue:
         """The error for the first slot of a batch that does not decode."""
         for (r, e), (_, raw) in zip(handles, raws, strict=True):
             try:
-                events.decode(r, raw)
+                events.decode(r, raw, False)
             except SharedMemoryError as err:
                 return self._bad(f"ring {r} slot {e}: {err.strerror}")
         return self._bad(str(exc.strerror))
@@ -660,7 +660,7 @@ class MessageQueue:
         raw = bytes(view[slot : slot + rg.elsize])
         if decode:
             try:
-                ev = events.decode(r, raw)
+                ev = events.decode(r, raw, False)
             except SharedMemoryError as exc:
                 raise self._bad(f"ring {r} slot {e}: {exc.strerror}") from None
         put(view, self._q_head, (head + 1) % maxsize)
@@ -793,7 +793,8 @@ class MessageQueue:
 
     def peek_slot(self, ring: int, elt: int) -> Event:
         """Decode slot ``elt`` of ``ring`` as it is now, live or already consumed (consumed
-        slots keep their bytes until reused)."""
+        slots keep their bytes until reused).  Unlike `drain`, shows the VPP-internal events of
+        VPP's worker mqs."""
         if not 0 <= ring < self.n_rings:
             raise self._bad(f"no ring {ring}")
         rg = self._rings[ring]
