@@ -46,6 +46,7 @@ from .wire.segment import (
     SSVM_SHARED_HEADER,
 )
 from .wire.session import (
+    CTRL_EVENT_SLOT_SIZE,
     CTRL_PAYLOADS,
     IP46_ADDRESS,
     SESSION_EVENT,
@@ -58,6 +59,8 @@ MAX_WALK = 1 << 20
 """Upper bound on the elements of any list walk (cycles are caught earlier)."""
 MAX_RINGS = 64
 """Sanity bound on ``n_rings`` (session mqs have 2)."""
+MAX_SLOTS = 1 << 14
+"""Most ring slots, and most pending handles, one message queue lists (the rest are counted)."""
 SHOWN_OFFSETS = 16
 """Default number of element offsets a free-list entry lists."""
 
@@ -326,11 +329,15 @@ def payload_dict(decl: Decl, buf: Any, base: int = 0) -> dict[str, Any]:
 
 
 def describe_event(ring: int, data: bytes) -> dict[str, Any]:
-    """One ring slot decoded via `pyvcl.mq.events.decode`."""
+    """One ring slot decoded via `pyvcl.mq.events.decode`; a slot that does not decode is
+    reported (``error``, with its ``event_type``), never raised."""
     try:
         ev = events.decode(ring, data)
     except RemoteError as e:
-        return _error(e)
+        bad = _error(e)
+        if data:
+            bad["event_type"] = int(data[0])
+        return bad
     out: dict[str, Any] = {
         "event_type": ev.type,
         "type_name": ev.name,
@@ -351,25 +358,40 @@ def describe_event(ring: int, data: bytes) -> dict[str, Any]:
     return out
 
 
+# Slot sizes of the session rings (session_event_t, and the ctrl slot).
+_SESSION_ELSIZE = {0: SESSION_EVENT_SIZE, 1: CTRL_EVENT_SLOT_SIZE}
+
+
 def _describe_ring(seg: Segment, index: int, offset: int) -> tuple[dict[str, Any], int]:
-    """Ring ``index`` at fsh offset ``offset``; returns it and the offset after its slots."""
+    """Ring ``index`` at fsh offset ``offset``; returns it and the offset after its slots.
+    Raises `SharedMemoryError` if its header or slots are not inside the mapping; lists at most
+    `MAX_SLOTS` slots, and none of a ring whose slots have no size."""
     mo = seg.at(offset, SVM_MSG_Q_RING_SHARED.size, "svm_msg_q_ring_shared_t")
     r = SVM_MSG_Q_RING_SHARED.unpack(seg.view, mo)
     data_offset = offset + SVM_MSG_Q_RING_SHARED.size
     nitems, elsize = int(r.nitems), int(r.elsize)
     total = nitems * elsize
     data_mo = seg.at(data_offset, total, f"ring {index} slots") if total else 0
-    data = bytes(seg.view[data_mo : data_mo + total])
     problems: list[str] = []
+    if elsize != _SESSION_ELSIZE.get(index, elsize):
+        problems.append(f"elsize {elsize}, session ring {index} slots are {_SESSION_ELSIZE[index]}")
     if r.cursize > nitems:
         problems.append(f"cursize {r.cursize} > nitems {nitems}")
     if nitems and (r.head >= nitems or r.tail >= nitems):
         problems.append(f"head {r.head} / tail {r.tail} outside {nitems} slots")
-    tail = min(int(r.tail), nitems)
-    wrapped = bool(nitems) and (r.cursize >= nitems or data[tail * elsize :].strip(b"\0") != b"")
+    walkable = nitems if elsize else 0
+    if nitems and not elsize:
+        problems.append(f"elsize 0: {nitems} slots of no size, none listed")
+    tail = min(int(r.tail), walkable)
+    wrapped = bool(walkable) and (
+        r.cursize >= nitems
+        or bytes(seg.view[data_mo + tail * elsize : data_mo + total]).strip(b"\0") != b""
+    )
+    n_slots = walkable if wrapped else tail
     slots = []
-    for elt in range(nitems if wrapped else tail):
-        slot = describe_event(index, data[elt * elsize : (elt + 1) * elsize])
+    for elt in range(min(n_slots, MAX_SLOTS)):
+        at = data_mo + elt * elsize
+        slot = describe_event(index, bytes(seg.view[at : at + elsize]))
         slot["elt"] = elt
         slot["live"] = (elt - r.head) % nitems < r.cursize
         slot["age"] = (r.tail - 1 - elt) % nitems
@@ -381,6 +403,7 @@ def _describe_ring(seg: Segment, index: int, offset: int) -> tuple[dict[str, Any
         **r._asdict(),
         "wrapped": wrapped,
         "slots": slots,
+        "slots_not_listed": n_slots - len(slots),
         "event_counts": dict(Counter(str(s.get("type_name")) for s in slots)),
         "problems": problems,
     }
@@ -390,7 +413,11 @@ def _describe_ring(seg: Segment, index: int, offset: int) -> tuple[dict[str, Any
 def describe_mq(seg: Segment, offset: int) -> dict[str, Any]:
     """An ``svm_msg_q`` at fsh offset ``offset``: queue indices, glibc mutex/condvar words,
     pending message handles, and each ring with every slot that has held a message (all slots
-    once the ring has wrapped): ``live`` = not yet consumed, ``age`` 0 = newest."""
+    once the ring has wrapped): ``live`` = not yet consumed, ``age`` 0 = newest.
+
+    Raises `SharedMemoryError` if the header or the handles are not inside the mapping; a ring
+    that is not is reported under ``problems`` (and ends the walk: the next ring's place
+    depends on it).  At most `MAX_SLOTS` handles and slots per ring are listed."""
     mo = seg.at(offset, SVM_MSG_Q_SHARED.size + SVM_MSG_Q_SHARED_QUEUE.size, "svm_msg_q")
     n_rings = int(_N_RINGS.get(seg.view, mo))
     q_offset = offset + SVM_MSG_Q_SHARED.size
@@ -408,9 +435,12 @@ def describe_mq(seg: Segment, offset: int) -> dict[str, Any]:
     data_mo = seg.at(data_offset, maxsize * q.elsize, "mq handles") if maxsize else 0
     if q.cursize > maxsize:
         problems.append(f"queue cursize {q.cursize} > maxsize {maxsize}")
+    if maxsize and (q.head >= maxsize or q.tail >= maxsize):
+        problems.append(f"queue head {q.head} / tail {q.tail} outside {maxsize} handles")
+    n_pending = min(int(q.cursize), maxsize)
     pending = [
         record(SVM_MSG_Q_MSG, seg.view, data_mo + ((q.head + i) % maxsize) * q.elsize)
-        for i in range(min(int(q.cursize), maxsize))
+        for i in range(min(n_pending, MAX_SLOTS))
     ]
     queue = {
         "head": q.head,
@@ -421,14 +451,19 @@ def describe_mq(seg: Segment, offset: int) -> dict[str, Any]:
         "mutex": record(PTHREAD_MUTEX_FIELDS, seg.view, q_mo + _MUTEX.offset),
         "condvar": record(PTHREAD_COND_FIELDS, seg.view, q_mo + _CONDVAR.offset),
         "pending_handles": pending,
+        "pending_not_listed": n_pending - len(pending),
     }
-    rings = []
+    rings: list[dict[str, Any]] = []
     ring_offset = data_offset + maxsize * q.elsize
     for i in range(n_rings):
-        ring, ring_offset = _describe_ring(seg, i, ring_offset)
+        try:
+            ring, ring_offset = _describe_ring(seg, i, ring_offset)
+        except SharedMemoryError as e:
+            problems.append(f"ring {i} at {ring_offset:#x}: {e.strerror}")
+            break
         rings.append(ring)
     for h in pending:
-        if h["ring_index"] >= n_rings or h["elt_index"] >= rings[h["ring_index"]]["nitems"]:
+        if h["ring_index"] >= len(rings) or h["elt_index"] >= rings[h["ring_index"]]["nitems"]:
             problems.append(f"pending handle {h} points outside the rings")
     return {
         "fsh_offset": offset,

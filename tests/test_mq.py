@@ -499,7 +499,9 @@ def test_robust_mutex_owner_dies_mid_send(new_mq: Factory) -> None:
     assert [e.session_index for e in mq.recv(1)] == list(range(3, 60))
 
 
-def test_robust_mutex_owner_death_seen_by_a_waiting_consumer(new_mq: Factory) -> None:
+def test_robust_mutex_owner_death_neither_blocks_a_waiting_consumer_nor_a_producer(
+    new_mq: Factory,
+) -> None:
     seg, off, mq = new_mq(CONDVAR)
 
     def lock_and_die() -> None:
@@ -507,9 +509,12 @@ def test_robust_mutex_owner_death_seen_by_a_waiting_consumer(new_mq: Factory) ->
         os._exit(0)
 
     assert _exit_code(_child(lock_and_die)) == 0
-    assert mq.wait(0.02) == WaitResult(False, ())
+    t0 = time.monotonic()
+    assert mq.wait(0.02) == WaitResult(False, ())  # polls: never touches the mutex
+    assert time.monotonic() - t0 < 0.5
+    assert mq.recovered_owner_deaths == 0
+    mq.send_io(E.IO_RX, 5)  # the producer recovers it
     assert mq.recovered_owner_deaths == 1
-    mq.send_io(E.IO_RX, 5)
     assert [e.session_index for e in mq.recv(1)] == [5]
 
 

@@ -1,11 +1,12 @@
 """`MessageQueue.describe`: a queue's header, rings, lock words and pending handles as plain
-dicts, for the inspector and the CLI.  Reads only; never raises for bad indices (they are
-reported under ``problems``)."""
+dicts, for the inspector and the CLI.  Reads only; never raises for bad indices or lock words
+(they are reported under ``problems``), and lists at most `MAX_LISTED` pending handles."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ..atomics import VPP_MUTEX_KIND
 from ..wire.mq import (
     PTHREAD_COND_FIELDS,
     PTHREAD_MUTEX_FIELDS,
@@ -19,6 +20,8 @@ if TYPE_CHECKING:
 _Q = SVM_MSG_Q_SHARED_QUEUE
 _MSG = SVM_MSG_Q_MSG
 _U32 = _Q["head"].codec
+MAX_LISTED = 1 << 14
+"""Most pending handles `describe_queue` lists (the rest are counted)."""
 
 
 def describe_queue(mq: MessageQueue) -> dict[str, Any]:
@@ -51,10 +54,16 @@ def describe_queue(mq: MessageQueue) -> dict[str, Any]:
                 "cursize": rc,
             }
         )
+    indices_ok = not problems
+    if mq.mode == "condvar":
+        if mutex["__kind"] != VPP_MUTEX_KIND:
+            problems.append(f"mutex __kind {mutex['__kind']:#x}, not {VPP_MUTEX_KIND:#x}")
+        if condvar["__wrefs"] & 3 != 1:
+            problems.append(f"condvar __wrefs {condvar['__wrefs']:#x}: not process-shared")
     pending: list[dict[str, int]] = []
-    if not problems:
-        for r, e in mq._read_handles(head, size) if size else []:
-            pending.append({"ring_index": r, "elt_index": e})
+    n_pending = min(size, mq.maxsize) if indices_ok else 0
+    for r, e in mq._read_handles(head, min(n_pending, MAX_LISTED)) if n_pending else []:
+        pending.append({"ring_index": r, "elt_index": e})
     return {
         "name": mq.name,
         "offset": mq.offset,
@@ -74,7 +83,9 @@ def describe_queue(mq: MessageQueue) -> dict[str, Any]:
         "condvar": condvar,
         "rings": rings,
         "pending_handles": pending,
+        "pending_not_listed": n_pending - len(pending),
         "recovered_owner_deaths": mq.recovered_owner_deaths,
+        "skipped_signals": mq.skipped_signals,
         "problems": problems,
     }
 

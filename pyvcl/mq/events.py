@@ -6,14 +6,16 @@ bytes are ``event_type``/``postponed`` and whose payload (``session_*_msg_t``) s
 VPP's worker mqs also carry VPP-internal events (RPC, HALF_CLOSE, CLOSE, RESET) with pointers
 in ring 0; `decode` shows those raw.
 
-This module is pure: bytes in, `Event` out, and back.  Queues move the bytes.
+This module is pure: bytes in, `Event` out, and back.  Queues move the bytes.  The bytes come
+from memory other processes write, so `decode` raises `SharedMemoryError` for anything that
+cannot be an event of that ring, and nothing else.
 """
 
 from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from ..errors import RemoteError
+from ..errors import SharedMemoryError
 from ..wire.enums import MqRing, SessionEvent, ring_for_event
 from ..wire.session import (
     CTRL_EVENT_SLOT_SIZE,
@@ -85,19 +87,56 @@ def encode_ctrl(event_type: int, **fields: Any) -> bytes:
     return bytes((event_type, 0)) + payload
 
 
-def decode(ring: int, data: bytes | bytearray | memoryview) -> Event:
-    """Decode one slot's bytes (an 18-byte IO slot or a 256-byte ctrl slot)."""
-    if len(data) < SESSION_EVENT_SIZE:
-        raise RemoteError(f"event slot of {len(data)} bytes is shorter than session_event_t")
+# Event types each ring can hold.  Ring 0: IO events, and on VPP's own worker mqs the
+# VPP-internal RPC / HALF_CLOSE / CLOSE / RESET (session_send_evt_to_thread).  Ring 1: control
+# events with a payload (mq_event_ring_index puts every type >= CTRL_RPC there).
+_IO_RING_MAX = int(SessionEvent.CTRL_RESET)
+_RPC = int(SessionEvent.CTRL_RPC)
+_IO_RING, _CTRL_RING = int(MqRing.IO_EVT), int(MqRing.CTRL_EVT)
+
+
+def decode(ring: int, data: bytes | bytearray | memoryview, vpp_internal: bool = True) -> Event:
+    """Decode one slot's bytes (an 18-byte IO slot or a 256-byte ctrl slot).
+
+    Raises `SharedMemoryError` (and only that) for a slot that cannot hold an event of that
+    ring: too short, an event type that does not belong to the ring (a control event in the IO
+    ring would come out without its message), or a payload that does not decode.  The
+    VPP-internal events of VPP's own worker mqs (RPC, HALF_CLOSE, CLOSE, RESET in the IO ring,
+    without a message) come out raw; ``vpp_internal=False`` refuses them too, as
+    `MessageQueue.drain` does: VPP never sends them to an app, and pyvcl consumes only app mqs
+    (a RESET without its message would break whoever handles it)."""
+    n = len(data)
+    if n < SESSION_EVENT_SIZE:
+        raise SharedMemoryError(f"event slot of {n} bytes is shorter than session_event_t")
     event_type = int(data[0])
-    raw = bytes(data)
-    if event_type < SessionEvent.CTRL_RPC:
-        return Event(event_type, ring, IO_INDEX_CODEC.unpack_from(data, IO_INDEX_AT)[0], None, raw)
+    if event_type < _RPC:  # the data path: an IO event
+        if ring != _IO_RING:
+            raise SharedMemoryError(f"IO event type {event_type} in ring {ring}")
+        return Event(
+            event_type, ring, IO_INDEX_CODEC.unpack_from(data, IO_INDEX_AT)[0], None, bytes(data)
+        )
+    if ring == _IO_RING:
+        if event_type > _IO_RING_MAX or not vpp_internal:
+            raise SharedMemoryError(f"{_type_name(event_type)} ({event_type}) in the IO ring")
+        # VPP-internal events carry pointers or a session handle that mean nothing outside
+        # VPP: keep the bytes.
+        return Event(event_type, ring, raw=bytes(data))
+    if ring != _CTRL_RING:
+        raise SharedMemoryError(f"no ring {ring} in a session message queue")
     decl = CTRL_PAYLOADS.get(event_type)
-    if decl is None or ring == MqRing.IO_EVT:
-        # VPP-internal events (RPC, HALF_CLOSE, CLOSE, RESET in ring 0) carry pointers or a
-        # session handle that mean nothing outside VPP: keep the bytes.
-        return Event(event_type, ring, raw=raw)
-    if _PAYLOAD + decl.size > len(data) or len(data) > CTRL_EVENT_SLOT_SIZE:
-        raise RemoteError(f"{decl.c_name} does not fit a {len(data)}-byte slot")
-    return Event(event_type, ring, msg=decl.unpack(data, _PAYLOAD), raw=raw)
+    if decl is None:
+        raise SharedMemoryError(f"{_type_name(event_type)} ({event_type}) in the control ring")
+    if _PAYLOAD + decl.size > n or n > CTRL_EVENT_SLOT_SIZE:
+        raise SharedMemoryError(f"{decl.c_name} does not fit a {n}-byte slot")
+    try:
+        msg = decl.unpack(data, _PAYLOAD)
+    except Exception as e:  # whatever the payload codec raises on bytes from elsewhere
+        raise SharedMemoryError(f"{decl.c_name} does not decode: {e!r}") from None
+    return Event(event_type, ring, msg=msg, raw=bytes(data))
+
+
+def _type_name(event_type: int) -> str:
+    try:
+        return SessionEvent(event_type).name
+    except ValueError:
+        return "unknown event type"

@@ -13,9 +13,18 @@ Two signalling modes (5.5), picked at attach:
   VPP's ``VPP_MQ_EVENTFD`` (private rx mqs).  Producers are serialised by a process-local lock
   (the shared mutex is never touched, as in VPP); the producer writes the fd on empty->non-empty,
   the consumer on full->not-full, and the consumer polls + reads the fd to wait.
-* **condvar** (no fd): producers take the shared robust mutex, broadcast the condvar under it on
-  empty->non-empty; the consumer locks, re-checks, waits and unlocks (and locks, broadcasts,
-  unlocks on full->not-full).  The mutex is never held outside those few calls.
+* **condvar** (no fd): producers take the shared robust mutex and broadcast the condvar under
+  it on empty->non-empty; the consumer locks, broadcasts, unlocks on full->not-full.  Nobody
+  here ever *waits* on the condvar: a consumer waiting for messages and a producer waiting for
+  room poll ``cursize`` with short sleeps (glibc's condvar wait re-acquires locks inside it with
+  no timeout, so words written by another process could hold us there forever; see
+  docs/atomics.md, "Hostile memory").  The mutex is never held outside those few calls.
+
+Every wait is bounded and interruptible (Ctrl-C): a producer finding no room for
+`MessageQueue.stall_limit` seconds without the consumer making progress raises `PeerStalled`,
+whatever its timeout, and so does a shared mutex held that long.  Waiting for messages
+(`MessageQueue.wait`, `recv` without a timeout) is the one wait without an end, but nothing in
+shared memory can stretch any single step of it.
 
 The app is the only consumer of its worker mq and one producer among many of VPP's mqs.
 """
@@ -30,8 +39,8 @@ import time
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
-from ..atomics import ProcessSharedCond, ProcessSharedMutex
-from ..errors import LocalError, SharedMemoryError, Timeout, WouldBlock
+from ..atomics import VPP_MUTEX_KIND, PeerStalled, ProcessSharedCond, ProcessSharedMutex
+from ..errors import LocalError, SharedMemoryError, Timeout, VclError, WouldBlock
 from ..segment import Segment
 from ..wire.enums import MqRing, ring_for_event
 from ..wire.mq import (
@@ -46,7 +55,7 @@ from ..wire.session import CTRL_EVENT_SLOT_SIZE, SESSION_EVENT_SIZE
 from . import events
 from .events import Event
 
-__all__ = ["CONDVAR", "EVENTFD", "MessageQueue", "WaitResult"]
+__all__ = ["CONDVAR", "EVENTFD", "MessageQueue", "PeerStalled", "WaitResult"]
 
 EVENTFD = "eventfd"
 CONDVAR = "condvar"
@@ -64,12 +73,12 @@ _U32 = _Q["head"].codec
 # session_event_t, ctrl events a 256-byte slot (payload at +2).
 SLOT_SIZES = {MqRing.IO_EVT: SESSION_EVENT_SIZE, MqRing.CTRL_EVT: CTRL_EVENT_SLOT_SIZE}
 _N_RINGS = int(MqRing.N_RINGS)
-# glibc mutex __kind bits VPP sets (svm_msg_q_init_mutex): robust and process-shared.
-_MUTEX_ROBUST, _MUTEX_PSHARED = 0x10, 0x80
 
 _ONE = (1).to_bytes(8, "little")  # an eventfd write of 1
 _RESYNC = 1.0  # longest single sleep of an untimed wait: re-check shared state this often
-_BACKOFF_MIN, _BACKOFF_MAX = 50e-6, 2e-3  # producer sleeps while a VPP-eventfd mq is full
+_SIGNAL_LOCK = 0.2  # longest a consumer waits for the mutex to signal producers (else: owed)
+_BACKOFF_MIN, _BACKOFF_MAX = 50e-6, 2e-3  # producer sleeps while an mq is full
+_POLL_MIN = 20e-6  # first sleep of a condvar-mode wait for messages (then doubling)
 
 
 # What a producer copies into a slot: encoded bytes, or an IO event's (type, session index).
@@ -105,6 +114,14 @@ class MessageQueue:
     ``eventfd`` selects eventfd signalling (the fd stays owned by the caller; as VCL does, the
     consumer side sets it non-blocking).  Without it the queue's shared mutex/condvar are used.
     """
+
+    #: Seconds a producer waits for room without the consumer (VPP) consuming anything, and a
+    #: shared mutex may stay held, before `PeerStalled`.  Applies whatever the timeout, also to
+    #: ``timeout=None`` and to callers that rely on it.  Set on the class or on one queue.
+    stall_limit = 5.0
+    #: Longest sleep between two looks at ``cursize`` while a condvar-mode `wait` polls for
+    #: messages (it starts at 20 us and doubles): the latency bound of an idle condvar consumer.
+    poll_max = 0.002
 
     def __init__(
         self, segment: Segment, offset: int, *, eventfd: int | None = None, name: str = ""
@@ -170,20 +187,33 @@ class MessageQueue:
         self._slot_bounds = [(rg.data, rg.elsize) for rg in rings]
         self.size = rel - offset  # svm_msg_q_size_to_alloc
         self._a = segment.atomics
-        self._mutex = ProcessSharedMutex(self._a, q + _Q.offset("mutex"))
-        self._cond = ProcessSharedCond(self._a, q + _Q.offset("condvar"))
+        q_rel = offset + _SMQ.size
+        self._mutex = ProcessSharedMutex(
+            self._a,
+            q + _Q.offset("mutex"),
+            name=f"{self.name}: mutex at fsh offset {q_rel + _Q.offset('mutex'):#x}",
+        )
+        self._cond = ProcessSharedCond(
+            self._a,
+            q + _Q.offset("condvar"),
+            name=f"{self.name}: condvar at fsh offset {q_rel + _Q.offset('condvar'):#x}",
+        )
         if self.mode == CONDVAR:
             kind = int(PTHREAD_MUTEX_FIELDS["__kind"].get(view, q + _Q.offset("mutex")))
-            if kind & (_MUTEX_ROBUST | _MUTEX_PSHARED) != _MUTEX_ROBUST | _MUTEX_PSHARED:
+            if kind != VPP_MUTEX_KIND:
                 raise SharedMemoryError(
-                    f"{self.name}: mutex __kind {kind:#x} is not robust + process-shared"
+                    f"{self.name}: mutex __kind {kind:#x} is not the robust, process-shared "
+                    f"mutex VPP makes ({VPP_MUTEX_KIND:#x})"
                 )
+            self._cond._check_wrefs()
         self._prod_lock = threading.Lock()  # eventfd mode: the producers' lock
         self._cons_lock = threading.Lock()  # one consumer at a time within this process
         self._fd_nonblocking = False
         self._poller: tuple[tuple[int, ...], Any] | None = None  # (fds, select.poll)
         self._poller_lock = threading.Lock()
-        self._signal_owed = False  # a consumer broadcast the mutex was too busy for (_signal)
+        self._signal_owed = False  # a consumer broadcast that could not be made (_signal)
+        self._signal_error: VclError | None = None  # ... and why
+        self.skipped_signals = 0  # broadcasts skipped: a dead/frozen peer wedged the condvar
         # Indices in shared memory must be sane now; they are re-checked on every use.
         self._queue_indices()
         for ring in rings:
@@ -249,33 +279,57 @@ class MessageQueue:
 
     # -- signalling ----------------------------------------------------------------------------
     def _lock_mutex(self, timeout: float | None = None) -> None:
-        if self._mutex.lock(timeout):
+        """Lock the shared mutex within ``timeout`` (`Timeout`), or, without one, within
+        `stall_limit` (`PeerStalled`)."""
+        mutex = self._mutex
+        mutex.hold_limit = self.stall_limit
+        if mutex.lock(timeout):
             self.recovered_owner_deaths += 1
 
     def _signal(self, consumer: bool) -> None:
         """svm_msg_q_send_signal: condvar broadcast (the consumer takes the mutex for it, a
-        producer already holds it) or one eventfd write.
-
-        The consumer waits at most _RESYNC for the mutex: if a peer holds it that long the
-        broadcast is owed, and made by the next `drain` instead."""
+        producer already holds it) or one eventfd write.  Never raises: a producer's broadcast
+        that the condvar's words forbid is skipped and counted (the message is already queued,
+        and `send` checked those words before queueing it); a consumer's is owed, and made, or
+        its error raised, by the next `drain`."""
         fd = self.eventfd
         if fd is None:
             if consumer:
                 try:
-                    self._lock_mutex(_RESYNC)
-                except Timeout:
-                    self._signal_owed = True
-                    return
-                self._signal_owed = False
-                try:
-                    self._cond.broadcast()
-                finally:
-                    self._mutex.unlock()
-            else:
-                self._cond.broadcast()
+                    self._consumer_broadcast()
+                except VclError as e:
+                    self._signal_owed, self._signal_error = True, e
+                return
+            try:
+                if not self._cond.broadcast():
+                    self.skipped_signals += 1
+            except VclError:
+                self.skipped_signals += 1
             return
         with contextlib.suppress(BlockingIOError):  # counter at its maximum: already signalled
             os.write(fd, _ONE)
+
+    def _consumer_broadcast(self) -> None:
+        """Lock, broadcast, unlock.  The mutex is waited for at most _SIGNAL_LOCK: a peer
+        holding it that long makes the broadcast owed (`Timeout`)."""
+        self._lock_mutex(_SIGNAL_LOCK)
+        try:
+            if not self._cond.broadcast():
+                self.skipped_signals += 1
+        finally:
+            self._mutex.unlock()
+        self._signal_owed, self._signal_error = False, None
+
+    def _pay_owed_signal(self) -> None:
+        """Make a consumer broadcast owed by an earlier `drain`; raise what stops it unless the
+        mutex is only busy (then it stays owed)."""
+        try:
+            self._consumer_broadcast()
+        except Timeout:
+            pass
+        except VclError as e:
+            self._signal_error = e
+            raise
 
     def _consumer_fd(self) -> int:
         fd = self.eventfd
@@ -308,8 +362,11 @@ class MessageQueue:
         """Post one message: ``data`` is copied into a zeroed slot of ``ring`` (by default the
         ring of its event type, byte 0).  Pass `events.encode_io` / `encode_ctrl` output.
 
-        Blocks while the queue or the ring is full, up to ``timeout`` seconds (`Timeout`);
-        with ``block=False`` a full queue/ring or a busy lock raises `WouldBlock`.
+        Blocks while the queue or the ring is full, up to ``timeout`` seconds (`Timeout`), and
+        in any case gives up with `PeerStalled` once the consumer has consumed nothing for
+        `stall_limit` seconds; with ``block=False`` a full queue/ring or a busy lock raises
+        `WouldBlock`.  Shared words that could hang or crash us raise `SharedMemoryError`
+        before anything is queued.
         """
         n = len(data)
         if n == 0:
@@ -322,45 +379,74 @@ class MessageQueue:
             raise LocalError(f"{self.name}: {n}-byte message does not fit ring {r} ({rg.elsize})")
         deadline = None if timeout is None else time.monotonic() + timeout
         if self.eventfd is None:
-            self._send_condvar(rg, data, deadline, block, timeout)
+            self._send_condvar(rg, data, deadline, block)
         else:
             self._send_eventfd(rg, data, deadline, block)
 
-    def _full(self, rg: _Ring) -> bool:
+    def _room(self, rg: _Ring) -> int:
+        """-1 if the queue or ring ``rg`` is full, else the queue's cursize (0: this message
+        will make it non-empty, and signal)."""
         a = self._a
         qsize = a.load32(self._q_cursize)
         rsize = a.load32(rg.cursize)
         if qsize > self.maxsize or rsize > rg.nitems:
             raise self._bad(f"queue cursize {qsize} / ring {rg.index} cursize {rsize} too large")
-        return bool(qsize == self.maxsize or rsize == rg.nitems)
+        return -1 if qsize == self.maxsize or rsize == rg.nitems else int(qsize)
 
-    def _send_condvar(
-        self,
-        rg: _Ring,
-        data: _Payload,
-        deadline: float | None,
-        block: bool,
-        timeout: float | None,
-    ) -> None:
+    def _full(self, rg: _Ring) -> bool:
+        return self._room(rg) < 0
+
+    def _send_condvar(self, rg: _Ring, data: _Payload, deadline: float | None, block: bool) -> None:
         mutex = self._mutex
-        if block:
-            self._lock_mutex(timeout)
-        elif not mutex.trylock():  # (recoveries from a dead owner are not reported here)
-            raise WouldBlock(f"{self.name}: queue lock busy")
-        try:
-            while self._full(rg):
-                if not block:
-                    raise WouldBlock(f"{self.name}: queue or ring {rg.index} full")
-                wait = _RESYNC
-                if deadline is not None:
-                    wait = min(wait, deadline - time.monotonic())
-                    if wait <= 0:
-                        raise Timeout(f"{self.name}: queue or ring {rg.index} still full")
-                # The consumer broadcasts on full->not-full; re-check either way.
-                self._cond.wait(mutex, wait)
-            self._put(rg, data)
-        finally:
-            mutex.unlock()
+        waited: list[Any] = []
+        backoff = _BACKOFF_MIN
+        while True:
+            if block:
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                self._lock_mutex(left)
+            elif not mutex.trylock():  # (recoveries from a dead owner are not reported here)
+                raise WouldBlock(f"{self.name}: queue lock busy")
+            try:
+                room = self._room(rg)
+                if room >= 0:
+                    if room == 0:  # the publish will broadcast: refuse bad words before it
+                        self._cond.check()
+                    self._put(rg, data)
+                    return
+            finally:
+                mutex.unlock()
+            if not block:
+                raise WouldBlock(f"{self.name}: queue or ring {rg.index} full")
+            # Wait for room without the condvar (see the module notes): the consumer still
+            # broadcasts on full->not-full for C peers; we re-check after a short sleep.
+            backoff = self._wait_for_room(rg, deadline, backoff, waited)
+
+    def _wait_for_room(
+        self, rg: _Ring, deadline: float | None, backoff: float, waited: list[Any]
+    ) -> float:
+        """One sleep of a producer that found ``rg`` or the queue full; raises `Timeout` at the
+        deadline and `PeerStalled` once the consumer indices stood still for `stall_limit`.
+        ``waited`` carries [consumer indices, since when] between calls."""
+        now = time.monotonic()
+        view = self._view
+        mark = (_U32.unpack_from(view, self._q_head)[0], _U32.unpack_from(view, rg.head)[0])
+        if not waited or waited[0] != mark:
+            waited[:] = [mark, now]
+        elif now - waited[1] >= self.stall_limit:
+            raise PeerStalled(
+                f"{self.name}: the consumer (VPP) has not consumed anything for "
+                f"{now - waited[1]:.1f} s; queue or ring {rg.index} still full (queue cursize "
+                f"{self._a.load32(self._q_cursize)}/{self.maxsize}, ring cursize "
+                f"{self._a.load32(rg.cursize)}/{rg.nitems})"
+            )
+        pause = backoff
+        if deadline is not None:
+            left = deadline - now
+            if left <= 0:
+                raise Timeout(f"{self.name}: queue or ring {rg.index} still full")
+            pause = min(pause, left)
+        time.sleep(min(pause, self.stall_limit))
+        return min(backoff * 2, _BACKOFF_MAX)
 
     def _send_eventfd(
         self,
@@ -371,11 +457,14 @@ class MessageQueue:
     ) -> None:
         lock = self._prod_lock
         backoff = _BACKOFF_MIN
+        waited: list[Any] = []
         while True:
             if block:
-                left = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
+                left = self.stall_limit
+                if deadline is not None:
+                    left = min(left, max(0.0, deadline - time.monotonic()))
                 if not lock.acquire(True, left):
-                    raise Timeout(f"{self.name}: producer lock not acquired")
+                    raise Timeout(f"{self.name}: producer lock not acquired within {left:.3g} s")
             elif not lock.acquire(False):
                 raise WouldBlock(f"{self.name}: queue lock busy")
             try:
@@ -389,13 +478,7 @@ class MessageQueue:
             # Waiting for room without reading the eventfd: it is also the consumer's wake-up
             # (VPP's own epoll on its VPP_MQ_EVENTFD), and stealing a count can leave VPP's
             # blocking read() parked.  Poll the shared state with a short backoff instead.
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise Timeout(f"{self.name}: queue or ring {rg.index} still full")
-                backoff = min(backoff, left)
-            time.sleep(backoff)
-            backoff = min(backoff * 2, _BACKOFF_MAX)
+            backoff = self._wait_for_room(rg, deadline, backoff, waited)
 
     def _put(self, rg: _Ring, data: _Payload) -> None:
         """Reserve a slot, fill it, enqueue its handle (lock held, room checked).
@@ -438,7 +521,8 @@ class MessageQueue:
         timeout: float | None = None,
         block: bool = True,
     ) -> None:
-        """An IO event (``app_send_io_evt_to_vpp``): type + session index in ring 0."""
+        """An IO event (``app_send_io_evt_to_vpp``): type + session index in ring 0.  Blocks
+        and fails as `send` does."""
         if event_type not in events.IO_EVENT_TYPES:
             raise ValueError(f"event type {event_type} is not an IO event")
         # The hot path (one per write that needs an event): the two fields go straight into
@@ -447,14 +531,15 @@ class MessageQueue:
         deadline = None if timeout is None else time.monotonic() + timeout
         io = (event_type, session_index)
         if self.eventfd is None:
-            self._send_condvar(rg, io, deadline, block, timeout)
+            self._send_condvar(rg, io, deadline, block)
         else:
             self._send_eventfd(rg, io, deadline, block)
 
     def send_ctrl(
         self, event_type: int, *, timeout: float | None = None, block: bool = True, **fields: Any
     ) -> None:
-        """A ctrl event in ring 1: the payload of ``event_type`` built from ``fields``."""
+        """A ctrl event in ring 1: the payload of ``event_type`` built from ``fields``.  Blocks
+        and fails as `send` does."""
         self.send(events.encode_ctrl(event_type, **fields), MqRing.CTRL_EVT, timeout, block)
 
     # -- consumer side (VPP -> app) ------------------------------------------------------------
@@ -462,12 +547,12 @@ class MessageQueue:
         """Dequeue up to ``max_n`` (default: all) pending messages without blocking.
 
         Returns `Event` objects, or ``(ring, slot_bytes)`` with ``decode=False``.  Every handle
-        is validated before anything is consumed, so a bad one raises `SharedMemoryError` with
-        the queue untouched.
+        is validated, and every slot decoded, before anything is consumed, so a bad one raises
+        `SharedMemoryError` (naming the ring and slot) with the queue untouched.
         """
         with self._cons_lock:
             if self._signal_owed:
-                self._signal(consumer=True)
+                self._pay_owed_signal()
             a, view, maxsize = self._a, self._view, self.maxsize
             size = a.load32(self._q_cursize)
             if size == 0:
@@ -511,15 +596,22 @@ class MessageQueue:
                     c = a.load32(rg.cursize)
                     if not k <= c <= rg.nitems:
                         raise self._bad(f"ring {rg.index} cursize {c} with {k} messages pending")
-            # Consume the handles (svm_msg_q_sub_raw_batch), copy the slots, then free them:
-            # each ring's head moves over its slots in order and its cursize drops once.
-            put(view, self._q_head, (head + n) % maxsize)
-            need_signal = a.fetch_sub32(self._q_cursize, n) == maxsize
             raws = []
             for r, e in handles:
                 base, size_ = self._slot_bounds[r]
                 slot = base + e * size_
                 raws.append((r, bytes(view[slot : slot + size_])))
+            out: list[Any] = raws
+            if decode:
+                dec = events.decode
+                try:
+                    out = [dec(r, raw, False) for r, raw in raws]
+                except SharedMemoryError as exc:
+                    raise self._undecodable(handles, raws, exc) from None
+            # Consume the handles (svm_msg_q_sub_raw_batch), then free the slots (copied
+            # above): each ring's head moves over its slots in order and its cursize drops once.
+            put(view, self._q_head, (head + n) % maxsize)
+            need_signal = a.fetch_sub32(self._q_cursize, n) == maxsize
             for rg in rings:
                 k = counts[rg.index]
                 if k:
@@ -528,10 +620,18 @@ class MessageQueue:
                         need_signal = True
             if need_signal:
                 self._signal(consumer=True)
-            if not decode:
-                return raws
-            dec = events.decode
-            return [dec(r, raw) for r, raw in raws]
+            return out
+
+    def _undecodable(
+        self, handles: list[tuple[int, int]], raws: list[tuple[int, bytes]], exc: VclError
+    ) -> SharedMemoryError:
+        """The error for the first slot of a batch that does not decode."""
+        for (r, e), (_, raw) in zip(handles, raws, strict=True):
+            try:
+                events.decode(r, raw, False)
+            except SharedMemoryError as err:
+                return self._bad(f"ring {r} slot {e}: {err.strerror}")
+        return self._bad(str(exc.strerror))
 
     def _drain_one(self, decode: bool) -> list[Any]:
         """`drain` of exactly one message, the usual case on the data path: the same checks
@@ -556,16 +656,21 @@ class MessageQueue:
         c = a.load32(rg.cursize)
         if not 1 <= c <= nitems:
             raise self._bad(f"ring {r} cursize {c} with 1 messages pending")
-        put(view, self._q_head, (head + 1) % maxsize)
-        need_signal = a.fetch_sub32(self._q_cursize, 1) == maxsize
         slot = rg.data + e * rg.elsize
         raw = bytes(view[slot : slot + rg.elsize])
+        if decode:
+            try:
+                ev = events.decode(r, raw, False)
+            except SharedMemoryError as exc:
+                raise self._bad(f"ring {r} slot {e}: {exc.strerror}") from None
+        put(view, self._q_head, (head + 1) % maxsize)
+        need_signal = a.fetch_sub32(self._q_cursize, 1) == maxsize
         put(view, rg.head, (h + 1) % nitems)
         if a.fetch_sub32(rg.cursize, 1) >= nitems:  # was full: wake producers
             need_signal = True
         if need_signal:
             self._signal(consumer=True)
-        return [events.decode(r, raw)] if decode else [(r, raw)]
+        return [ev] if decode else [(r, raw)]
 
     def _read_handles(self, head: int, n: int) -> list[tuple[int, int]]:
         view, data = self._view, self._q_data
@@ -581,10 +686,11 @@ class MessageQueue:
         notice VPP going away) is readable/hung up, or ``timeout`` expires.
 
         eventfd mode polls the eventfd with the fds and reads it to reset it; condvar mode
-        locks the mutex, re-checks ``cursize`` under it, does one timed wait and unlocks (with
-        ``also_fds`` in slices of ``fd_poll_interval`` seconds, polling the fds in between).
-        Returns at once if messages are already pending.  Spurious returns are possible only
-        when nothing is pending and no fd fired, i.e. on timeout.
+        polls ``cursize`` (and the fds) with sleeps from 20 us growing to `poll_max`, never
+        touching the mutex or condvar.  ``timeout=None`` waits until something happens, in
+        bounded, interruptible steps.  Returns at once if messages are already pending.
+        Spurious returns are possible only when nothing is pending and no fd fired, i.e. on
+        timeout.
         """
         fds = tuple(also_fds)
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -593,8 +699,6 @@ class MessageQueue:
         if self.eventfd is None:
             return self._wait_condvar(deadline, fds)
         return self._wait_eventfd(deadline, fds)
-
-    fd_poll_interval = 0.02
 
     def _wait_eventfd(self, deadline: float | None, fds: tuple[int, ...]) -> WaitResult:
         # One poll object per set of fds, kept: a blocked reader waits here once per message.
@@ -633,33 +737,33 @@ class MessageQueue:
                 return WaitResult(False, ())
 
     def _wait_condvar(self, deadline: float | None, fds: tuple[int, ...]) -> WaitResult:
-        mutex, cond = self._mutex, self._cond
-        cap = self.fd_poll_interval if fds else _RESYNC
+        # Not pthread_cond_timedwait: glibc re-acquires the condvar-internal lock and the mutex
+        # inside it without a timeout, so words another process wrote could keep us there for
+        # good.  Producers' broadcasts go unheard; cursize is looked at often enough instead.
+        poller = None
+        if fds:
+            poller = select.poll()
+            for fd in fds:
+                poller.register(fd, select.POLLIN | select.POLLPRI)
+        pause = _POLL_MIN
         while True:
-            slice_ = cap if deadline is None else min(cap, deadline - time.monotonic())
-            if slice_ > 0:
-                try:  # a peer holding the mutex for the whole slice just ends the slice
-                    self._lock_mutex(slice_)
-                except Timeout:
-                    pass
-                else:
-                    try:
-                        # Producers broadcast with the mutex held: checking under it loses
-                        # nothing.
-                        if self._a.load32(self._q_cursize) == 0:
-                            left = slice_
-                            if deadline is not None:
-                                left = min(left, deadline - time.monotonic())
-                            if left > 0:
-                                cond.wait(mutex, left)
-                    finally:
-                        mutex.unlock()
+            step = pause
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return WaitResult(False, ())
+                step = min(step, left)
+            fired: tuple[int, ...] = ()
+            if poller is not None and step >= 0.001:  # poll's unit: wakes at once on an fd
+                fired = tuple(fd for fd, _ in poller.poll(int(step * 1000)))
+            else:
+                time.sleep(step)
+                if poller is not None:
+                    fired = tuple(fd for fd, _ in poller.poll(0))
             pending = self.size_now() > 0
-            fired = _poll_fds(fds, 0) if fds else ()
             if pending or fired:
                 return WaitResult(pending, fired)
-            if deadline is not None and time.monotonic() >= deadline:
-                return WaitResult(False, ())
+            pause = min(pause * 2, self.poll_max)
 
     def recv(self, timeout: float | None = None, max_n: int | None = None) -> list[Event]:
         """Wait for and return all pending events (up to ``max_n``); `Timeout` if none
@@ -689,7 +793,8 @@ class MessageQueue:
 
     def peek_slot(self, ring: int, elt: int) -> Event:
         """Decode slot ``elt`` of ``ring`` as it is now, live or already consumed (consumed
-        slots keep their bytes until reused)."""
+        slots keep their bytes until reused).  Unlike `drain`, shows the VPP-internal events of
+        VPP's worker mqs."""
         if not 0 <= ring < self.n_rings:
             raise self._bad(f"no ring {ring}")
         rg = self._rings[ring]
