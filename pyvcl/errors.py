@@ -43,6 +43,15 @@ class SharedMemoryError(RemoteError):
     default_errno = _errno.EFAULT
 
 
+class PeerStalled(RemoteError):
+    """A process sharing the memory made no progress for longer than a live one ever does: it
+    has held a shared mutex, or left a message queue full, past the stall limit
+    (`ProcessSharedMutex.hold_limit`, `pyvcl.mq.queue.MessageQueue.stall_limit`).  The peer
+    (usually VPP) is frozen or dead, or the shared words were corrupted."""
+
+    default_errno = _errno.ETIMEDOUT
+
+
 class AppSocketError(RemoteError):
     """The app socket misbehaved: truncated/oversized message, missing fds, unexpected type."""
 

@@ -59,12 +59,11 @@ import errno
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NoReturn, Protocol, cast
 
-from pyvcl.errors import LocalError, SharedMemoryError, VclError
+from pyvcl.errors import LocalError, PeerStalled, SharedMemoryError, VclError
 
 from .backends import _MACHINE, _libatomic_ops, _Ops, _select, _stub_ops, _unavailable
 from .pthread import (
     VPP_MUTEX_KIND,
-    PeerStalled,
     ProcessSharedCond,
     ProcessSharedMutex,
     _Pthread,

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from pyvcl.errors import LocalError, RemoteError, SharedMemoryError, Timeout, VclError
+from pyvcl.errors import LocalError, PeerStalled, RemoteError, SharedMemoryError, Timeout, VclError
 from pyvcl.wire.abi import PTHREAD_COND_SIZE, PTHREAD_MUTEX_SIZES
 
 from .backends import _MACHINE, _V
@@ -35,15 +35,6 @@ _COND_SIZE = PTHREAD_COND_SIZE
 
 _SLICE = 0.1  # blocking calls return to Python this often: Ctrl-C, and checks of the lock word
 _CLOCK_REALTIME, _CLOCK_MONOTONIC = 0, 1
-
-
-class PeerStalled(RemoteError):
-    """A process sharing the memory made no progress for longer than a live one ever does: it
-    has held a shared mutex, or left a message queue full, past the stall limit
-    (`ProcessSharedMutex.hold_limit`, `pyvcl.mq.queue.MessageQueue.stall_limit`).  The peer
-    (usually VPP) is frozen or dead, or the shared words were corrupted."""
-
-    default_errno = errno.ETIMEDOUT
 
 
 class _Timespec(ctypes.Structure):

@@ -211,6 +211,7 @@ class MessageQueue:
         self._fd_nonblocking = False
         self._poller: tuple[tuple[int, ...], Any] | None = None  # (fds, select.poll)
         self._poller_lock = threading.Lock()
+        self._undecodable_error: SharedMemoryError | None = None  # for the next drain
         self._signal_owed = False  # a consumer broadcast that could not be made (_signal)
         self._signal_error: VclError | None = None  # ... and why
         self.skipped_signals = 0  # broadcasts skipped: a dead/frozen peer wedged the condvar
@@ -547,10 +548,16 @@ class MessageQueue:
         """Dequeue up to ``max_n`` (default: all) pending messages without blocking.
 
         Returns `Event` objects, or ``(ring, slot_bytes)`` with ``decode=False``.  Every handle
-        is validated, and every slot decoded, before anything is consumed, so a bad one raises
-        `SharedMemoryError` (naming the ring and slot) with the queue untouched.
+        is validated before anything is consumed, so a bad handle or index raises
+        `SharedMemoryError` with the queue untouched.  A slot that does not decode (a message
+        VPP would never send) is consumed and dropped, so it cannot wedge the queue: the
+        messages before it are returned, and its `SharedMemoryError` (naming the ring and slot)
+        is raised by this call if none came before it, else by the next one.
         """
         with self._cons_lock:
+            if self._undecodable_error is not None:
+                err, self._undecodable_error = self._undecodable_error, None
+                raise err
             if self._signal_owed:
                 self._pay_owed_signal()
             a, view, maxsize = self._a, self._view, self.maxsize
@@ -602,12 +609,14 @@ class MessageQueue:
                 slot = base + e * size_
                 raws.append((r, bytes(view[slot : slot + size_])))
             out: list[Any] = raws
+            bad: SharedMemoryError | None = None
             if decode:
                 dec = events.decode
                 try:
                     out = [dec(r, raw, False) for r, raw in raws]
-                except SharedMemoryError as exc:
-                    raise self._undecodable(handles, raws, exc) from None
+                except SharedMemoryError:
+                    out, bad, n = self._decode_until_bad(handles, raws)
+                    heads, counts = self._heads_after(handles[:n], rings)
             # Consume the handles (svm_msg_q_sub_raw_batch), then free the slots (copied
             # above): each ring's head moves over its slots in order and its cursize drops once.
             put(view, self._q_head, (head + n) % maxsize)
@@ -620,18 +629,38 @@ class MessageQueue:
                         need_signal = True
             if need_signal:
                 self._signal(consumer=True)
+            if bad is not None:
+                if not out:
+                    raise bad
+                self._undecodable_error = bad
             return out
 
-    def _undecodable(
-        self, handles: list[tuple[int, int]], raws: list[tuple[int, bytes]], exc: VclError
-    ) -> SharedMemoryError:
-        """The error for the first slot of a batch that does not decode."""
+    def _decode_until_bad(
+        self, handles: list[tuple[int, int]], raws: list[tuple[int, bytes]]
+    ) -> tuple[list[Event], SharedMemoryError, int]:
+        """The events before the first slot that does not decode, its error, and how many
+        messages to consume (those events and the bad slot)."""
+        out: list[Event] = []
         for (r, e), (_, raw) in zip(handles, raws, strict=True):
             try:
-                events.decode(r, raw, False)
+                out.append(events.decode(r, raw, False))
             except SharedMemoryError as err:
-                return self._bad(f"ring {r} slot {e}: {err.strerror}")
-        return self._bad(str(exc.strerror))
+                return out, self._bad(f"ring {r} slot {e}: {err.strerror}"), len(out) + 1
+        raise AssertionError("a slot failed to decode, then decoded")  # pragma: no cover
+
+    def _heads_after(
+        self, handles: list[tuple[int, int]], rings: list[_Ring]
+    ) -> tuple[list[int], list[int]]:
+        """Each ring's head after consuming ``handles`` (validated in order), and counts."""
+        get = _U32.unpack_from
+        heads = [-1] * self.n_rings
+        counts = [0] * self.n_rings
+        for r, _ in handles:
+            rg = rings[r]
+            h = heads[r] if heads[r] >= 0 else get(self._view, rg.head)[0]
+            heads[r] = (h + 1) % rg.nitems
+            counts[r] += 1
+        return heads, counts
 
     def _drain_one(self, decode: bool) -> list[Any]:
         """`drain` of exactly one message, the usual case on the data path: the same checks
@@ -658,11 +687,12 @@ class MessageQueue:
             raise self._bad(f"ring {r} cursize {c} with 1 messages pending")
         slot = rg.data + e * rg.elsize
         raw = bytes(view[slot : slot + rg.elsize])
+        bad: SharedMemoryError | None = None
         if decode:
             try:
                 ev = events.decode(r, raw, False)
-            except SharedMemoryError as exc:
-                raise self._bad(f"ring {r} slot {e}: {exc.strerror}") from None
+            except SharedMemoryError as exc:  # consumed and dropped, then reported
+                bad = self._bad(f"ring {r} slot {e}: {exc.strerror}")
         put(view, self._q_head, (head + 1) % maxsize)
         need_signal = a.fetch_sub32(self._q_cursize, 1) == maxsize
         put(view, rg.head, (h + 1) % nitems)
@@ -670,6 +700,8 @@ class MessageQueue:
             need_signal = True
         if need_signal:
             self._signal(consumer=True)
+        if bad is not None:
+            raise bad
         return [ev] if decode else [(r, raw)]
 
     def _read_handles(self, head: int, n: int) -> list[tuple[int, int]]:

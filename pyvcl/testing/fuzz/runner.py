@@ -43,6 +43,7 @@ from .targets import PathErrors, Target
 VERDICTS = ("ok", "pyvcl", "bug", "leak", "crash", "hang", "harness")
 FINE = frozenset({"ok", "pyvcl"})
 DEFAULT_TIMEOUT = 5.0  # seconds one input may take (every blocking call in a target is short)
+STALL_LIMIT = 0.5  # MessageQueue.stall_limit in the fuzz children
 DEFAULT_MEMORY = 2 << 30  # RLIMIT_AS of a worker process
 STARTUP = 15.0  # extra seconds for a worker's imports and the target's template
 BATCH = 400  # inputs per worker process
@@ -144,6 +145,12 @@ def child_main(stdin: IO[str], stdout: IO[str]) -> None:
 
     faulthandler.enable(sys.stderr)
     faulthandler.register(signal.SIGUSR1, sys.stderr, all_threads=True)
+    # A queue whose peer stops consuming, or a mutex held by a frozen peer, ends in
+    # PeerStalled after stall_limit (5 s by default): well inside an input's timeout here,
+    # so that only a wait with no end at all is judged a hang.
+    from ...mq.queue import MessageQueue
+
+    MessageQueue.stall_limit = STALL_LIMIT
     targets: dict[str, Target] = {}
     for line in stdin:
         task = json.loads(line)
