@@ -3,11 +3,12 @@
     from pyvcl import socket
     s = socket.create_connection(("127.0.0.1", 8080))
 
-Sockets are `pyvcl.sockets.VclSocket`s of one process-wide app attached the way C VCL
-attaches (``$VCL_CONFIG`` and the ``VCL_*`` variables, see `pyvcl.config`).  When no VPP is
-reachable they are the standard library's kernel sockets instead, so the same program runs
-with or without VPP (set ``PYVCL_NO_FALLBACK=1`` to make that an error).  The app belongs to
-the process that first used it: a forked child gets its own on first use.
+Sockets are `pyvcl.sockets.VclSocket`s of the process-wide app (`pyvcl.fallback.default_app`)
+attached the way C VCL attaches (``$VCL_CONFIG`` and the ``VCL_*`` variables, see
+`pyvcl.config`).  When no VPP is reachable they are the standard library's kernel sockets
+instead, so the same program runs with or without VPP (set ``PYVCL_NO_FALLBACK=1`` to make
+that an error), and new sockets go through VPP again once it is back (docs/restarts.md).
+The app belongs to the process that first used it: a forked child gets its own on first use.
 """
 
 from __future__ import annotations
@@ -15,13 +16,9 @@ from __future__ import annotations
 import errno
 import os
 import socket as _std
-import threading
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .errors import VppUnreachable
-
-if TYPE_CHECKING:
-    from .sockets import VclApp
 
 AF_INET = _std.AF_INET
 AF_INET6 = _std.AF_INET6
@@ -33,29 +30,18 @@ error = OSError
 timeout = TimeoutError
 gaierror = _std.gaierror
 
-_lock = threading.Lock()
-_app: VclApp | None = None
-_app_pid = 0
-_kernel = False
 
+def default_app() -> Any:
+    """The process-wide app (`pyvcl.fallback.default_app`): attached as C VCL would on first
+    use, kernel sockets while no VPP is reachable, following VPP across restarts
+    (docs/restarts.md).  With ``PYVCL_NO_FALLBACK=1`` an unreachable VPP raises instead."""
+    from .fallback import default_app as process_app  # the data path, imported on first use
 
-def default_app() -> VclApp | None:
-    """The process-wide app, attached on first use; None when falling back to the kernel."""
-    global _app, _app_pid, _kernel
-    with _lock:
-        if _app_pid != os.getpid():
-            _app, _kernel = None, False  # a forked child must not use its parent's app
-            _app_pid = os.getpid()
-        if _app is None and not _kernel:
-            from .sockets import VclApp  # the data path, imported on first use
-
-            try:
-                _app = VclApp.from_env()
-            except VppUnreachable:
-                if os.environ.get("PYVCL_NO_FALLBACK"):
-                    raise
-                _kernel = True
-        return _app
+    app = process_app()
+    if os.environ.get("PYVCL_NO_FALLBACK") and not app.is_vpp:
+        reason = app.reason
+        raise reason if reason is not None else VppUnreachable("VPP is not reachable")
+    return app
 
 
 def __getattr__(name: str) -> Any:
@@ -68,22 +54,16 @@ def __getattr__(name: str) -> Any:
 
 def socket(family: int = AF_INET, type: int = SOCK_STREAM, proto: int = 0) -> Any:
     app = default_app()
-    if app is None:
-        return _std.socket(family, type, proto)
     if type != SOCK_STREAM:
+        if not app.is_vpp:
+            return _std.socket(family, type, proto)
         raise OSError(errno.ESOCKTNOSUPPORT, "pyvcl supports SOCK_STREAM sockets")
     return app.socket(family)
 
 
 def create_connection(address: tuple[Any, ...], timeout: float | None = None) -> Any:
-    app = default_app()
-    if app is None:
-        return _std.create_connection(address, timeout)
-    return app.create_connection(address, timeout)
+    return default_app().create_connection(address, timeout)
 
 
 def create_server(address: tuple[Any, ...], *, backlog: int | None = None, **_: Any) -> Any:
-    app = default_app()
-    if app is None:
-        return _std.create_server(address, backlog=backlog)
-    return app.create_server(address, backlog=backlog)
+    return default_app().create_server(address, backlog=backlog)
