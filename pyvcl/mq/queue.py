@@ -33,11 +33,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import select
 import threading
 import time
 from collections.abc import Iterable
-from typing import Any, NamedTuple
+from typing import Any
 
 from ..atomics import VPP_MUTEX_KIND, PeerStalled, ProcessSharedCond, ProcessSharedMutex
 from ..errors import LocalError, SharedMemoryError, Timeout, VclError, WouldBlock
@@ -50,10 +49,10 @@ from ..wire.mq import (
     SVM_MSG_Q_SHARED,
     SVM_MSG_Q_SHARED_QUEUE,
 )
-from ..wire.segment import FIFO_SEGMENT_HEADER, FIFO_SEGMENT_SLICE
-from ..wire.session import CTRL_EVENT_SLOT_SIZE, SESSION_EVENT_SIZE
 from . import events
 from .events import Event
+from .layout import Ring, read_layout
+from .waiting import Waiter, WaitResult, poll_fds
 
 __all__ = ["CONDVAR", "EVENTFD", "MessageQueue", "PeerStalled", "WaitResult"]
 
@@ -69,43 +68,14 @@ _HANDLE = SVM_MSG_Q_MSG.codec  # {ring_index u32, elt_index u32}
 # read by nobody else on the hot path, so plain accesses suffice; the release/acquire ordering
 # comes from the atomic read-modify-write of cursize that follows/precedes them.
 _U32 = _Q["head"].codec
-# What session events need of the rings, by ring index: IO events are the 18-byte
-# session_event_t, ctrl events a 256-byte slot (payload at +2).
-SLOT_SIZES = {MqRing.IO_EVT: SESSION_EVENT_SIZE, MqRing.CTRL_EVT: CTRL_EVENT_SLOT_SIZE}
-_N_RINGS = int(MqRing.N_RINGS)
 
 _ONE = (1).to_bytes(8, "little")  # an eventfd write of 1
-_RESYNC = 1.0  # longest single sleep of an untimed wait: re-check shared state this often
 _SIGNAL_LOCK = 0.2  # longest a consumer waits for the mutex to signal producers (else: owed)
 _BACKOFF_MIN, _BACKOFF_MAX = 50e-6, 2e-3  # producer sleeps while an mq is full
-_POLL_MIN = 20e-6  # first sleep of a condvar-mode wait for messages (then doubling)
 
 
 # What a producer copies into a slot: encoded bytes, or an IO event's (type, session index).
 _Payload = bytes | bytearray | memoryview | tuple[int, int]
-
-
-class WaitResult(NamedTuple):
-    """What `MessageQueue.wait` saw: ``pending`` messages, and which ``also_fds`` fired
-    (readable, hung up or in error).  Both empty means the timeout expired."""
-
-    pending: bool
-    fds: tuple[int, ...] = ()
-
-
-class _Ring:
-    __slots__ = ("cursize", "data", "elsize", "hdr", "head", "index", "nitems", "tail", "zero")
-
-    def __init__(self, index: int, hdr: int, nitems: int, elsize: int) -> None:
-        self.index = index
-        self.hdr = hdr  # mapping offsets
-        self.cursize = hdr + _R.offset("cursize")
-        self.head = hdr + _R.offset("head")
-        self.tail = hdr + _R.offset("tail")
-        self.data = hdr + _R.size
-        self.nitems = nitems
-        self.elsize = elsize
-        self.zero = bytes(elsize)
 
 
 class MessageQueue:
@@ -134,58 +104,18 @@ class MessageQueue:
         self.recovered_owner_deaths = 0  # EOWNERDEAD recoveries seen by this process
         view = segment.view
         self._view = view
-        header_end = _header_end(segment)
-        if offset < header_end:
-            raise SharedMemoryError(
-                f"{self.name}: offset {offset:#x} overlaps the fifo segment header (ends at "
-                f"{header_end:#x})"
-            )
-        base = segment.at(offset, _SMQ.size + _Q.size, "message queue header")
-        if base % 8:
-            raise SharedMemoryError(f"{self.name}: queue at {offset:#x} is not 8-byte aligned")
-        n_rings = int(_SMQ["n_rings"].get(view, base))
-        if n_rings != _N_RINGS:
-            raise SharedMemoryError(f"{self.name}: n_rings {n_rings}, session queues have 2")
-        q = base + _SMQ.size
-        maxsize = int(_Q["maxsize"].get(view, q))
-        elsize = int(_Q["elsize"].get(view, q))
-        if elsize != _MSG.size:
-            raise SharedMemoryError(f"{self.name}: queue elsize {elsize}, expected {_MSG.size}")
-        if maxsize < 1:
-            raise SharedMemoryError(f"{self.name}: queue maxsize {maxsize}")
-        self.maxsize = maxsize
-        self.n_rings = n_rings
+        layout = read_layout(segment, offset, self.name)
+        q, rings = layout.q, layout.rings
+        self.maxsize = layout.maxsize
+        self.n_rings = len(rings)
         self._q = q
         self._q_head = q + _Q.offset("head")
         self._q_tail = q + _Q.offset("tail")
         self._q_cursize = q + _Q.offset("cursize")
-        rel = offset + _SMQ.size + _Q.size
-        self._q_data = segment.at(rel, maxsize * _MSG.size, "message queue handles")
-        rel += maxsize * _MSG.size
-        rings: list[_Ring] = []
-        for i in range(n_rings):
-            hdr = segment.at(rel, _R.size, f"ring {i} header")
-            nitems = int(_R["nitems"].get(view, hdr))
-            r_elsize = int(_R["elsize"].get(view, hdr))
-            if r_elsize != SLOT_SIZES[MqRing(i)]:
-                raise SharedMemoryError(
-                    f"{self.name}: ring {i} slots are {r_elsize} bytes, session events need "
-                    f"{SLOT_SIZES[MqRing(i)]}"
-                )
-            if nitems < 1:
-                raise SharedMemoryError(f"{self.name}: ring {i} has {nitems} items")
-            if hdr % 4:
-                # An odd IO ring size puts the next ring's atomic cursize off 4-byte alignment;
-                # VPP's inline atomics cope (split locks), portable atomics cannot.
-                raise SharedMemoryError(
-                    f"{self.name}: ring {i} header at {rel:#x} is not 4-byte aligned"
-                )
-            segment.at(rel + _R.size, nitems * r_elsize, f"ring {i} slots")
-            rings.append(_Ring(i, hdr, nitems, r_elsize))
-            rel += _R.size + nitems * r_elsize
+        self._q_data = layout.handles
         self._rings = rings
         self._slot_bounds = [(rg.data, rg.elsize) for rg in rings]
-        self.size = rel - offset  # svm_msg_q_size_to_alloc
+        self.size = layout.size  # svm_msg_q_size_to_alloc
         self._a = segment.atomics
         q_rel = offset + _SMQ.size
         self._mutex = ProcessSharedMutex(
@@ -209,8 +139,7 @@ class MessageQueue:
         self._prod_lock = threading.Lock()  # eventfd mode: the producers' lock
         self._cons_lock = threading.Lock()  # one consumer at a time within this process
         self._fd_nonblocking = False
-        self._poller: tuple[tuple[int, ...], Any] | None = None  # (fds, select.poll)
-        self._poller_lock = threading.Lock()
+        self._waiter = Waiter()
         self._undecodable_error: SharedMemoryError | None = None  # for the next drain
         self._signal_owed = False  # a consumer broadcast that could not be made (_signal)
         self._signal_error: VclError | None = None  # ... and why
@@ -242,7 +171,7 @@ class MessageQueue:
             )
         return head, tail, size
 
-    def _ring_indices(self, ring: _Ring) -> tuple[int, int, int]:
+    def _ring_indices(self, ring: Ring) -> tuple[int, int, int]:
         a = self._a
         get, view = _U32.unpack_from, self._view
         head, tail = get(view, ring.head)[0], get(view, ring.tail)[0]
@@ -276,7 +205,7 @@ class MessageQueue:
 
     def close(self) -> None:
         """Forget the segment (the eventfd stays the caller's).  Idempotent."""
-        self._poller = None
+        self._waiter.forget()
 
     # -- signalling ----------------------------------------------------------------------------
     def _lock_mutex(self, timeout: float | None = None) -> None:
@@ -384,7 +313,7 @@ class MessageQueue:
         else:
             self._send_eventfd(rg, data, deadline, block)
 
-    def _room(self, rg: _Ring) -> int:
+    def _room(self, rg: Ring) -> int:
         """-1 if the queue or ring ``rg`` is full, else the queue's cursize (0: this message
         will make it non-empty, and signal)."""
         a = self._a
@@ -394,10 +323,10 @@ class MessageQueue:
             raise self._bad(f"queue cursize {qsize} / ring {rg.index} cursize {rsize} too large")
         return -1 if qsize == self.maxsize or rsize == rg.nitems else int(qsize)
 
-    def _full(self, rg: _Ring) -> bool:
+    def _full(self, rg: Ring) -> bool:
         return self._room(rg) < 0
 
-    def _send_condvar(self, rg: _Ring, data: _Payload, deadline: float | None, block: bool) -> None:
+    def _send_condvar(self, rg: Ring, data: _Payload, deadline: float | None, block: bool) -> None:
         mutex = self._mutex
         waited: list[Any] = []
         backoff = _BACKOFF_MIN
@@ -423,7 +352,7 @@ class MessageQueue:
             backoff = self._wait_for_room(rg, deadline, backoff, waited)
 
     def _wait_for_room(
-        self, rg: _Ring, deadline: float | None, backoff: float, waited: list[Any]
+        self, rg: Ring, deadline: float | None, backoff: float, waited: list[Any]
     ) -> float:
         """One sleep of a producer that found ``rg`` or the queue full; raises `Timeout` at the
         deadline and `PeerStalled` once the consumer indices stood still for `stall_limit`.
@@ -451,7 +380,7 @@ class MessageQueue:
 
     def _send_eventfd(
         self,
-        rg: _Ring,
+        rg: Ring,
         data: _Payload,
         deadline: float | None,
         block: bool,
@@ -481,7 +410,7 @@ class MessageQueue:
             # blocking read() parked.  Poll the shared state with a short backoff instead.
             backoff = self._wait_for_room(rg, deadline, backoff, waited)
 
-    def _put(self, rg: _Ring, data: _Payload) -> None:
+    def _put(self, rg: Ring, data: _Payload) -> None:
         """Reserve a slot, fill it, enqueue its handle (lock held, room checked).
 
         The slot and the handle are written into free space first and published last (ring
@@ -507,7 +436,7 @@ class MessageQueue:
         _HANDLE.pack_into(view, self._q_data + qt * 8, rg.index, t)
         self._publish(rg, t, qt)
 
-    def _publish(self, rg: _Ring, t: int, qt: int) -> None:
+    def _publish(self, rg: Ring, t: int, qt: int) -> None:
         a, put, view = self._a, _U32.pack_into, self._view
         put(view, rg.tail, (t + 1) % rg.nitems)
         a.fetch_add32(rg.cursize, 1)
@@ -649,7 +578,7 @@ class MessageQueue:
         raise AssertionError("a slot failed to decode, then decoded")  # pragma: no cover
 
     def _heads_after(
-        self, handles: list[tuple[int, int]], rings: list[_Ring]
+        self, handles: list[tuple[int, int]], rings: list[Ring]
     ) -> tuple[list[int], list[int]]:
         """Each ring's head after consuming ``handles`` (validated in order), and counts."""
         get = _U32.unpack_from
@@ -727,75 +656,10 @@ class MessageQueue:
         fds = tuple(also_fds)
         deadline = None if timeout is None else time.monotonic() + timeout
         if self.size_now():
-            return WaitResult(True, _poll_fds(fds, 0) if fds else ())
+            return WaitResult(True, poll_fds(fds, 0) if fds else ())
         if self.eventfd is None:
-            return self._wait_condvar(deadline, fds)
-        return self._wait_eventfd(deadline, fds)
-
-    def _wait_eventfd(self, deadline: float | None, fds: tuple[int, ...]) -> WaitResult:
-        # One poll object per set of fds, kept: a blocked reader waits here once per message.
-        # A poll object cannot be polled by two threads at once, so a second concurrent
-        # waiter (two threads misusing the one consumer) gets a fresh one.
-        if not self._poller_lock.acquire(False):
-            return self._wait_eventfd_with(self._new_poller(fds), deadline)
-        try:
-            cached = self._poller
-            if cached is None or cached[0] != fds:
-                cached = self._poller = (fds, self._new_poller(fds))
-            return self._wait_eventfd_with(cached[1], deadline)
-        finally:
-            self._poller_lock.release()
-
-    def _new_poller(self, fds: tuple[int, ...]) -> Any:
-        poller = select.poll()
-        for fd in fds:
-            poller.register(fd, select.POLLIN | select.POLLPRI)
-        poller.register(self._consumer_fd(), select.POLLIN)
-        return poller
-
-    def _wait_eventfd_with(self, poller: Any, deadline: float | None) -> WaitResult:
-        evfd = self._consumer_fd()
-        while True:
-            slice_ = _RESYNC if deadline is None else min(_RESYNC, deadline - time.monotonic())
-            ready = poller.poll(max(0, int(slice_ * 1000 + 0.999))) if slice_ > 0 else []
-            fired = tuple(fd for fd, _ in ready if fd != evfd)
-            if any(fd == evfd for fd, _ in ready):
-                with contextlib.suppress(BlockingIOError):
-                    os.read(evfd, 8)
-            pending = self.size_now() > 0
-            if pending or fired:
-                return WaitResult(pending, fired)
-            if deadline is not None and time.monotonic() >= deadline:
-                return WaitResult(False, ())
-
-    def _wait_condvar(self, deadline: float | None, fds: tuple[int, ...]) -> WaitResult:
-        # Not pthread_cond_timedwait: glibc re-acquires the condvar-internal lock and the mutex
-        # inside it without a timeout, so words another process wrote could keep us there for
-        # good.  Producers' broadcasts go unheard; cursize is looked at often enough instead.
-        poller = None
-        if fds:
-            poller = select.poll()
-            for fd in fds:
-                poller.register(fd, select.POLLIN | select.POLLPRI)
-        pause = _POLL_MIN
-        while True:
-            step = pause
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return WaitResult(False, ())
-                step = min(step, left)
-            fired: tuple[int, ...] = ()
-            if poller is not None and step >= 0.001:  # poll's unit: wakes at once on an fd
-                fired = tuple(fd for fd, _ in poller.poll(int(step * 1000)))
-            else:
-                time.sleep(step)
-                if poller is not None:
-                    fired = tuple(fd for fd, _ in poller.poll(0))
-            pending = self.size_now() > 0
-            if pending or fired:
-                return WaitResult(pending, fired)
-            pause = min(pause * 2, self.poll_max)
+            return self._waiter.poll_cursize(deadline, fds, self.size_now, self.poll_max)
+        return self._waiter.wait_eventfd(deadline, fds, self.size_now, self._consumer_fd())
 
     def recv(self, timeout: float | None = None, max_n: int | None = None) -> list[Event]:
         """Wait for and return all pending events (up to ``max_n``); `Timeout` if none
@@ -834,15 +698,3 @@ class MessageQueue:
             raise self._bad(f"element {elt} beyond ring {ring}'s {rg.nitems} items")
         slot = rg.data + elt * rg.elsize
         return events.decode(ring, bytes(self._view[slot : slot + rg.elsize]))
-
-
-def _header_end(segment: Segment) -> int:
-    """First fsh-relative offset after the fifo segment header and its slices."""
-    return FIFO_SEGMENT_HEADER.size + segment.n_slices * FIFO_SEGMENT_SLICE.size
-
-
-def _poll_fds(fds: tuple[int, ...], timeout_ms: int) -> tuple[int, ...]:
-    poller = select.poll()
-    for fd in fds:
-        poller.register(fd, select.POLLIN | select.POLLPRI)
-    return tuple(fd for fd, _ in poller.poll(timeout_ms))
