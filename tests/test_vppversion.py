@@ -74,3 +74,20 @@ def test_an_unknown_expectation_is_a_usage_error(monkeypatch: pytest.MonkeyPatch
     with pytest.raises(LocalError, match=r"\$PYVCL_VPP_VERSION='v9.99'"):
         expected_version()
     assert expected_version("v26.02-release") == "v26.02"
+
+
+def test_real_vpp_release_is_read_and_the_other_one_refused(vpp: object) -> None:
+    """Against the VPP under test (v26.06, or v26.02 with PYVCL_VPP_PREFIX pointing there):
+    the attach reads its release, and a pyvcl told to expect the other one refuses before
+    anything of VPP's is mapped."""
+    from pyvcl.app import App
+    from pyvcl.wire import SUPPORTED_VERSIONS
+
+    sock = vpp.app_socket()  # type: ignore[attr-defined]
+    release = detect_version(vpp.pid)  # type: ignore[attr-defined]
+    assert release in SUPPORTED_VERSIONS
+    with App.attach(sock, name="ver-ok", vpp_version=release) as app:
+        assert app.vpp_version == release
+    other = next(v for v in SUPPORTED_VERSIONS if v != release)
+    with pytest.raises(VppVersionMismatch, match=f"is {release}, but {other} was expected"):
+        App.attach(sock, name="ver-other", vpp_version=other)
