@@ -320,9 +320,13 @@ def _announced(mqs: list[dict[str, Any]]) -> set[int]:
                     continue
                 payload = slot.get("payload")
                 if payload is None:
+                    # Not decoded (describe_event reported why), or decoded without its
+                    # payload (a control event type in an IO slot).
+                    name = slot.get("type_name", f"event type {slot['event_type']}")
+                    why = slot.get("error", "a control event type in an IO slot")
                     mq.setdefault("problems", []).append(
-                        f"ring {ring['index']} slot {slot['elt']}: {slot['type_name']} without "
-                        "its payload (a control event type in an IO slot)"
+                        f"ring {ring['index']} slot {slot['elt']}: {name} without its payload "
+                        f"({why})"
                     )
                 else:
                     handles.add(int(payload["segment_handle"]))
