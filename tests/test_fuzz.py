@@ -170,3 +170,13 @@ def test_finding_is_fixed(replayed: dict[Path, Result], path: Path) -> None:
         pytest.skip("the recorded snapshots are not present")
     r = replayed[path]
     assert r.verdict in ("ok", "pyvcl"), f"{r.verdict}: {r.detail} at {r.where}"
+
+
+def test_a_clean_run_still_writes_its_summary(tmp_path: Path) -> None:
+    """--out DIR gets summary.json even when the run saved no finding (it used to fail at the
+    very end of a clean 200 000-input run, losing the counts)."""
+    out = tmp_path / "run"
+    counts, findings = fuzz(["fifo"], 20, SHORT_SEED, 1, TEST_LIMITS, out=out)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["counts"] == counts and summary["inputs"] == 20
+    assert findings == [] and not (out / "findings").exists()

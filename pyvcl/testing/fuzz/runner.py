@@ -422,6 +422,7 @@ def fuzz(
         if out is not None:
             save_finding(f, out / "findings")
     if out is not None:
+        out.mkdir(parents=True, exist_ok=True)  # a clean run saves no finding to make it
         (out / "summary.json").write_text(
             json.dumps(
                 {
