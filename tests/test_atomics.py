@@ -33,7 +33,10 @@ from pyvcl.atomics import (
 )
 from pyvcl.errors import LocalError, RemoteError, SharedMemoryError, Timeout, VclError
 
+from .subproc import run_bounded
+
 M32, M64 = (1 << 32) - 1, (1 << 64) - 1
+
 REPO = Path(atomics.__file__).resolve().parents[2]
 
 _built: dict[str, atomics._Ops | str] = {}
@@ -581,29 +584,6 @@ def test_sync_objects_check_bounds(shm: tuple[mmap.mmap, AtomicRegion]) -> None:
 # --------------------------------------------------------------------------------------------
 # Blocking calls end by their timeout (run in a fresh interpreter: a regression hangs there, not
 # here)
-
-
-def run_bounded(code: str, timeout: float = 60) -> str:
-    """Run `code` in a fresh interpreter in its own session; fail (killing the session, forked
-    children included) if it has not finished within `timeout` seconds."""
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        env=env,
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"hung for {timeout} s:\n{out}\n{err}")
-    assert proc.returncode == 0, out + err
-    return out
 
 
 def test_timed_calls_keep_their_deadline_alive() -> None:

@@ -13,9 +13,6 @@ import errno
 import faulthandler
 import os
 import signal
-import subprocess
-import sys
-import textwrap
 import threading
 import time
 from collections.abc import Iterator
@@ -37,6 +34,7 @@ from pyvcl.wire.enums import SessionEvent as E
 from pyvcl.wire.mq import SVM_MSG_Q_RING_SHARED, SVM_MSG_Q_SHARED, SVM_MSG_Q_SHARED_QUEUE
 from pyvcl.wire.session import CTRL_EVENT_SLOT_SIZE, CTRL_PAYLOADS, SESSION_EVENT_SIZE
 
+from . import subproc
 from .mq_fixtures import build_mq
 
 REPO = Path(__file__).resolve().parent.parent
@@ -63,26 +61,8 @@ def ghost_tid() -> int:
 
 
 def run_bounded(code: str, timeout: float = 30) -> str:
-    """Run ``code`` (with `PRELUDE`) in a fresh interpreter; fail if it does not exit 0 within
-    ``timeout`` seconds (an abort, a crash or a hang)."""
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.Popen(
-        [sys.executable, "-c", PRELUDE + textwrap.dedent(code)],
-        env=env,
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"hung for {timeout} s:\n{out}\n{err}")
-    assert proc.returncode == 0, f"exit {proc.returncode}:\n{out}\n{err}"
-    return out
+    """`tests.subproc.run_bounded` with `PRELUDE`."""
+    return subproc.run_bounded(code, timeout, PRELUDE)
 
 
 PRELUDE = """\
