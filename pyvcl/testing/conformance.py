@@ -326,6 +326,7 @@ class VclStack:
         if scope not in _SCOPE_TOPOLOGY:
             raise ValueError(f"scope must be 'local' or 'global', not {scope!r}")
         topo = topology(vpp, _SCOPE_TOPOLOGY[scope])
+        self.vpp = vpp  # (a failing test's report shows its log)
         self.name = f"pyvcl-{topo.name}"
         self.topology = topo
         self.host = topo.host
@@ -400,7 +401,8 @@ def check_nonblocking_connect(stack: Stack) -> None:
         t.start()  # (cut-through: VPP reports the connect once the server accepted)
         sel.register(c, selectors.EVENT_WRITE)
         assert sel.select(10) == [(sel.get_key(c), selectors.EVENT_WRITE)]
-        assert c.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
+        so_error = c.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        assert so_error == 0, errno.errorcode.get(so_error, so_error)
         assert c.connect_ex(addr) in (0, errno.EISCONN)
         assert c.connect_ex(addr) == errno.EISCONN
         t.join(10)

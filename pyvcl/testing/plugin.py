@@ -96,6 +96,8 @@ def pytest_runtest_makereport(
             instances.append(value)
         elif isinstance(value, VppFactory):
             instances.extend(value.instances)
+        elif isinstance(getattr(value, "vpp", None), VppInstance):  # a VclStack, say
+            instances.append(value.vpp)
     for inst in dict.fromkeys(instances):
         state = "running" if inst.is_running() else f"exited, status {inst.returncode}"
         report.sections.append((f"VPP pid {inst.pid} ({state})", inst.log_tail(40)))
