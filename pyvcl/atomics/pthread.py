@@ -303,6 +303,20 @@ class ProcessSharedMutex:
             "mutex: the word was overwritten"
         )
 
+    def _mark_holder(self, t: _ThreadState, tid: int, lock: int) -> bool:
+        """Before asking glibc for the mutex: True if ``lock`` (the lock word now) is this
+        thread's own, left held by an exception between an earlier lock and its caller's
+        ``try``; a SharedMemoryError if it names this thread otherwise.  Else marks this
+        thread as the holder first, so that such an exception (a Ctrl-C during the call is
+        raised right there) leaves a word the next call recognises, and returns False."""
+        if lock & _OWNER_BITS == tid:
+            if tid in self._holders:
+                return True
+            raise self._not_ours(lock, tid)
+        head_list = t.head_list
+        self._holders[tid] = 0 if head_list is None else head_list[0]
+        return False
+
     def lock(self, timeout: float | None = None) -> bool:
         """Lock; True if the previous owner had died holding it (the state is now ours).
 
@@ -314,16 +328,9 @@ class ProcessSharedMutex:
         lock, kind = _LOCK_KIND.unpack_from(self._mv)
         if kind != VPP_MUTEX_KIND:
             raise self._bad_kind(kind)
+        if self._mark_holder(t, tid, lock):  # ours, left locked by an exception
+            return False
         holders = self._holders
-        if lock & _OWNER_BITS == tid:
-            if tid in holders:  # ours, left locked by an exception between lock and try
-                return False
-            raise self._not_ours(lock, tid)
-        # Marked before the call, so an exception between glibc's return and our caller's
-        # ``try`` (a Ctrl-C during the call is raised right there) leaves a lock word that the
-        # next lock() recognises as this thread's own.
-        head_list = t.head_list
-        holders[tid] = 0 if head_list is None else head_list[0]
         err = -1
         try:
             err = self._timedlock(self._addr, _PAST)
@@ -385,13 +392,9 @@ class ProcessSharedMutex:
         t = _THREAD
         tid = t.tid
         lock = self._words()[0]
+        if self._mark_holder(t, tid, lock):
+            return True
         holders = self._holders
-        if lock & _OWNER_BITS == tid:
-            if tid in holders:
-                return True
-            raise self._not_ours(lock, tid)
-        head_list = t.head_list
-        holders[tid] = 0 if head_list is None else head_list[0]
         err = -1
         try:
             err = self._timedlock(self._addr, _PAST)
