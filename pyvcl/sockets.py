@@ -166,6 +166,24 @@ class VclSocket:
     def fileno(self) -> int:
         return -1  # no kernel descriptor: readiness comes from VPP's message queue
 
+    @property
+    def session(self) -> Session:
+        """The session-layer state of this socket (read it; the worker changes it)."""
+        return self._s
+
+    @property
+    def worker(self) -> SessionWorker:
+        """The app worker that carries this socket's session."""
+        return self._worker
+
+    def readiness(self, read: bool = True, write: bool = True) -> tuple[bool, bool]:
+        """(readable, writable) as poll(2) would say of a kernel TCP socket, re-arming VPP's
+        wake-ups for what is not ready (`SessionWorker.readiness`).  A closed socket, or one
+        whose app is closed or whose VPP died, is ready both ways: the call raises."""
+        if self._closed or self._app.closed:
+            return read, write
+        return self._worker.readiness(self._s, read, write)
+
     # -- connection setup ------------------------------------------------------------------
     def _wait_timeout(self) -> float:
         return self._app.session_timeout if self._timeout is None else self._timeout

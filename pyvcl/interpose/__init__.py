@@ -2,30 +2,82 @@
 
 `enable(app)` makes ``socket.socket(AF_INET/AF_INET6, SOCK_STREAM)`` (and everything built on
 it: ``create_connection``, ``create_server``, socketserver, http, asyncio's own event loop)
-return sockets carried by VPP sessions of ``app`` (an `pyvcl.fallback.OpportunisticApp`),
-each with a real file descriptor whose readiness follows the session.  Other kinds of socket
-stay kernel sockets.  `pyvcl run` (pyvcl.cli.run) enables it before running a program.
+return sockets carried by VPP sessions of ``app`` (a `pyvcl.fallback.OpportunisticApp`),
+each with a real file descriptor whose readiness follows the session
+(`pyvcl.interpose.vsocket.InterposedSocket`).  Other kinds of socket stay kernel sockets, and
+so do new sockets while ``app`` has no VPP.  `pyvcl run` (pyvcl.cli.run) enables it before
+running a program; docs/run.md says what is replaced and how.
 """
 
 from __future__ import annotations
 
+import os
+import socket
+import threading
+from collections.abc import Callable
 from typing import Any
 
-__all__ = ["disable", "enable", "enabled"]
+from . import vsocket
 
-_enabled: Any = None
+__all__ = ["disable", "enable", "enabled", "is_interposed"]
 
 
-def enable(app: Any) -> None:
-    """Route new AF_INET/AF_INET6 stream sockets of this process through ``app``."""
-    raise NotImplementedError("interposition core: in progress (issue 9)")
+class _State:
+    app: Any = None  # the OpportunisticApp new sockets go through
+    reopen: Callable[[], Any] | None = None  # how a forked child gets an app of its own
+    forsaken: list[Any] = []  # a forked child's copies of its parent's apps: never closed
+    lock = threading.Lock()
+
+
+def _backend() -> Any:
+    app = _State.app
+    if app is None:
+        reopen = _State.reopen
+        if reopen is None:
+            return None
+        with _State.lock:
+            if _State.app is None:
+                _State.app = reopen()
+            app = _State.app
+    from ..sockets import VclApp
+
+    b = app.backend  # VPP's death noticed first; VppUnreachable without fallback
+    return b if isinstance(b, VclApp) else None
+
+
+def _after_fork_in_child() -> None:
+    """The parent's app is the parent's (closing it here would detach the parent): forget it,
+    and attach anew on the child's first socket."""
+    vsocket.fork_generation += 1
+    if _State.app is not None:
+        _State.forsaken.append(_State.app)
+        _State.app = None
+    _State.lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def enable(app: Any, reopen: Callable[[], Any] | None = None) -> None:
+    """Route new AF_INET/AF_INET6 stream sockets of this process through ``app`` (an
+    `OpportunisticApp`: VPP while it is attached, kernel sockets or `VppUnreachable` while
+    not).  ``reopen`` makes the app of a forked child (without it, a child uses the kernel)."""
+    _State.app, _State.reopen = app, reopen
+    vsocket.backend = _backend
+    socket.socket = vsocket.InterposedSocket  # type: ignore[misc]
 
 
 def disable() -> None:
     """Undo `enable`: new sockets are kernel sockets again (existing ones keep working)."""
-    global _enabled
-    _enabled = None
+    socket.socket = vsocket.std_socket  # type: ignore[misc]
+    vsocket.backend = lambda: None
+    _State.app = _State.reopen = None
 
 
 def enabled() -> bool:
-    return _enabled is not None
+    return socket.socket is vsocket.InterposedSocket  # type: ignore[comparison-overlap]
+
+
+def is_interposed(sock: object) -> bool:
+    """Whether ``sock`` is carried by a VPP session (its descriptor signals, carries nothing)."""
+    return isinstance(sock, vsocket.InterposedSocket) and sock._carrier is not None

@@ -40,6 +40,7 @@ from ..errors import (
 )
 from ..errors import session_error as _session_error
 from ..fifo import Fifo
+from ..mq.events import Event
 from ..mq.queue import MessageQueue
 from ..wire.enums import DeqNotify
 from ..wire.enums import SessionEvent as E
@@ -57,6 +58,9 @@ class SessionWorker:
         self._polling = False
         self._fifos: dict[int, tuple[Fifo, Fifo]] = {}
         self.dead: VclError | None = None  # set when VPP went away
+        # Called (lock held) after each round of events handled, with those events: how an
+        # adapter that mirrors session state elsewhere (pyvcl.interpose) learns of changes.
+        self.on_events: Callable[[list[Event]], None] | None = None
 
     @property
     def polling(self) -> bool:
@@ -103,6 +107,8 @@ class SessionWorker:
                 self.lock.acquire()
             for ev in events:
                 self.execute(self.layer.handle_event(ev))
+            if events and self.on_events is not None:
+                self.on_events(events)
         except VppDisconnected as e:
             self._vpp_gone(e)
         finally:

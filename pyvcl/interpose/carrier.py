@@ -1,0 +1,130 @@
+"""`Carrier`: the VPP side of one interposed socket.
+
+It holds the `VclSocket` that carries the data (two for a dual-stack listener: IPv6 and
+IPv4 on one port, as a kernel socket bound to ``::`` without IPV6_V6ONLY listens on both),
+the `ReadinessFd` that stands for it in select/poll/epoll, and how many socket objects share
+it (``dup``, ``socket.fromfd``).
+
+Readiness is kept lazily: nothing is done for it until someone takes the descriptor
+(``fileno()``, which select, selectors, asyncio and C extensions all call), since a
+descriptor nobody has seen cannot be waited on.  From then on the app's `Pump` re-reads it
+after events, and the socket's own calls re-read it when they may have consumed the last of
+something (a recv that drained the fifo, a send that filled it, an accept).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from typing import TYPE_CHECKING
+
+from .readiness import ReadinessFd
+
+if TYPE_CHECKING:
+    from ..sockets import VclApp, VclSocket
+    from .pump import Pump
+
+_pumps: weakref.WeakKeyDictionary[VclApp, Pump] = weakref.WeakKeyDictionary()
+_pumps_lock = threading.Lock()
+
+# Descriptors of live carriers, by inode: how ``socket.socket(fileno=fd)`` (dup, fromfd,
+# detach-and-rewrap) finds the session behind a descriptor it is handed.
+by_inode: dict[int, Carrier] = {}
+
+
+def pump_for(app: VclApp) -> Pump:
+    from .pump import Pump
+
+    with _pumps_lock:
+        pump = _pumps.get(app)
+        if pump is None or pump.dead:
+            pump = _pumps[app] = Pump(app)
+        return pump
+
+
+class Carrier:
+    __slots__ = ("__weakref__", "app", "indexes", "inode", "pump", "refs", "rfd", "vcls")
+
+    def __init__(self, app: VclApp, vcl: VclSocket) -> None:
+        self.app = app
+        self.vcls: list[VclSocket] = [vcl]
+        self.rfd = ReadinessFd()
+        self.inode = os.fstat(self.rfd.fd).st_ino
+        self.refs = 1
+        self.pump: Pump | None = None  # set once the descriptor was handed out (`watch`)
+        self.indexes: list[int] = []
+        by_inode[self.inode] = self
+
+    @property
+    def vcl(self) -> VclSocket:
+        return self.vcls[0]
+
+    @property
+    def watched(self) -> bool:
+        return self.pump is not None
+
+    def watch(self) -> None:
+        """The descriptor is out: from now on keep its readiness true."""
+        if self.pump is not None:
+            return
+        pump = pump_for(self.app)
+        with self.app.worker.lock:
+            self.pump = pump
+            self._register()
+            self.sync_locked()
+
+    def add(self, vcl: VclSocket) -> None:
+        """A second session behind the same descriptor (the IPv4 half of a listener)."""
+        self.vcls.append(vcl)
+        if self.pump is not None:
+            with self.app.worker.lock:
+                self._register()
+                self.sync_locked()
+
+    def _register(self) -> None:
+        assert self.pump is not None
+        for i in self.indexes:
+            self.pump.remove(i)
+        self.indexes = [v.session.index for v in self.vcls]
+        for i in self.indexes:
+            self.pump.add(self, i)
+
+    def signature(self) -> object:
+        """What a control event may change: each session's state and pending accepts."""
+        return [(v.session.index, v.session.state, len(v.session.accepted)) for v in self.vcls]
+
+    def sync_locked(self) -> None:
+        """Set the descriptor from the sessions (worker lock held)."""
+        if self.pump is None:
+            return
+        r = w = False
+        for v in self.vcls:
+            if v.session.index not in self.indexes:  # a failed connect made a new session
+                self._register()
+            vr, vw = v.readiness()
+            r = r or vr
+            w = w or vw
+        self.rfd.set(r, w)
+
+    def sync(self) -> None:
+        if self.pump is not None:
+            with self.app.worker.lock:
+                self.sync_locked()
+
+    def release(self) -> bool:
+        """One socket object let go; True (and everything closed) when it was the last."""
+        self.refs -= 1
+        if self.refs > 0:
+            return False
+        by_inode.pop(self.inode, None)
+        try:
+            for v in self.vcls:
+                v.close()
+        finally:
+            if self.pump is not None:
+                with self.app.worker.lock:
+                    for i in self.indexes:
+                        self.pump.remove(i)
+            self.rfd.close_peer()
+        return True

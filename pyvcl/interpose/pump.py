@@ -1,0 +1,129 @@
+"""`Pump`: keeps the readiness descriptors of one `VclApp`'s interposed sockets true.
+
+A program blocked in select/poll/epoll on an interposed socket's descriptor runs none of
+pyvcl's code, so somebody else must consume the app's message queue and flip descriptors
+when sessions change.  That is the pump: one daemon thread per attached app that sleeps on
+the app mq's eventfd (and on the app socket, to notice VPP's death), handles the events as
+the session worker's poller (`SessionWorker.pump_signalled`), and then re-reads the readiness
+of the sessions the events touched (`Carrier.sync`).
+
+Which sessions: an IO event names its session; a control event (connected, accepted,
+disconnected, reset...) may change any session's state, so after one the pump compares each
+carrier's cheap signature (states and pending accepts) with the last it saw.  Threads that
+block in a socket call (recv, accept...) go on waiting as they always did: on the worker's
+condition, woken by the pump after every round.
+
+When VPP dies, every descriptor is made readable and writable, so that waiting programs
+wake up and their calls raise ECONNRESET.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import select
+import threading
+from typing import TYPE_CHECKING
+
+from ..errors import VclError
+from ..mq.events import Event
+
+if TYPE_CHECKING:
+    from ..sockets import VclApp
+    from .carrier import Carrier
+
+log = logging.getLogger(__name__)
+
+MAX_SLEEP = 1.0  # longest sleep on the eventfd: how late a closing app's pump notices
+
+
+class Pump:
+    """The thread that follows one app's message queue for its interposed sockets."""
+
+    def __init__(self, app: VclApp) -> None:
+        mq = app.app.app_mq
+        if mq is None or mq.eventfd is None:
+            raise VclError("interposed sockets need an app mq with an eventfd (use_mq_eventfd)")
+        self.app = app
+        self.worker = app.worker
+        self._evfd = mq.fileno()
+        self._sapi_fd = app.app.sapi.fileno()
+        self._carriers: dict[int, Carrier] = {}  # by session index (a listener pair: both)
+        self._signatures: dict[Carrier, object] = {}
+        self._stopped = False
+        self.dead = False
+        self.worker.on_events = self._on_events
+        self._thread = threading.Thread(target=self._run, name="pyvcl-pump", daemon=True)
+        self._thread.start()
+
+    # -- registry (callers hold the worker's lock) ------------------------------------------
+    def add(self, carrier: Carrier, session_index: int) -> None:
+        self._carriers[session_index] = carrier
+        self._signatures[carrier] = carrier.signature()
+
+    def remove(self, session_index: int) -> None:
+        carrier = self._carriers.pop(session_index, None)
+        if carrier is not None and carrier not in self._carriers.values():
+            self._signatures.pop(carrier, None)
+
+    # -- the thread -------------------------------------------------------------------------
+    def _on_events(self, events: list[Event]) -> None:
+        """After a round of events (worker lock held, whichever thread polled)."""
+        touched: set[Carrier] = set()
+        control = False
+        carriers = self._carriers
+        for ev in events:
+            idx = ev.session_index
+            if idx is None:
+                control = True
+            else:
+                c = carriers.get(idx)
+                if c is not None:
+                    touched.add(c)
+        if control:
+            sigs = self._signatures
+            for c in list(sigs):
+                sig = c.signature()
+                if sig != sigs[c]:
+                    sigs[c] = sig
+                    touched.add(c)
+        for c in touched:
+            c.sync_locked()
+
+    def _run(self) -> None:
+        w = self.worker
+        try:
+            while not self._stopped:
+                w.pump_signalled()  # raises once VPP is gone or the app closed
+                if not w.claim_poller():
+                    with w.lock:  # another thread polls (it syncs us) or events are queued
+                        if w.polling:
+                            w.cond.wait(0.05)
+                    continue
+                try:
+                    ready, _, _ = select.select([self._evfd, self._sapi_fd], [], [], MAX_SLEEP)
+                finally:
+                    w.release_poller()
+                if self._sapi_fd in ready:
+                    w.check_vpp()
+        except VclError as e:
+            if not self._stopped:
+                log.debug("pump of %s stops: %s", self.app, e)
+        except (OSError, ValueError) as e:  # a descriptor closed under us by detach
+            if not self._stopped:
+                log.debug("pump of %s stops: %s", self.app, e)
+        finally:
+            self._wake_all()
+
+    def _wake_all(self) -> None:
+        """VPP is gone or the app closed: every descriptor ready, so waiters call and fail."""
+        self.dead = True
+        with self.worker.lock:
+            for c in list(self._signatures):
+                with contextlib.suppress(OSError):
+                    c.rfd.set(True, True)
+
+    def stop(self) -> None:
+        self._stopped = True
+        if self.worker.on_events == self._on_events:
+            self.worker.on_events = None
