@@ -44,7 +44,7 @@ def pump_for(app: VclApp) -> Pump:
 
 
 class Carrier:
-    __slots__ = ("__weakref__", "app", "indexes", "inode", "pump", "refs", "rfd", "vcls")
+    __slots__ = ("__weakref__", "app", "indexes", "inode", "pump", "refs", "rfd", "seen", "vcls")
 
     def __init__(self, app: VclApp, vcl: VclSocket) -> None:
         self.app = app
@@ -54,6 +54,7 @@ class Carrier:
         self.refs = 1
         self.pump: Pump | None = None  # set once the descriptor was handed out (`watch`)
         self.indexes: list[int] = []
+        self.seen: object = None  # `signature` at the last sync
         by_inode[self.inode] = self
 
     @property
@@ -98,6 +99,7 @@ class Carrier:
         """Set the descriptor from the sessions (worker lock held)."""
         if self.pump is None:
             return
+        self.seen = self.signature()
         r = w = False
         for v in self.vcls:
             if v.session.index not in self.indexes:  # a failed connect made a new session

@@ -49,7 +49,6 @@ class Pump:
         self._evfd = mq.fileno()
         self._sapi_fd = app.app.sapi.fileno()
         self._carriers: dict[int, Carrier] = {}  # by session index (a listener pair: both)
-        self._signatures: dict[Carrier, object] = {}
         self._stopped = False
         self.dead = False
         self.worker.on_events = self._on_events
@@ -59,12 +58,9 @@ class Pump:
     # -- registry (callers hold the worker's lock) ------------------------------------------
     def add(self, carrier: Carrier, session_index: int) -> None:
         self._carriers[session_index] = carrier
-        self._signatures[carrier] = carrier.signature()
 
     def remove(self, session_index: int) -> None:
-        carrier = self._carriers.pop(session_index, None)
-        if carrier is not None and carrier not in self._carriers.values():
-            self._signatures.pop(carrier, None)
+        self._carriers.pop(session_index, None)
 
     # -- the thread -------------------------------------------------------------------------
     def _on_events(self, events: list[Event]) -> None:
@@ -81,11 +77,8 @@ class Pump:
                 if c is not None:
                     touched.add(c)
         if control:
-            sigs = self._signatures
-            for c in list(sigs):
-                sig = c.signature()
-                if sig != sigs[c]:
-                    sigs[c] = sig
+            for c in set(carriers.values()):
+                if c.signature() != c.seen:
                     touched.add(c)
         for c in touched:
             c.sync_locked()
@@ -119,7 +112,7 @@ class Pump:
         """VPP is gone or the app closed: every descriptor ready, so waiters call and fail."""
         self.dead = True
         with self.worker.lock:
-            for c in list(self._signatures):
+            for c in set(self._carriers.values()):
                 with contextlib.suppress(OSError):
                     c.rfd.set(True, True)
 

@@ -92,7 +92,10 @@ class SessionWorker:
                 if remaining is not None and remaining <= 0:
                     return False
                 if self._polling:
-                    self.cond.wait(remaining)
+                    # Re-check every slice even unwoken: the poller may sleep long (the
+                    # pump of pyvcl.interpose does), and a wake-up VPP owes us can be lost
+                    # (a cut-through dequeue notification, see _ask_for_room).
+                    self.cond.wait(POLL_SLICE if remaining is None else min(remaining, POLL_SLICE))
                     continue
                 self._poll_round(POLL_SLICE if remaining is None else min(remaining, POLL_SLICE))
 
@@ -284,10 +287,13 @@ class SessionWorker:
         tx.add_want_deq_ntf(DeqNotify.WANT_DEQ_NOTIF)
         if tx.max_enqueue() >= want:
             return True
-        if s.cut_through and tx.set_event():
+        if s.cut_through:
             # The reader checks its own signal words, not ours: VPP copies our request there
-            # only when it handles a TX event of ours (ct_session_tx).  Without one pending,
-            # the request would never reach the reader.
+            # only when it handles a TX event of ours (ct_session_tx).  Send one even when
+            # has_event is set already: VPP leaves it set after a TX it descheduled
+            # (session_tx_fifo_custom... TRANSPORT_SND_F_DESCHED), so "an event is pending"
+            # does not mean VPP will look at our request again.
+            tx.set_event()
             self.vpp_mq(self._mq_of(s)).send_io(E.IO_TX, s.vpp_index)
         return False
 
