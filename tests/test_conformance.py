@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from pyvcl.testing.conformance import CHECKS, KernelStack, Stack, VclStack
+from pyvcl.testing.conformance import CHECKS, InterposedStack, KernelStack, Stack, VclStack
 
 
 @pytest.fixture(scope="module")
@@ -24,6 +24,8 @@ PYVCL_STACKS = {
     "pyvcl-tcp": ("global", False, 23000),
     "pyvcl-ct-workers": ("local", True, 21500),
     "pyvcl-tcp-workers": ("global", True, 23500),
+    "run-ct": ("local", False, 22000),  # the sockets of `pyvcl run` (pyvcl.interpose)
+    "run-tcp": ("global", False, 24000),
 }
 
 
@@ -37,7 +39,8 @@ def stack(request: pytest.FixtureRequest, vcl_stacks: dict[str, VclStack]) -> St
     if name not in vcl_stacks:
         scope, workers, port = PYVCL_STACKS[name]
         vpp = request.getfixturevalue("vpp_with_workers" if workers else "vpp")
-        vcl_stacks[name] = VclStack(vpp, scope, first_port=port)
+        kind = InterposedStack if name.startswith("run-") else VclStack
+        vcl_stacks[name] = kind(vpp, scope, first_port=port)
         vcl_stacks[name].name = name
     return vcl_stacks[name]
 
@@ -65,6 +68,7 @@ def _known_differences(request: pytest.FixtureRequest) -> None:
         return
     check, stack = callspec.params.get("check"), callspec.params.get("stack")
     name = getattr(check, "__name__", "").removeprefix("check_")
-    reason = DIFFERENCES.get((name, str(stack).removesuffix("-workers")))
+    stack_name = str(stack).removesuffix("-workers").replace("run-", "pyvcl-")
+    reason = DIFFERENCES.get((name, stack_name))
     if reason:
         request.applymarker(pytest.mark.xfail(reason=reason, strict=True))

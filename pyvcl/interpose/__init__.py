@@ -15,7 +15,7 @@ import os
 import socket
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 from . import vsocket
 
@@ -25,7 +25,7 @@ __all__ = ["disable", "enable", "enabled", "is_interposed"]
 class _State:
     app: Any = None  # the OpportunisticApp new sockets go through
     reopen: Callable[[], Any] | None = None  # how a forked child gets an app of its own
-    forsaken: list[Any] = []  # a forked child's copies of its parent's apps: never closed
+    forsaken: ClassVar[list[Any]] = []  # a forked child's copies of its parent's apps: never closed
     lock = threading.Lock()
 
 
@@ -75,7 +75,7 @@ def disable() -> None:
 
 
 def enabled() -> bool:
-    return socket.socket is vsocket.InterposedSocket  # type: ignore[comparison-overlap]
+    return socket.socket is vsocket.InterposedSocket
 
 
 def is_interposed(sock: object) -> bool:

@@ -77,7 +77,7 @@ def to_int(key: tuple[int, int], value: int | bytes | None, optlen: int | None) 
         return value
     data = bytes(value)
     if key == SO_LINGER and len(data) >= _LINGER.size:
-        return _LINGER.unpack_from(data)[0]
+        return int(_LINGER.unpack_from(data)[0])
     if len(data) >= _INT.size:
         return int(_INT.unpack_from(data)[0])
     raise OSError(errno.EINVAL, "Invalid argument")

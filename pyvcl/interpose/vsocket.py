@@ -37,18 +37,25 @@ from . import sockopts as so
 from .carrier import Carrier, by_inode
 
 std_socket = _socket_module.socket  # the standard class, kept before anything patches it
-_c_socket = std_socket.__mro__[1]  # _socket.socket: the C methods, for our own descriptor
+_c_socket: Any = std_socket.__mro__[1]  # _socket.socket: the C methods, for our descriptor
 AF_INET, AF_INET6 = _socket_module.AF_INET, _socket_module.AF_INET6
 SOCK_STREAM = _socket_module.SOCK_STREAM
-_TYPE_MASK = ~(getattr(_socket_module, "SOCK_NONBLOCK", 0) | getattr(_socket_module, "SOCK_CLOEXEC", 0))
+_TYPE_MASK = ~(
+    getattr(_socket_module, "SOCK_NONBLOCK", 0) | getattr(_socket_module, "SOCK_CLOEXEC", 0)
+)
 _NONBLOCK = getattr(_socket_module, "SOCK_NONBLOCK", 0)
 _PROTOS = (-1, 0, _socket_module.IPPROTO_TCP)
 _MSG_PEEK, _MSG_DONTWAIT = _socket_module.MSG_PEEK, _socket_module.MSG_DONTWAIT
 _MSG_WAITALL = _socket_module.MSG_WAITALL
 _MSG_IGNORED = getattr(_socket_module, "MSG_NOSIGNAL", 0) | getattr(_socket_module, "MSG_MORE", 0)
 
+
+def _no_backend() -> VclApp | None:
+    return None
+
+
 # Where new sockets go: set by `pyvcl.interpose.enable` (None: kernel sockets).
-backend: Callable[[], VclApp | None] = lambda: None
+backend: Callable[[], VclApp | None] = _no_backend
 _EPHEMERAL = (32768, 60999)  # Linux's default ip_local_port_range
 _PORT_TRIES = 32  # ephemeral ports tried before a listen gives up with EADDRINUSE
 fork_generation = 0  # bumped in a forked child: carriers of an older generation are the parent's
@@ -58,6 +65,19 @@ class ForkedSession(LocalError):
     """A VPP session used in a process forked after it was made."""
 
     default_errno = errno.EBADF
+
+
+def socket_over(app: VclApp, family: int = AF_INET) -> InterposedSocket:
+    """An interposed socket carried by ``app`` whatever `pyvcl.interpose.enable` chose (for
+    tests and programs that hold several apps: a process cannot connect to itself through
+    one app, since VPP does not connect an app to its own listener)."""
+    vcl = app.socket(family)
+    try:
+        carrier = Carrier(app, vcl)
+    except BaseException:
+        vcl.close()
+        raise
+    return InterposedSocket._over(carrier, family)
 
 
 class _Facade(type):
@@ -102,6 +122,9 @@ class InterposedSocket(std_socket, metaclass=_Facade):
     __slots__ = ("_auto_port", "_carrier", "_generation", "_sockopts")
 
     _carrier: Carrier | None
+    _generation: int
+    _sockopts: dict[tuple[int, int], int]
+    _auto_port: bool
 
     def __new__(
         cls, family: int = -1, type: int = -1, proto: int = -1, fileno: int | None = None
@@ -109,14 +132,7 @@ class InterposedSocket(std_socket, metaclass=_Facade):
         if fileno is None:
             app = backend() if _eligible(family, type, proto) else None
             if app is not None:
-                fam = AF_INET if family == -1 else family
-                vcl = app.socket(fam)
-                try:
-                    carrier = Carrier(app, vcl)
-                except BaseException:
-                    vcl.close()
-                    raise
-                obj = cls._over(carrier, fam)
+                obj = socket_over(app, AF_INET if family == -1 else family)
                 if type != -1 and type & _NONBLOCK:
                     obj.setblocking(False)
                 return obj
@@ -164,7 +180,7 @@ class InterposedSocket(std_socket, metaclass=_Facade):
         c = self._carrier
         if c is not None and c.pump is None and self._generation == fork_generation:
             c.watch()
-        return _c_socket.fileno(self)
+        return int(_c_socket.fileno(self))
 
     def _real_close(self, _ss: Any = _c_socket) -> None:
         c = self._carrier
@@ -215,7 +231,7 @@ class InterposedSocket(std_socket, metaclass=_Facade):
 
     def gettimeout(self) -> float | None:
         if self._carrier is None:
-            return std_socket.gettimeout(self)  # type: ignore[no-any-return]
+            return std_socket.gettimeout(self)
         return self._carrier.vcls[0].gettimeout()
 
     def setblocking(self, flag: bool) -> None:
@@ -229,7 +245,7 @@ class InterposedSocket(std_socket, metaclass=_Facade):
         return self._carrier.vcls[0].gettimeout() != 0.0
 
     @property
-    def timeout(self) -> float | None:  # type: ignore[override]
+    def timeout(self) -> float | None:
         return self.gettimeout()
 
     # -- addresses and setup ------------------------------------------------------------------
@@ -304,9 +320,9 @@ class InterposedSocket(std_socket, metaclass=_Facade):
         c.vcls[0] = new
         return new
 
-    def accept(self) -> tuple[InterposedSocket, Any]:
+    def accept(self) -> tuple[std_socket, Any]:
         if self._carrier is None:
-            return std_socket.accept(self)  # type: ignore[return-value]
+            return std_socket.accept(self)
         c, vcl = self._carrier, self._vcl()
         try:
             if len(c.vcls) == 1:
@@ -352,9 +368,7 @@ class InterposedSocket(std_socket, metaclass=_Facade):
                 continue
 
             def ready() -> bool:
-                return any(
-                    v.session.accepted or v.session.state != State.LISTENING for v in c.vcls
-                )
+                return any(v.session.accepted or v.session.state != State.LISTENING for v in c.vcls)
 
             if not w.wait_until(ready, timeout):
                 raise TimeoutError("accept timed out")
@@ -406,7 +420,7 @@ class InterposedSocket(std_socket, metaclass=_Facade):
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
         c = self._carrier
         if c is None:
-            return std_socket.recv(self, bufsize, flags)  # type: ignore[no-any-return]
+            return std_socket.recv(self, bufsize, flags)
         if flags:
             return self._recv_flags(bufsize, flags)
         try:
@@ -421,7 +435,7 @@ class InterposedSocket(std_socket, metaclass=_Facade):
     def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
         c = self._carrier
         if c is None:
-            return std_socket.recv_into(self, buffer, nbytes, flags)  # type: ignore[no-any-return]
+            return std_socket.recv_into(self, buffer, nbytes, flags)
         if flags:
             view = memoryview(buffer).cast("B")
             data = self._recv_flags(nbytes or len(view), flags)
@@ -480,12 +494,12 @@ class InterposedSocket(std_socket, metaclass=_Facade):
 
     def recvfrom(self, bufsize: int, flags: int = 0) -> tuple[bytes, Any]:
         if self._carrier is None:
-            return std_socket.recvfrom(self, bufsize, flags)  # type: ignore[no-any-return]
+            return std_socket.recvfrom(self, bufsize, flags)
         return self.recv(bufsize, flags), None
 
     def recvfrom_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> tuple[int, Any]:
         if self._carrier is None:
-            return std_socket.recvfrom_into(self, buffer, nbytes, flags)  # type: ignore[no-any-return]
+            return std_socket.recvfrom_into(self, buffer, nbytes, flags)
         return self.recv_into(buffer, nbytes, flags), None
 
     def recvmsg(self, bufsize: int, ancbufsize: int = 0, flags: int = 0) -> Any:
@@ -508,7 +522,7 @@ class InterposedSocket(std_socket, metaclass=_Facade):
     def send(self, data: Any, flags: int = 0) -> int:
         c = self._carrier
         if c is None:
-            return std_socket.send(self, data, flags)  # type: ignore[no-any-return]
+            return std_socket.send(self, data, flags)
         vcl = self._vcl()
         if flags & ~_MSG_IGNORED:
             return self._send_flags(vcl, data, flags)
@@ -540,12 +554,12 @@ class InterposedSocket(std_socket, metaclass=_Facade):
 
     def sendto(self, data: Any, flags_or_address: Any, address: Any = None) -> int:
         if self._carrier is None:
-            return std_socket.sendto(self, data, flags_or_address, address)  # type: ignore[no-any-return]
+            return std_socket.sendto(self, data, flags_or_address, address)
         raise OSError(errno.EISCONN, "Transport endpoint is already connected")
 
     def sendmsg(self, buffers: Any, ancdata: Any = (), flags: int = 0, address: Any = None) -> int:
         if self._carrier is None:
-            return std_socket.sendmsg(self, buffers, ancdata, flags, address)  # type: ignore[no-any-return]
+            return std_socket.sendmsg(self, buffers, ancdata, flags, address)
         if ancdata:
             raise OSError(errno.EOPNOTSUPP, "pyvcl sockets carry no ancillary data")
         return self.send(b"".join(bytes(b) for b in buffers), flags)
@@ -553,7 +567,8 @@ class InterposedSocket(std_socket, metaclass=_Facade):
     def sendfile(self, file: Any, offset: int = 0, count: int | None = None) -> int:
         if self._carrier is None:
             return std_socket.sendfile(self, file, offset, count)
-        return self._sendfile_use_send(file, offset, count)  # the fd carries no data
+        send_by_send: Any = std_socket._sendfile_use_send  # type: ignore[attr-defined]
+        return int(send_by_send(self, file, offset, count))  # the fd carries no data
 
     # -- options --------------------------------------------------------------------------------
     def setsockopt(self, level: int, optname: int, value: Any, optlen: int | None = None) -> None:

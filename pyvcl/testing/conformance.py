@@ -365,6 +365,48 @@ class VclStack:
         self.server_app.close()
 
 
+class InterposedStack(VclStack):
+    """`VclStack`'s apps and topology, through the sockets `pyvcl run` gives unmodified
+    programs (`pyvcl.interpose`): standard-library socket objects with a real descriptor,
+    waited on with the standard library's own selector."""
+
+    def __init__(self, vpp: Any, scope: str = "local", first_port: int = 21000) -> None:
+        super().__init__(vpp, scope, first_port)
+        self.name = f"run-{self.topology.name}"
+
+    def server(self) -> tuple[Any, Address]:
+        from ..interpose.vsocket import socket_over
+
+        addr = (self.host, self._next_port())
+        s = socket_over(self.server_app)
+        try:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(addr)
+            s.listen()
+        except BaseException:
+            s.close()
+            raise
+        return s, addr
+
+    def connect(self, address: Address, timeout: float | None = None) -> Any:
+        s = self.client_socket()
+        try:
+            s.settimeout(timeout)
+            s.connect(address)
+        except BaseException:
+            s.close()
+            raise
+        return s
+
+    def client_socket(self) -> Any:
+        from ..interpose.vsocket import socket_over
+
+        return socket_over(self.client_app)
+
+    def selector(self) -> selectors.BaseSelector:
+        return selectors.DefaultSelector()
+
+
 def check_send_after_peer_close_is_broken_pipe(stack: Stack) -> None:
     """Writing into a connection the peer closed fails (the first writes may still be
     buffered, as with kernel TCP): BrokenPipeError, as a socket user expects."""
