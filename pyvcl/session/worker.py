@@ -203,6 +203,12 @@ class SessionWorker:
         rx, _ = self.fifos(s)
         if rx.max_dequeue() or s.state == State.PEER_CLOSED:
             return True
+        if s.cut_through and rx.needs_deq_ntf(0):
+            # A cut-through writer's request for room reaches our signal words only when VPP
+            # handles the writer's TX event (ct_session_tx, which also wakes us), possibly
+            # after we read what filled the fifo: answer it now, or the writer waits forever.
+            rx.clear_deq_ntf()
+            self.vpp_mq(self._mq_of(s)).send_io(E.IO_RX, s.vpp_index)
         # Before every sleep, not just the first: an RX event can arrive after its bytes were
         # read (VPP sets has_event, then queues the event), and a has_event left set makes
         # VPP skip the event for the next bytes (mq_send_io_rx_event).  C VCL does the same in
