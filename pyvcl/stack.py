@@ -1,0 +1,174 @@
+"""Which network stack a program uses: the choice `pyvcl nc` and `pyvcl run` make from their
+options, and opening the app it names.
+
+A `StackChoice` holds plain values only, so that it fits in the environment as JSON: `pyvcl
+run` hands it down to Python child processes that way (`pyvcl.interpose.boot`).  The rules of
+`open_stack`: ``kernel`` means kernel sockets and no VPP; a VPP named by its app socket,
+namespace or runtime dir, or by a vcl.conf, must be reachable; otherwise pyvcl attaches as C
+VCL would (``$VCL_CONFIG``, the ``VCL_*`` variables, else /run/vpp) and, with ``fallback``,
+uses kernel sockets when no VPP answers there (``on_fallback`` is told first).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .api.messages import AttachOptions
+    from .errors import VppUnreachable
+    from .fallback import KernelApp, OpportunisticApp
+    from .sockets import VclApp
+
+SCOPES = ("local", "global", "both")
+
+
+@dataclasses.dataclass
+class StackChoice:
+    kernel: bool = False  # kernel sockets, VPP not tried
+    fallback: bool = True  # kernel sockets when the default VPP does not answer
+    vcl_config: str | None = None
+    app_socket: str | None = None  # a path, or abstract:NAME
+    runtime_dir: str | None = None
+    namespace_id: str = ""
+    secret: int = 0
+    name: str = ""
+    use_mq_eventfd: bool | None = None  # None: True for a named VPP, else the config's
+    segment_size: int | None = None
+    fifo_size: int | None = None
+    timeout: float = 5.0
+    scope: str | None = None  # one of SCOPES; None: both, or the config's
+    verbose: bool = False
+
+    @property
+    def named(self) -> bool:
+        """A VPP named by its app socket (not through a vcl.conf or the defaults)."""
+        return bool(self.app_socket or self.namespace_id or self.runtime_dir)
+
+    def check(self) -> None:
+        """ValueError for a combination that cannot be meant."""
+        if self.vcl_config and self.named:
+            raise ValueError(
+                "--vcl-config names the VPP: no --app-socket, --ns or --runtime-dir with it"
+            )
+        if self.scope is not None and self.scope not in SCOPES:
+            raise ValueError(f"scope must be one of {', '.join(SCOPES)}, not {self.scope!r}")
+
+    def for_children(self) -> StackChoice:
+        """The same choice with its paths absolute, for processes with another cwd."""
+
+        def absolute(path: str | None) -> str | None:
+            if path is None or path.startswith("abstract:"):
+                return path
+            return os.path.abspath(path)
+
+        return dataclasses.replace(
+            self,
+            vcl_config=absolute(self.vcl_config),
+            app_socket=absolute(self.app_socket),
+            runtime_dir=absolute(self.runtime_dir),
+        )
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> StackChoice:
+        """The choice `to_json` wrote; ValueError (naming the field) for anything else."""
+        try:
+            data = json.loads(text)
+        except ValueError as e:
+            raise ValueError(f"not JSON: {e}") from None
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        choice = cls()
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        for key, value in data.items():
+            if key not in fields:
+                raise ValueError(f"unknown field {key!r}")
+            default = getattr(choice, key)
+            if not _same_kind(value, default, fields[key].type):
+                raise ValueError(f"bad value for {key!r}: {value!r}")
+            setattr(choice, key, value)
+        choice.check()
+        return choice
+
+    # -- what the attach needs ------------------------------------------------------------
+    def app_socket_path(self) -> Path | str:
+        from .app import default_app_socket
+
+        if self.app_socket:
+            return self.app_socket
+        return default_app_socket(self.namespace_id, self.runtime_dir)
+
+    def attach_options(self) -> AttachOptions:
+        from .api.messages import AttachOptions
+
+        opts = AttachOptions(
+            name=self.name,
+            use_mq_eventfd=True if self.use_mq_eventfd is None else self.use_mq_eventfd,
+            namespace_id=self.namespace_id,
+            namespace_secret=self.secret,
+        )
+        if self.segment_size is not None:
+            opts.segment_size = self.segment_size
+        if self.fifo_size is not None:
+            opts.rx_fifo_size = opts.tx_fifo_size = self.fifo_size
+        return opts
+
+
+def _same_kind(value: object, default: object, annotation: object) -> bool:
+    """Whether a JSON value fits a field (its annotation is a string: postponed)."""
+    text = str(annotation)
+    if value is None:
+        return "None" in text
+    if isinstance(value, bool):
+        return text.startswith("bool")
+    if isinstance(value, int):
+        return "int" in text or "float" in text
+    if isinstance(value, float):
+        return "float" in text
+    return isinstance(value, str) and "str" in text
+
+
+def open_stack(
+    choice: StackChoice, on_fallback: Callable[[VppUnreachable], None] | None = None
+) -> OpportunisticApp | VclApp | KernelApp:
+    """The app ``choice`` names: a `KernelApp` for ``kernel``, else an `OpportunisticApp`
+    (over the kernel when the default VPP did not answer and ``fallback`` allows it; check
+    with `pyvcl.fallback.is_vpp`).  Raises `VppUnreachable` when a VPP that must be there
+    is not, and the attach's errors as they are."""
+    from .fallback import KernelApp, open_app  # the data path: only once a stack is wanted
+
+    choice.check()
+    if choice.kernel:
+        return KernelApp()
+    overrides: dict[str, Any] = {"timeout": choice.timeout}
+    if choice.scope is not None:
+        overrides["scope_local"] = choice.scope in ("local", "both")
+        overrides["scope_global"] = choice.scope in ("global", "both")
+    if choice.named:
+        return open_app(
+            choice.app_socket_path(),
+            options=choice.attach_options(),
+            fallback=False,
+            **overrides,
+        )
+    from .config import load_vcl_config
+
+    cfg = load_vcl_config(choice.vcl_config)
+    for attr, value in (
+        ("name", choice.name or None),
+        ("use_mq_eventfd", choice.use_mq_eventfd),
+        ("segment_size", choice.segment_size),
+        ("rx_fifo_size", choice.fifo_size),
+        ("tx_fifo_size", choice.fifo_size),
+    ):
+        if value is not None:
+            overrides[attr] = value
+    fallback = choice.vcl_config is None and choice.fallback
+    return open_app(config=cfg, fallback=fallback, on_fallback=on_fallback, **overrides)
