@@ -6,7 +6,8 @@ run` hands it down to Python child processes that way (`pyvcl.interpose.boot`). 
 `open_stack`: ``kernel`` means kernel sockets and no VPP; a VPP named by its app socket,
 namespace or runtime dir, or by a vcl.conf, must be reachable; otherwise pyvcl attaches as C
 VCL would (``$VCL_CONFIG``, the ``VCL_*`` variables, else /run/vpp) and, with ``fallback``,
-uses kernel sockets when no VPP answers there (``on_fallback`` is told first).
+uses kernel sockets when no VPP answers there (``on_fallback`` is told first).  It is
+`pyvcl.fallback.open_app`, plus the choice of not following a VPP that was absent at start.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ if TYPE_CHECKING:
     from .api.messages import AttachOptions
     from .errors import VppUnreachable
     from .fallback import KernelApp, OpportunisticApp
-    from .sockets import VclApp
 
 SCOPES = ("local", "global", "both")
 
@@ -136,13 +136,22 @@ def _same_kind(value: object, default: object, annotation: object) -> bool:
 
 
 def open_stack(
-    choice: StackChoice, on_fallback: Callable[[VppUnreachable], None] | None = None
-) -> OpportunisticApp | VclApp | KernelApp:
+    choice: StackChoice,
+    on_fallback: Callable[[VppUnreachable], None] | None = None,
+    *,
+    follow_absent_vpp: bool = True,
+) -> OpportunisticApp | KernelApp:
     """The app ``choice`` names: a `KernelApp` for ``kernel``, else an `OpportunisticApp`
-    (over the kernel when the default VPP did not answer and ``fallback`` allows it; check
-    with `pyvcl.fallback.is_vpp`).  Raises `VppUnreachable` when a VPP that must be there
-    is not, and the attach's errors as they are."""
-    from .fallback import KernelApp, open_app  # the data path: only once a stack is wanted
+    that follows VPP (`pyvcl.fallback`), over the kernel when the default VPP did not answer
+    and ``fallback`` allows it (``on_fallback`` is told first; check with
+    `pyvcl.fallback.is_vpp`).  With ``follow_absent_vpp=False`` that fallback is a plain
+    `KernelApp` instead, which never looks for VPP again (no thread, nothing left running).
+    Raises `VppUnreachable` when a VPP that must be there is not, and the attach's errors as
+    they are."""
+    # the data path: imported only once a stack is wanted
+    from .errors import VppUnreachable
+    from .fallback import KernelApp, OpportunisticApp
+    from .sockets import VclApp
 
     choice.check()
     if choice.kernel:
@@ -152,23 +161,38 @@ def open_stack(
         overrides["scope_local"] = choice.scope in ("local", "both")
         overrides["scope_global"] = choice.scope in ("global", "both")
     if choice.named:
-        return open_app(
-            choice.app_socket_path(),
-            options=choice.attach_options(),
-            fallback=False,
-            **overrides,
-        )
-    from .config import load_vcl_config
+        app_socket: Path | str | None = choice.app_socket_path()
+        overrides["options"] = choice.attach_options()
+        config = None
+        fallback = False
+    else:
+        from .config import load_vcl_config
 
-    cfg = load_vcl_config(choice.vcl_config)
-    for attr, value in (
-        ("name", choice.name or None),
-        ("use_mq_eventfd", choice.use_mq_eventfd),
-        ("segment_size", choice.segment_size),
-        ("rx_fifo_size", choice.fifo_size),
-        ("tx_fifo_size", choice.fifo_size),
-    ):
-        if value is not None:
-            overrides[attr] = value
-    fallback = choice.vcl_config is None and choice.fallback
-    return open_app(config=cfg, fallback=fallback, on_fallback=on_fallback, **overrides)
+        app_socket = None
+        config = load_vcl_config(choice.vcl_config)
+        for attr, value in (
+            ("name", choice.name or None),
+            ("use_mq_eventfd", choice.use_mq_eventfd),
+            ("segment_size", choice.segment_size),
+            ("rx_fifo_size", choice.fifo_size),
+            ("tx_fifo_size", choice.fifo_size),
+        ):
+            if value is not None:
+                overrides[attr] = value
+        fallback = choice.vcl_config is None and choice.fallback
+
+    def attach() -> VclApp:
+        return VclApp(app_socket, config=config, **overrides)
+
+    first: VclApp | VppUnreachable
+    try:
+        first = attach()
+    except VppUnreachable as e:
+        if not fallback:
+            raise
+        if on_fallback is not None:
+            on_fallback(e)
+        if not follow_absent_vpp:
+            return KernelApp(reason=e)
+        first = e
+    return OpportunisticApp(attach, first, fallback=fallback)

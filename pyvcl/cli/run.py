@@ -195,7 +195,8 @@ def _execute(program: Program) -> None:
             argv0, source, filename = "-", sys.stdin.read(), "<stdin>"
         sys.argv = [argv0, *program.args]
         _set_path0(None if safe_path else "")
-        _exec_as_main(compile(source, filename, "exec"))
+        attributes = {"__file__": filename} if program.kind == "stdin" else {}  # (as python)
+        _exec_as_main(compile(source, filename, "exec"), **attributes)
 
 
 def _set_path0(entry: str | None) -> None:

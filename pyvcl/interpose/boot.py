@@ -111,10 +111,9 @@ def _enable(choice: StackChoice) -> Any:
         disable()
         _app.close()
         _app = None
-    app = open_stack(choice, on_fallback=notice)
+    app = open_stack(choice, on_fallback=notice, follow_absent_vpp=False)
     if not is_vpp(app):
-        app.close()  # (stops the watcher that would switch to VPP later: nothing stays)
-        return None
+        return None  # (a KernelApp: no thread, nothing patched)
     try:
         enable(app)
     except BaseException:
