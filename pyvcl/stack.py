@@ -12,12 +12,12 @@ uses kernel sockets when no VPP answers there (``on_fallback`` is told first).  
 
 from __future__ import annotations
 
-import dataclasses
+import errno
 import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     from .api.messages import AttachOptions
@@ -26,9 +26,13 @@ if TYPE_CHECKING:
 
 SCOPES = ("local", "global", "both")
 
+# `pyvcl.config.VCL_CONF_DEFAULT` and `pyvcl.app.DEFAULT_RUNTIME_DIR`, repeated so that
+# `absent_default_vpp` imports neither (tests/test_run_cli.py checks they agree).
+_VCL_CONF_DEFAULT = "/etc/vpp/vcl.conf"
+_DEFAULT_RUNTIME_DIR = "/run/vpp"
 
-@dataclasses.dataclass
-class StackChoice:
+
+class StackChoice(NamedTuple):  # (not a dataclass: `dataclasses` alone costs ~25 ms to import)
     kernel: bool = False  # kernel sockets, VPP not tried
     fallback: bool = True  # kernel sockets when the default VPP does not answer
     vcl_config: str | None = None
@@ -66,15 +70,14 @@ class StackChoice:
                 return path
             return os.path.abspath(path)
 
-        return dataclasses.replace(
-            self,
+        return self._replace(
             vcl_config=absolute(self.vcl_config),
             app_socket=absolute(self.app_socket),
             runtime_dir=absolute(self.runtime_dir),
         )
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), separators=(",", ":"))
+        return json.dumps(self._asdict(), separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str) -> StackChoice:
@@ -85,15 +88,12 @@ class StackChoice:
             raise ValueError(f"not JSON: {e}") from None
         if not isinstance(data, dict):
             raise ValueError("not a JSON object")
-        choice = cls()
-        fields = {f.name: f for f in dataclasses.fields(cls)}
         for key, value in data.items():
-            if key not in fields:
+            if key not in cls._fields:
                 raise ValueError(f"unknown field {key!r}")
-            default = getattr(choice, key)
-            if not _same_kind(value, default, fields[key].type):
+            if not _fits(value, cls.__annotations__[key]):
                 raise ValueError(f"bad value for {key!r}: {value!r}")
-            setattr(choice, key, value)
+        choice = cls(**data)
         choice.check()
         return choice
 
@@ -121,9 +121,10 @@ class StackChoice:
         return opts
 
 
-def _same_kind(value: object, default: object, annotation: object) -> bool:
-    """Whether a JSON value fits a field (its annotation is a string: postponed)."""
-    text = str(annotation)
+def _fits(value: object, annotation: object) -> bool:
+    """Whether a JSON value fits a field, by its annotation's text (the annotations are
+    postponed: strings, or ForwardRefs once NamedTuple has seen them)."""
+    text = str(getattr(annotation, "__forward_arg__", annotation))
     if value is None:
         return "None" in text
     if isinstance(value, bool):
@@ -133,6 +134,42 @@ def _same_kind(value: object, default: object, annotation: object) -> bool:
     if isinstance(value, float):
         return "float" in text
     return isinstance(value, str) and "str" in text
+
+
+def absent_default_vpp(choice: StackChoice) -> VppUnreachable | None:
+    """When ``choice`` would fall back to the kernel because the default VPP's app socket does
+    not exist, the `VppUnreachable` that attaching would raise; else None ("try").
+
+    The cheap way to the fallback: a stat instead of importing the data path (which costs a
+    few times an interpreter's start).  It only decides the plain case -- no vcl.conf (none
+    given, no ``$VCL_CONFIG``, no default file), a socket path that is a file name -- the
+    way `pyvcl.config` and `pyvcl.app` find the socket there; anything else is left to the
+    attach."""
+    if choice.kernel or choice.named or choice.vcl_config is not None or not choice.fallback:
+        return None
+    if "VCL_CONFIG" in os.environ or os.path.exists(_VCL_CONF_DEFAULT):
+        return None
+    path = default_app_socket_without_config()
+    if path.startswith("abstract:") or os.path.exists(path):
+        return None
+    from .errors import VppUnreachable
+
+    # pyvcl.api.sapi's words for it (the test checks they stay the same), without its imports
+    return VppUnreachable(
+        f"no VPP app socket at {path} (is VPP running with the session layer enabled,"
+        " and is this the app namespace socket you meant?)",
+        errno.ENOENT,
+    )
+
+
+def default_app_socket_without_config() -> str:
+    """The app socket pyvcl attaches through when there is no vcl.conf: from the ``VCL_*``
+    variables, else the default namespace's."""
+    env = os.environ.get("VCL_VPP_SAPI_SOCKET")
+    if env is not None:
+        return env[len("unix:") :] if env.startswith("unix:") else env
+    namespace = os.environ.get("VCL_APP_NAMESPACE_ID") or "default"
+    return os.path.join(_DEFAULT_RUNTIME_DIR, "app_ns_sockets", namespace)
 
 
 def open_stack(

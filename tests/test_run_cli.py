@@ -218,16 +218,57 @@ def test_fallback_is_one_notice_and_nothing_patched(work: Path, tmp_path: Path) 
         "import pyvcl.interpose as i\n"
         "s = socket.create_server(('127.0.0.1', 0)); s.close()\n"
         "print(i.enabled(), socket.socket.__module__, type(s).__module__, "
-        "threading.active_count())\n"
+        "threading.active_count(), 'pyvcl.app' in sys.modules)\n"
     )
     ran = run(pyvcl_run("-c", code), clean_env(tmp_path), work)
     assert ran.status == 0, ran
-    assert ran.out == "False socket socket 1\n", ran  # no watcher thread either
+    # no watcher thread, and not even the data path imported (a stat told it all)
+    assert ran.out == "False socket socket 1 False\n", ran
     notice = ran.err.splitlines()
     assert len(notice) == 1, ran
     assert notice[0].startswith("pyvcl run: VPP not reachable (") and notice[0].endswith(
         "; using kernel sockets"
     )
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {},
+        {"VCL_VPP_SAPI_SOCKET": "unix:/nonexistent/sapi"},
+        {"VCL_VPP_SAPI_SOCKET": "/nonexistent/sapi"},
+        {"VCL_APP_NAMESPACE_ID": "pyvcl-test-ns"},
+        {"VCL_APP_NAMESPACE_ID": "pyvcl-test-ns", "VCL_VPP_SAPI_SOCKET": "/nonexistent/x"},
+    ],
+)
+def test_the_quick_fallback_agrees_with_the_attach(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stat that spares the fallback the data path's import finds the socket the attach
+    would use, and says what the attach would say."""
+    from pyvcl import app, config, stack
+    from pyvcl.api.sapi import SapiSocket
+    from pyvcl.errors import VppUnreachable
+
+    assert stack._VCL_CONF_DEFAULT == config.VCL_CONF_DEFAULT
+    assert stack._DEFAULT_RUNTIME_DIR == app.DEFAULT_RUNTIME_DIR
+    if os.path.exists(config.VCL_CONF_DEFAULT):
+        pytest.skip(f"{config.VCL_CONF_DEFAULT} exists here: the quick check stands aside")
+    for name in [k for k in os.environ if k.startswith("VCL_")]:
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    cfg = config.load_vcl_config(None)
+    expected = cfg.app_socket_path() or str(app.default_app_socket(cfg.namespace_id))
+    assert stack.default_app_socket_without_config() == expected
+    if os.path.exists(expected):
+        pytest.skip(f"{expected} exists here")
+    quick = stack.absent_default_vpp(stack.StackChoice())
+    with pytest.raises(VppUnreachable) as attach:
+        SapiSocket.connect(expected, 1.0)
+    assert quick is not None
+    assert (str(quick), quick.errno) == (str(attach.value), attach.value.errno)
+    assert stack.absent_default_vpp(stack.StackChoice(fallback=False)) is None
 
 
 @pytest.mark.parametrize(

@@ -14,10 +14,11 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import VclError
-from . import attach, decode, nc, run, status
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import attach, decode, nc, run, status  # (here: `pyvcl run` needs none of them)
+
     parser = argparse.ArgumentParser(
         prog="pyvcl", description="A pure-Python client for VPP's host stack."
     )
@@ -30,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["run"]:
+        from . import run
+
         return run.main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)

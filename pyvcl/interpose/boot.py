@@ -99,18 +99,26 @@ def from_environment(*, strict: bool = False) -> Any:
 def _enable(choice: StackChoice) -> Any:
     """Open the app and enable interposition; None when it fell back to the kernel."""
     from ..errors import VppUnreachable
-    from ..fallback import is_vpp
-    from ..stack import open_stack
-    from . import disable, enable
+    from ..stack import absent_default_vpp
 
     def notice(e: VppUnreachable) -> None:
         say(f"VPP not reachable ({e.strerror}); using kernel sockets")
 
     global _app
     if _app is not None:  # a `pyvcl run` inside a program that runs under one: start anew
+        from . import disable
+
         disable()
         _app.close()
         _app = None
+    absent = absent_default_vpp(choice)  # (the fallback without importing the data path)
+    if absent is not None:
+        notice(absent)
+        return None
+    from ..fallback import is_vpp
+    from ..stack import open_stack
+    from . import enable
+
     app = open_stack(choice, on_fallback=notice, follow_absent_vpp=False)
     if not is_vpp(app):
         return None  # (a KernelApp: no thread, nothing patched)
@@ -138,5 +146,4 @@ def _refuse_or_fall_back(choice: StackChoice, error: BaseException) -> None:
 
 
 def _use_kernel_from_now_on(choice: StackChoice) -> None:
-    choice.kernel = True
-    hand_down(choice)
+    hand_down(choice._replace(kernel=True))
