@@ -89,6 +89,8 @@ def work(tmp_path: Path) -> Path:
     (d / "probe_mod.py").write_text(PROBE)
     (d / "pkg" / "__init__.py").write_text("")
     (d / "pkg" / "__main__.py").write_text(PROBE)
+    (d / "link").mkdir()
+    (d / "link" / "probe.py").symlink_to(d / "probe.py")  # sys.path[0]: the real directory
     return d
 
 
@@ -97,6 +99,7 @@ PROGRAMS = [
     pytest.param(["probe.py"], id="script"),
     pytest.param(["probe.py", "-v", "--kernel", "--", "-m", "x"], id="script-args-like-options"),
     pytest.param(["{work}/probe.py", "a b"], id="script-absolute"),
+    pytest.param(["link/probe.py"], id="script-symlink"),
     pytest.param(["-m", "probe_mod", "-c", "1"], id="module"),
     pytest.param(["-mprobe_mod", "x"], id="module-attached"),
     pytest.param(["-m", "pkg", "y"], id="package-main"),
