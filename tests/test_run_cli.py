@@ -32,6 +32,8 @@ print(json.dumps({
     "file": globals().get("__file__"),
     "spec": getattr(__spec__, "name", None),
     "main_is_this_module": main.__dict__ is globals(),
+    "dunders": sorted(k for k in globals() if k.startswith("__")),
+    "loader": getattr(__loader__, "__name__", type(__loader__).__name__),
 }))
 """
 

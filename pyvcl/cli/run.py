@@ -119,8 +119,13 @@ def _program(rest: list[str]) -> Program:
 
 def main(argv: Sequence[str]) -> int:
     """``pyvcl run``: the program's exit status (its SystemExit propagates as it is)."""
+    import atexit
+
     from ..interpose import boot
 
+    # Registered before anything else can be (pyvcl's data path registers logging's
+    # shutdown): atexit runs last what was registered first.
+    atexit.register(_die_by_sigint_if_interrupted)
     parser = build_parser()
     try:
         args, program = split_command_line(parser, argv)
@@ -159,9 +164,6 @@ def run_program(program: Program) -> int:
     """Run ``program`` as python would; its exit status.  SystemExit propagates (the
     interpreter prints and exits as for plain python); other uncaught exceptions go to
     ``sys.excepthook`` without the runner's frames."""
-    import atexit
-
-    atexit.register(_die_by_sigint_if_interrupted)  # first registered: runs last
     try:
         _execute(program)
     except SystemExit:
@@ -178,7 +180,10 @@ def _execute(program: Program) -> None:
     if program.kind == "module":
         sys.argv = ["-m", *program.args]
         _set_path0(None if safe_path else os.getcwd())
-        runpy.run_module(program.target, run_name="__main__", alter_sys=True)
+        # (python runs it in its own __main__, which has __annotations__)
+        runpy.run_module(
+            program.target, {"__annotations__": {}}, run_name="__main__", alter_sys=True
+        )
     elif program.kind == "script":
         sys.argv = [program.target, *program.args]
         path = os.path.abspath(program.target)  # (python gives __main__ an absolute __file__)
@@ -195,7 +200,11 @@ def _execute(program: Program) -> None:
             argv0, source, filename = "-", sys.stdin.read(), "<stdin>"
         sys.argv = [argv0, *program.args]
         _set_path0(None if safe_path else "")
-        attributes = {"__file__": filename} if program.kind == "stdin" else {}  # (as python)
+        from importlib.machinery import BuiltinImporter
+
+        attributes: dict[str, Any] = {"__loader__": BuiltinImporter}  # (what python gives)
+        if program.kind == "stdin":
+            attributes.update(__file__=filename, __cached__=None)
         _exec_as_main(compile(source, filename, "exec"), **attributes)
 
 
@@ -239,7 +248,7 @@ def _exec_as_main(code: Any, **attributes: Any) -> None:
     import types
 
     main = types.ModuleType("__main__")
-    main.__dict__.update(attributes, __builtins__=builtins)
+    main.__dict__.update(attributes, __builtins__=builtins, __annotations__={})
     sys.modules["__main__"] = main
     exec(code, main.__dict__)
 

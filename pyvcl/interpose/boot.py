@@ -78,6 +78,7 @@ def from_environment(*, strict: bool = False) -> Any:
             raise
         say(f"ignoring {ENV} ({e})")
         return None
+    _release()  # (a `pyvcl run` in a process that booted already: its choice wins)
     if choice.kernel:
         return None
     try:
@@ -104,13 +105,6 @@ def _enable(choice: StackChoice) -> Any:
     def notice(e: VppUnreachable) -> None:
         say(f"VPP not reachable ({e.strerror}); using kernel sockets")
 
-    global _app
-    if _app is not None:  # a `pyvcl run` inside a program that runs under one: start anew
-        from . import disable
-
-        disable()
-        _app.close()
-        _app = None
     absent = absent_default_vpp(choice)  # (the fallback without importing the data path)
     if absent is not None:
         notice(absent)
@@ -128,6 +122,18 @@ def _enable(choice: StackChoice) -> Any:
         app.close()
         raise
     return app
+
+
+def _release() -> None:
+    """Undo an earlier `from_environment` of this process, if it enabled anything."""
+    global _app
+    if _app is None:
+        return
+    from . import disable
+
+    disable()
+    _app.close()
+    _app = None
 
 
 def _refuse_or_fall_back(choice: StackChoice, error: BaseException) -> None:
