@@ -1,7 +1,10 @@
-"""The ``pyvcl`` command: attach and show, decode recordings, check for VPP, netcat.
+"""The ``pyvcl`` command: attach and show, decode recordings, check for VPP, netcat, run a
+program over VPP.
 
-Subcommands live in their own modules; each has ``add_parser(subparsers)`` and ``run(args)``.
-Library errors become one line on stderr and exit status 1 (2 for usage errors).
+Subcommands live in their own modules; each has ``add_parser(subparsers)`` and ``run(args)``,
+except ``run``, whose arguments go to `pyvcl.cli.run.main` untouched (they end with the
+program's own).  Library errors become one line on stderr and exit status 1 (2 for usage
+errors).
 """
 
 from __future__ import annotations
@@ -11,24 +14,30 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import VclError
-from . import attach, decode, nc, status
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import attach, decode, nc, run, status  # (here: `pyvcl run` needs none of them)
+
     parser = argparse.ArgumentParser(
         prog="pyvcl", description="A pure-Python client for VPP's host stack."
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (status, attach, decode, nc):
+    for module in (status, attach, decode, nc, run):
         module.add_parser(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["run"]:
+        from . import run
+
+        return run.main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
-        args = parser.parse_args(["status", *(argv or [])])
+        args = parser.parse_args(["status", *argv])
     try:
         code: int = args.run(args)
     except VclError as e:

@@ -1,10 +1,12 @@
-"""Options shared by the subcommands that attach."""
+"""Options shared by the subcommands that attach, and by those that choose a stack (nc, run)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from ..stack import SCOPES, StackChoice
 
 if TYPE_CHECKING:
     from ..api.messages import AttachOptions
@@ -33,28 +35,54 @@ def add_attach_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for VPP")
 
 
-def app_socket_path(args: argparse.Namespace) -> Path | str:
-    from ..app import default_app_socket
+def add_stack_options(p: argparse.ArgumentParser) -> None:
+    """Which stack: kernel, VPP with or without fallback, a vcl.conf, the session scope."""
+    stack = p.add_argument_group("stack")
+    stack.add_argument("--kernel", action="store_true", help="use kernel sockets, not VPP")
+    stack.add_argument(
+        "--no-fallback",
+        action="store_true",
+        help="fail instead of falling back to kernel sockets when VPP is not reachable",
+    )
+    stack.add_argument(
+        "--vcl-config", metavar="FILE", help="attach as C VCL would with this vcl.conf"
+    )
+    stack.add_argument(
+        "--scope",
+        choices=SCOPES,
+        default=None,
+        help="session scope: local (cut-through to apps on the same VPP), global (VPP's "
+        "TCP stack) or both (default; from the VCL config when one is used)",
+    )
 
-    if args.app_socket:
-        return str(args.app_socket)
-    return default_app_socket(args.namespace_id, args.runtime_dir)
+
+def stack_choice(args: argparse.Namespace) -> StackChoice:
+    """The `StackChoice` of parsed options (those `add_stack_options` does not add keep
+    their defaults)."""
+    return StackChoice(
+        kernel=getattr(args, "kernel", False),
+        fallback=not getattr(args, "no_fallback", False),
+        vcl_config=getattr(args, "vcl_config", None),
+        app_socket=str(args.app_socket) if args.app_socket else None,
+        runtime_dir=args.runtime_dir,
+        namespace_id=args.namespace_id,
+        secret=args.secret,
+        name=args.name,
+        use_mq_eventfd=args.use_mq_eventfd,
+        segment_size=args.segment_size,
+        fifo_size=args.fifo_size,
+        timeout=args.timeout,
+        scope=getattr(args, "scope", None),
+        verbose=getattr(args, "verbose", False),
+    )
+
+
+def app_socket_path(args: argparse.Namespace) -> Path | str:
+    return stack_choice(args).app_socket_path()
 
 
 def attach_options(args: argparse.Namespace) -> AttachOptions:
-    from ..api.messages import AttachOptions
-
-    opts = AttachOptions(
-        name=args.name,
-        use_mq_eventfd=args.use_mq_eventfd,
-        namespace_id=args.namespace_id,
-        namespace_secret=args.secret,
-    )
-    if args.segment_size is not None:
-        opts.segment_size = args.segment_size
-    if args.fifo_size is not None:
-        opts.rx_fifo_size = opts.tx_fifo_size = args.fifo_size
-    return opts
+    return stack_choice(args).attach_options()
 
 
 def _size(text: str) -> int:

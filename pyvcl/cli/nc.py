@@ -49,7 +49,7 @@ import time
 from typing import Any
 
 from ..errors import VppUnreachable
-from .common import add_attach_options, app_socket_path, attach_options
+from .common import add_attach_options, add_stack_options, stack_choice
 
 # Bytes per read of stdin or of the connection.  Small against the fifos (1 MiB by default):
 # a cut-through writer whose chunk does not fit waits for a dequeue notification, and
@@ -94,23 +94,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="connect timeout (default: VCL's session-timeout or the kernel's)",
     )  # fmt: skip
     p.add_argument("-v", "--verbose", action="store_true", help="report progress on stderr")
-    stack = p.add_argument_group("stack")
-    stack.add_argument("--kernel", action="store_true", help="use kernel sockets, not VPP")
-    stack.add_argument(
-        "--no-fallback",
-        action="store_true",
-        help="fail instead of falling back to kernel sockets when VPP is not reachable",
-    )
-    stack.add_argument(
-        "--vcl-config", metavar="FILE", help="attach as C VCL would with this vcl.conf"
-    )
-    stack.add_argument(
-        "--scope",
-        choices=("local", "global", "both"),
-        default=None,
-        help="session scope: local (cut-through to apps on the same VPP), global (VPP's "
-        "TCP stack) or both (default; from the VCL config when one is used)",
-    )
+    add_stack_options(p)
     add_attach_options(p)
     p.set_defaults(run=run, use_mq_eventfd=None)
 
@@ -137,40 +121,14 @@ def _err(message: str) -> None:
 
 # -- choosing the stack ------------------------------------------------------------------------
 def _open(args: argparse.Namespace) -> Any:
-    """The app to use: KernelApp, or VclApp (falling back only when no VPP was named)."""
-    from ..fallback import KernelApp, open_app  # the data path: not for the other subcommands
-
-    if args.kernel:
-        return KernelApp()
-    overrides: dict[str, Any] = {"timeout": args.timeout}
-    if args.scope is not None:
-        overrides["scope_local"] = args.scope in ("local", "both")
-        overrides["scope_global"] = args.scope in ("global", "both")
-    named = bool(args.app_socket or args.namespace_id or args.runtime_dir)
-    if named:
-        if args.use_mq_eventfd is None:
-            args.use_mq_eventfd = True
-        return open_app(
-            app_socket_path(args), options=attach_options(args), fallback=False, **overrides
-        )
-    from ..config import load_vcl_config
-
-    cfg = load_vcl_config(args.vcl_config)
-    for attr, value in (
-        ("name", args.name or None),
-        ("use_mq_eventfd", args.use_mq_eventfd),
-        ("segment_size", args.segment_size),
-        ("rx_fifo_size", args.fifo_size),
-        ("tx_fifo_size", args.fifo_size),
-    ):
-        if value is not None:
-            overrides[attr] = value
-    fallback = args.vcl_config is None and not args.no_fallback
+    """The app to use: KernelApp, or an app over VPP (falling back only when no VPP was
+    named); the rules are `pyvcl.stack.open_stack`'s, shared with ``pyvcl run``."""
+    from ..stack import open_stack  # the data path: not for the other subcommands
 
     def notice(e: VppUnreachable) -> None:
         _err(f"VPP not reachable ({e.strerror}); using kernel sockets")
 
-    return open_app(config=cfg, fallback=fallback, on_fallback=notice, **overrides)
+    return open_stack(stack_choice(args), on_fallback=notice)
 
 
 def _resolve(host: str, port: int, kernel: bool) -> tuple[str, int]:
