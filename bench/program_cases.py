@@ -41,6 +41,8 @@ DOWNLOAD_SIZE = 32 << 20
 AIOHTTP_CONCURRENCY = 32
 BUSY_POLL_ENV = {"PYVCL_BUSY_POLL": "50"}
 RUN_UNAVAILABLE = "pyvcl run not available"
+PYVCL_RUN: tuple[str, ...] = ("-m", "pyvcl", "run")
+"""How the interpreter is told to run a program under `pyvcl run` (after `PYTHON`)."""
 READY_TIMEOUT_S = 60.0
 SERVER_GRACE_S = 3.0
 """How long a one-connection server gets to print its result after the client finished (an
@@ -105,7 +107,7 @@ def pyvcl_run_available() -> bool:
     if _run_available is None:
         try:
             proc = subprocess.run(
-                [PYTHON, "-m", "pyvcl", "run", "--help"],
+                [PYTHON, *PYVCL_RUN, "--help"],
                 cwd=REPO,
                 env=script_env(),
                 capture_output=True,
@@ -126,7 +128,7 @@ def _base_env(extra: Mapping[str, str]) -> dict[str, str]:
 
 
 def _side(cfg: Config, stack: Stack, role: str) -> Side:
-    run = [PYTHON, "-m", "pyvcl", "run"]
+    run = [PYTHON, *PYVCL_RUN]
     if stack.via == "kernel":
         return Side([PYTHON], _base_env(stack.env))
     if stack.via == "fallback":
