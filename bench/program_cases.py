@@ -4,8 +4,9 @@ Each program (bench/programs/) is a server and a client, started as separate pro
 way a user would start them, over one of these stacks (the STACK of ``KIND/STACK/VARIANT``):
 
 * ``kernel``: plain ``python`` on kernel sockets, 127.0.0.1.
-* ``pyvcl-run-fallback``: ``python -m pyvcl run --app-socket NOWHERE ...`` -- no VPP answers
-  there, so `pyvcl run` falls back to kernel sockets: its cost over plain Python.
+* ``pyvcl-run-fallback``: ``python -m pyvcl run ...`` with ``VCL_VPP_SAPI_SOCKET=NOWHERE`` --
+  no VPP answers there, so `pyvcl run` falls back to kernel sockets: its cost over plain
+  Python.
 * ``ldp-ct`` / ``ldp-tcp``: plain ``python`` with VPP's ``libvcl_ldpreload.so`` preloaded and
   ``VCL_CONFIG`` (C VCL), cut-through or through VPP's TCP stack (`Config.topology`).
 * ``pyvcl-run-ct`` / ``pyvcl-run-tcp``: ``python -m pyvcl run --vcl-config CONF
@@ -48,7 +49,8 @@ SERVER_GRACE_S = 3.0
 """How long a one-connection server gets to print its result after the client finished (an
 LDP server may never see EOF in cut-through: it is killed then, the client's figures count)."""
 
-_STACK_ENV_VARS = ("LD_PRELOAD", "VCL_CONFIG", "PYVCL_BUSY_POLL")
+FALLBACK_SOCKET_VAR = "VCL_VPP_SAPI_SOCKET"
+_STACK_ENV_VARS = ("LD_PRELOAD", "VCL_CONFIG", FALLBACK_SOCKET_VAR, "PYVCL_BUSY_POLL")
 """Removed from the runner's environment before a side's own settings are added."""
 
 
@@ -132,8 +134,10 @@ def _side(cfg: Config, stack: Stack, role: str) -> Side:
     if stack.via == "kernel":
         return Side([PYTHON], _base_env(stack.env))
     if stack.via == "fallback":
+        # C VCL's variable for the app socket, not --app-socket: a VPP named on the command
+        # line may rightly mean "no fallback" (as for pyvcl nc)
         nowhere = cfg.workdir / "no-vpp-here" / "app.sock"
-        return Side([*run, "--app-socket", str(nowhere)], _base_env(stack.env))
+        return Side(run, _base_env({**stack.env, FALLBACK_SOCKET_VAR: str(nowhere)}))
     kind = "ct" if stack.topo == "ct" else f"tcp-{role}"
     if stack.via == "ldp":
         try:
