@@ -27,6 +27,7 @@ import functools
 import hashlib
 import importlib.util
 import os
+import re
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -168,7 +169,7 @@ def place(cfg: Config, stack: Stack) -> Placement:
 
 def _vpp_lists_listener(cfg: Config, port: int) -> bool:
     with contextlib.suppress(Exception):
-        return f":{port}" in cfg.vpp().cli("show app server")
+        return re.search(rf":{port}\b", cfg.vpp().cli("show app server")) is not None
     return False
 
 

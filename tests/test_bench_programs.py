@@ -120,3 +120,19 @@ def test_summary_compares_run_with_ldp_of_its_topology_and_fallback_with_kernel(
     assert ratio("pyvcl-run-busy-ct", "pyvcl-run-ct") == 0.5
     assert "prog-echo/pyvcl-run-ct/64B vs prog-echo/ldp-tcp/64B" not in summary
     assert "prog-echo/pyvcl-run-fallback/64B vs prog-echo/ldp-ct/64B" not in summary
+
+
+@pytest.mark.vpp
+def test_ldp_echo_runs_on_vpp(tmp_path: Path) -> None:
+    from bench.registry import Skip
+
+    cfg = Config(workdir=tmp_path, duration=0.2, rtt_rounds=200)
+    stack = next(s for s in program_cases.STACKS if s.name == "ldp-ct")
+    try:
+        rec = program_cases.KINDS["prog-echo"][1](cfg, stack, "prog-echo/ldp-ct/64B")
+    except Skip as exc:
+        pytest.skip(str(exc))
+    finally:
+        cfg.close()
+    assert rec["rounds"] == 200 and rec["p50_us"] > 0
+    assert rec["listener_in_vpp"] is True, rec
