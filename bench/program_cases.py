@@ -124,9 +124,9 @@ def pyvcl_run_available() -> bool:
 
 def _base_env(extra: Mapping[str, str]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in _STACK_ENV_VARS}
-    env = script_env(env)
-    env["PYTHONUNBUFFERED"] = "1"  # readiness lines reach the output file at once
     env.update(extra)
+    env = script_env(env)  # the checkout on PYTHONPATH, for `python -m pyvcl run`
+    env["PYTHONUNBUFFERED"] = "1"  # readiness lines reach the output file at once
     return env
 
 
