@@ -46,6 +46,12 @@ CASES: dict[str, CaseFn] = {}
 PRIMARY: dict[str, tuple[str, str]] = {
     "bulk": ("gbps", "higher is better"),
     "rtt": ("p50_us", "lower is better"),
+    # program-level cases (bench/program_cases.py)
+    "prog-download": ("mb_per_s", "higher is better"),
+    "prog-aiohttp": ("req_per_s", "higher is better"),
+    "prog-sendall": ("calls_per_s", "higher is better"),
+    "prog-connect": ("conn_per_s", "higher is better"),
+    "prog-echo": ("p50_us", "lower is better"),
 }
 """Per KIND: the metric ratios are computed on, and which way is better."""
 

@@ -8,9 +8,9 @@ then one record per case (``{"case": "bulk/kernel/64KiB", "gbps": ...}``, or wit
 ``"skipped"`` / ``"error"``), and last ``{"summary": {"A vs B": ratio, ...}, ...}``.  See
 bench/README.md for what each case measures and how to read the ratios.
 
-Cases come from bench/kernel.py, bench/cvcl.py and, when it exists, bench/pyvcl_cases.py
-(see bench/registry.py for how to add one).  Only figures of one run are comparable: the
-machine is shared and its absolute numbers move between days.
+Cases come from bench/kernel.py, bench/cvcl.py, bench/program_cases.py and, when it exists,
+bench/pyvcl_cases.py (see bench/registry.py for how to add one).  Only figures of one run are
+comparable: the machine is shared and its absolute numbers move between days.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from bench import cvcl, kernel  # noqa: F401  (importing registers their cases)
+from bench import cvcl, kernel, program_cases  # noqa: F401  (importing registers their cases)
 from bench.procs import PYTHON, CaseError
 from bench.registry import CASES, Config, Record, Skip, select, summarize
 
