@@ -400,10 +400,6 @@ def test_the_boot_directory_alone_does_nothing(work: Path, tmp_path: Path) -> No
 
 
 # -- with VPP ----------------------------------------------------------------------------------
-@pytest.mark.xfail(
-    strict=True,
-    reason="pyvcl.interpose.enable is a stub raising NotImplementedError (issue 9, the lead's)",
-)
 def test_the_program_and_its_children_run_on_vpp(vpp: Any, work: Path, tmp_path: Path) -> None:
     app_socket = str(vpp.app_socket())
     program = textwrap.dedent(

@@ -13,13 +13,20 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-from . import vsocket
+# The sockets themselves (.vsocket) import the data path: only `enable` loads them, so that a
+# program that merely asks `enabled()` (or falls back) imports nothing more.
 
 __all__ = ["disable", "enable", "enabled", "is_interposed"]
+
+
+def _loaded() -> Any:
+    """The sockets module if `enable` loaded it, else None."""
+    return sys.modules.get(__name__ + ".vsocket")
 
 
 class _State:
@@ -48,7 +55,9 @@ def _backend() -> Any:
 def _after_fork_in_child() -> None:
     """The parent's app is the parent's (closing it here would detach the parent): forget it,
     and attach anew on the child's first socket."""
-    vsocket.fork_generation += 1
+    vsocket = _loaded()
+    if vsocket is not None:
+        vsocket.fork_generation += 1
     if _State.app is not None:
         _State.forsaken.append(_State.app)
         _State.app = None
@@ -62,6 +71,8 @@ def enable(app: Any, reopen: Callable[[], Any] | None = None) -> None:
     """Route new AF_INET/AF_INET6 stream sockets of this process through ``app`` (an
     `OpportunisticApp`: VPP while it is attached, kernel sockets or `VppUnreachable` while
     not).  ``reopen`` makes the app of a forked child (without it, a child uses the kernel)."""
+    from . import vsocket
+
     _State.app, _State.reopen = app, reopen
     vsocket.backend = _backend
     socket.socket = vsocket.InterposedSocket  # type: ignore[misc]
@@ -69,15 +80,23 @@ def enable(app: Any, reopen: Callable[[], Any] | None = None) -> None:
 
 def disable() -> None:
     """Undo `enable`: new sockets are kernel sockets again (existing ones keep working)."""
-    socket.socket = vsocket.std_socket  # type: ignore[misc]
-    vsocket.backend = lambda: None
+    vsocket = _loaded()
+    if vsocket is not None:
+        socket.socket = vsocket.std_socket  # type: ignore[misc]
+        vsocket.backend = vsocket._no_backend
     _State.app = _State.reopen = None
 
 
 def enabled() -> bool:
-    return socket.socket is vsocket.InterposedSocket
+    vsocket = _loaded()
+    return vsocket is not None and socket.socket is vsocket.InterposedSocket
 
 
 def is_interposed(sock: object) -> bool:
     """Whether ``sock`` is carried by a VPP session (its descriptor signals, carries nothing)."""
-    return isinstance(sock, vsocket.InterposedSocket) and sock._carrier is not None
+    vsocket = _loaded()
+    return (
+        vsocket is not None
+        and isinstance(sock, vsocket.InterposedSocket)
+        and sock._carrier is not None
+    )

@@ -116,8 +116,12 @@ def _enable(choice: StackChoice) -> Any:
     app = open_stack(choice, on_fallback=notice, follow_absent_vpp=False)
     if not is_vpp(app):
         return None  # (a KernelApp: no thread, nothing patched)
+
+    def reopen() -> Any:  # a forked child's own app (its parent's belongs to the parent)
+        return open_stack(choice, on_fallback=notice, follow_absent_vpp=False)
+
     try:
-        enable(app)
+        enable(app, reopen=reopen)
     except BaseException:
         app.close()
         raise
