@@ -71,10 +71,12 @@ def enable(app: Any, reopen: Callable[[], Any] | None = None) -> None:
     """Route new AF_INET/AF_INET6 stream sockets of this process through ``app`` (an
     `OpportunisticApp`: VPP while it is attached, kernel sockets or `VppUnreachable` while
     not).  ``reopen`` makes the app of a forked child (without it, a child uses the kernel)."""
-    from . import vsocket
+    from . import selecting, vsocket
 
     _State.app, _State.reopen = app, reopen
     vsocket.backend = _backend
+    if os.environ.get("PYVCL_INLINE", "1") != "0":
+        selecting.install()
     socket.socket = vsocket.InterposedSocket  # type: ignore[misc]
 
 
@@ -82,6 +84,9 @@ def disable() -> None:
     """Undo `enable`: new sockets are kernel sockets again (existing ones keep working)."""
     vsocket = _loaded()
     if vsocket is not None:
+        from . import selecting
+
+        selecting.uninstall()
         socket.socket = vsocket.std_socket  # type: ignore[misc]
         vsocket.backend = vsocket._no_backend
     _State.app = _State.reopen = None

@@ -113,6 +113,11 @@ def _enable(choice: StackChoice) -> Any:
     from ..stack import open_stack
     from . import enable
 
+    if choice.use_mq_eventfd is None:
+        # The pump (pyvcl.interpose.pump) sleeps on the app mq's eventfd: whatever vcl.conf
+        # says (C VCL's default is the mutex and condvar), interposed apps use the eventfd.
+        choice = choice._replace(use_mq_eventfd=True)
+
     app = open_stack(choice, on_fallback=notice, follow_absent_vpp=False)
     if not is_vpp(app):
         return None  # (a KernelApp: no thread, nothing patched)

@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 
 _pumps: weakref.WeakKeyDictionary[VclApp, Pump] = weakref.WeakKeyDictionary()
 _pumps_lock = threading.Lock()
+# The live pumps, for the selectors that handle their events inline (.selecting): a plain
+# list, read on every select.
+pumps: list[Pump] = []
 
 # Descriptors of live carriers, by inode: how ``socket.socket(fileno=fd)`` (dup, fromfd,
 # detach-and-rewrap) finds the session behind a descriptor it is handed.
@@ -40,6 +43,7 @@ def pump_for(app: VclApp) -> Pump:
         pump = _pumps.get(app)
         if pump is None or pump.dead:
             pump = _pumps[app] = Pump(app)
+            pumps.append(pump)
         return pump
 
 

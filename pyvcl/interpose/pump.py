@@ -21,12 +21,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import select
 import threading
+import time
 from typing import TYPE_CHECKING
 
 from ..errors import VclError
 from ..mq.events import Event
+from .carrier import pumps
 
 if TYPE_CHECKING:
     from ..sockets import VclApp
@@ -35,6 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_SLEEP = 1.0  # longest sleep on the eventfd: how late a closing app's pump notices
+STAND_ASIDE = 0.05  # the pump's nap while a selector's thread watches the eventfd
 
 
 class Pump:
@@ -46,7 +50,13 @@ class Pump:
             raise VclError("interposed sockets need an app mq with an eventfd (use_mq_eventfd)")
         self.app = app
         self.worker = app.worker
-        self._evfd = mq.fileno()
+        self._mq = mq
+        self.eventfd = mq.fileno()
+        self.inline = 0  # threads sleeping on the eventfd themselves (pyvcl.interpose.selecting)
+        self.inline_seen = 0.0  # when the last of them woke
+        self.sleeping = False  # the pump thread sleeps in select (wake it with _wake_w)
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._stand_aside = threading.Event()  # (never set: a sleep the pump can cut short)
         self._sapi_fd = app.app.sapi.fileno()
         self._carriers: dict[int, Carrier] = {}  # by session index (a listener pair: both)
         self._stopped = False
@@ -88,15 +98,28 @@ class Pump:
         try:
             while not self._stopped:
                 w.pump_signalled()  # raises once VPP is gone or the app closed
+                if self.inline or time.monotonic() - self.inline_seen < STAND_ASIDE:
+                    # A selector's thread watches the eventfd between its callbacks: leave it
+                    # the work (and the poller's role), looking only for VPP's death.
+                    self._stand_aside.wait(STAND_ASIDE)
+                    if not w.check_vpp():
+                        break
+                    continue
                 if not w.claim_poller():
                     with w.lock:  # another thread polls (it syncs us) or events are queued
                         if w.polling:
                             w.cond.wait(0.05)
                     continue
+                self.sleeping = True
                 try:
-                    ready, _, _ = select.select([self._evfd, self._sapi_fd], [], [], MAX_SLEEP)
+                    fds = [self.eventfd, self._sapi_fd, self._wake_r]
+                    ready, _, _ = select.select(fds, [], [], MAX_SLEEP)
                 finally:
+                    self.sleeping = False
                     w.release_poller()
+                if self._wake_r in ready:
+                    with contextlib.suppress(BlockingIOError):
+                        os.read(self._wake_r, 64)
                 if self._sapi_fd in ready:
                     w.check_vpp()
         except VclError as e:
@@ -108,9 +131,36 @@ class Pump:
         finally:
             self._wake_all()
 
+    def begin_inline(self) -> None:
+        """A selector's thread is about to sleep on the eventfd itself (`end_inline` after):
+        the pump thread wakes from its own sleep, gives up the poller's role and stands
+        aside until no selector has slept for `STAND_ASIDE`."""
+        self.inline += 1
+        if self.sleeping:
+            with contextlib.suppress(BlockingIOError):
+                os.write(self._wake_w, b"\1")
+
+    def end_inline(self, now: float) -> None:
+        self.inline -= 1
+        self.inline_seen = now
+
+    def pump_inline(self) -> None:
+        """Handle the queued events in the calling thread (a selector about to look)."""
+        if self.dead:
+            return
+        try:
+            # VPP signals the eventfd only when the queue was empty: events that came while
+            # we drained raised no signal, so drain until it stays empty.
+            while self.worker.pump_signalled() and self._mq.size_now():
+                pass
+        except VclError:
+            self._wake_all()
+
     def _wake_all(self) -> None:
         """VPP is gone or the app closed: every descriptor ready, so waiters call and fail."""
         self.dead = True
+        with contextlib.suppress(ValueError):
+            pumps.remove(self)
         with self.worker.lock:
             for c in set(self._carriers.values()):
                 with contextlib.suppress(OSError):

@@ -26,6 +26,7 @@ import ipaddress
 import os
 import secrets
 import socket as _socket_module
+import threading
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -58,6 +59,8 @@ def _no_backend() -> VclApp | None:
 backend: Callable[[], VclApp | None] = _no_backend
 _EPHEMERAL = (32768, 60999)  # Linux's default ip_local_port_range
 _PORT_TRIES = 32  # ephemeral ports tried before a listen gives up with EADDRINUSE
+_SCRATCH = 1 << 16  # smallest per-thread receive buffer
+_scratch = threading.local()
 fork_generation = 0  # bumped in a forked child: carriers of an older generation are the parent's
 
 
@@ -423,14 +426,22 @@ class InterposedSocket(std_socket, metaclass=_Facade):
             return std_socket.recv(self, bufsize, flags)
         if flags:
             return self._recv_flags(bufsize, flags)
+        if bufsize < 0:
+            raise ValueError("negative buffersize in recv")
+        # Read into this thread's scratch buffer and copy out what came: event loops ask for
+        # 256 KiB at a time, and a fresh zeroed buffer that size per call cost more than the
+        # rest of the call.
+        scratch = getattr(_scratch, "buf", None)
+        if scratch is None or len(scratch) < bufsize:
+            scratch = _scratch.buf = memoryview(bytearray(max(bufsize, _SCRATCH)))
         try:
-            data = self._vcl().recv(bufsize)
+            n = self._vcl().recv_into(scratch[:bufsize])
         except BlockingIOError:
             c.sync()
             raise
-        if c.pump is not None and c.rfd.readable and len(data) < bufsize:
+        if c.pump is not None and c.rfd.readable and n < bufsize:
             c.sync()  # (probably) drained: the descriptor must stop saying readable
-        return data
+        return bytes(scratch[:n])
 
     def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
         c = self._carrier
