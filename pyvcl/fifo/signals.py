@@ -11,7 +11,9 @@ acquire-loaded; ``deq_thresh`` and the subscriber list are plain.
 
 from __future__ import annotations
 
+import functools
 import struct
+from collections.abc import Callable
 
 from ..atomics import AtomicRegion, Words
 from ..errors import SharedMemoryError
@@ -80,6 +82,12 @@ class Signals:
     def unset_event(self) -> None:
         """Exchange ``has_event`` with 0 (``svm_fifo_unset_event``)."""
         self._a.xchg32(self._has_event_m, 0)
+
+    def exchanger(self, value: int) -> Callable[[], int]:
+        """``set_event`` / ``unset_event`` for a per-call path: a callable exchanging
+        ``has_event`` with ``value`` and returning the old value (one call, checked as
+        `AtomicRegion.xchg32` checks)."""
+        return functools.partial(self._a.xchg32, self._has_event_m, value & M32)
 
     # -- dequeue notifications -------------------------------------------------------------------
     @property
