@@ -374,9 +374,13 @@ class VclSocket:
     def sendall(self, data: Any, flags: int = 0) -> None:
         """Send all of ``data``.  As for a kernel socket (Python >= 3.5), the timeout bounds
         the whole call, not each partial send."""
-        view = data if type(data) is memoryview else memoryview(data)
-        if view.format != "B" or view.ndim != 1:
-            view = view.cast("B")
+        kind = type(data)
+        if kind is bytes or kind is bytearray:
+            view = data  # len() is the byte count; a view is made only if it does not fit
+        else:
+            view = data if kind is memoryview else memoryview(data)
+            if view.format != "B" or view.ndim != 1:
+                view = view.cast("B")
         n = len(view)
         fast = self._fast
         if fast is not None and n and not flags and not self._closed:
@@ -384,7 +388,9 @@ class VclSocket:
             if total == n:
                 return  # the usual case: it all fitted at once
             total = max(total, 0)
+            view = memoryview(view)
         else:
+            view = memoryview(view)
             total = self.send(view, flags) if n else 0
             if total >= n:
                 return

@@ -384,9 +384,13 @@ class Fifo:
         written.  0 means the fifo is full, or -- if `max_enqueue` is not 0 -- that the segment
         has no chunk memory left (VPP's ``SVM_FIFO_EGROW``); a short write can happen for the
         same reason.  Call `set_event` afterwards to know whether to send an IO event."""
-        src = data if type(data) is memoryview else memoryview(data)
-        if src.format != "B" or src.ndim != 1:
-            src = src.cast("B")
+        kind = type(data)
+        if kind is bytes or kind is bytearray:
+            src = data  # (sliced into the mapping as it is: no view to make)
+        else:
+            src = data if kind is memoryview else memoryview(data)
+            if src.format != "B" or src.ndim != 1:
+                src = src.cast("B")
         want = len(src)
         if not want:
             return 0
@@ -412,6 +416,7 @@ class Fifo:
         head, tail, tail_c, n = self._room(want)
         if not n:
             return 0  # SVM_FIFO_EFULL
+        src = memoryview(src)  # slices below must not copy
         hdr = None
         if tail_c:
             hdr = self._chunk(tail_c)
