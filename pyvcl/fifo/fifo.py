@@ -36,7 +36,7 @@ from ..segment import Segment
 from ..wire.enums import DeqNotify
 from ..wire.fifo import CHUNK_DATA_OFFSET, SVM_FIFO_CHUNK, SVM_FIFO_SHARED
 from .chunks import CH_NEXT, CH_RB, CH_RB_CODEC, ChunkAllocator, ChunkInfo, span_codec
-from .signals import Signals, fifo_header_m
+from .signals import Signals, SignalWords, fifo_header_m
 
 __all__ = ["Fifo"]
 
@@ -76,7 +76,7 @@ def _bytes_view(data: Any) -> memoryview:
     return mv
 
 
-class Fifo:
+class Fifo(SignalWords):
     """The fifo whose ``svm_fifo_shared_t`` is at fsh-relative ``offset`` in ``segment``.
 
     ``signals`` selects where the event / notification words live: by default the fifo's own
@@ -417,16 +417,7 @@ class Fifo:
         if not n:
             return 0  # SVM_FIFO_EFULL
         src = memoryview(src)  # slices below must not copy
-        hdr = None
-        if tail_c:
-            hdr = self._chunk(tail_c)
-            m, start, length, _nxt = hdr
-            idx = (tail - start) & M32
-            if idx + n < length:  # strictly inside the tail chunk (a short write)
-                d = m + _DATA + idx
-                self._view[d : d + n] = src if n == want else src[:n]
-                self._w32[self._tail_i] = (tail + n) & M32  # release
-                return n
+        hdr = self._chunk(tail_c) if tail_c else None
         old_tail_c = tail_c
         n, tail_c = self._prepare_write(head, tail, tail_c, n, hdr)
         if not n:
@@ -596,8 +587,10 @@ class Fifo:
     def dequeue_into(self, buffer: Any) -> int:
         """Remove up to ``len(buffer)`` bytes into the writable ``buffer``; the count (0 if
         empty).  One copy, straight from the chunks."""
-        dst = buffer if type(buffer) is memoryview and buffer.format == "B" else None
-        if dst is None or dst.ndim != 1:
+        kind = type(buffer)
+        if kind is bytearray or (kind is memoryview and buffer.format == "B" and buffer.ndim == 1):
+            dst = buffer  # sliced into as it is
+        else:
             dst = _bytes_view(buffer)
         # Fast path: strictly inside the chunk holding head, that chunk being the first (so
         # nothing to unlink); cached and checked as for `enqueue`.
@@ -697,48 +690,7 @@ class Fifo:
         ``head + offset``, one per chunk touched.  Release them, then `drop` what was used."""
         return [p.toreadonly() for p in self._peek_pieces(n, offset)]
 
-    # -- signals -----------------------------------------------------------------------------
-    @property
-    def has_event(self) -> bool:
-        return self.signals.has_event
-
-    def set_event(self) -> bool:
-        """``svm_fifo_set_event``: True if the flag was clear, i.e. send an IO event now."""
-        return self.signals.set_event()
-
-    def unset_event(self) -> None:
-        """``svm_fifo_unset_event``: after draining an rx fifo (then re-check emptiness)."""
-        self.signals.unset_event()
-
-    @property
-    def want_deq_ntf(self) -> int:
-        return self.signals.want_deq_ntf
-
-    def add_want_deq_ntf(self, bits: int) -> None:
-        self.signals.add_want_deq_ntf(bits)
-
-    def del_want_deq_ntf(self, bits: int) -> None:
-        self.signals.del_want_deq_ntf(bits)
-
-    @property
-    def has_deq_ntf(self) -> bool:
-        return self.signals.has_deq_ntf
-
-    def reset_has_deq_ntf(self) -> None:
-        self.signals.reset_has_deq_ntf()
-
-    @property
-    def deq_thresh(self) -> int:
-        return self.signals.deq_thresh
-
-    @deq_thresh.setter
-    def deq_thresh(self, value: int) -> None:
-        self.signals.deq_thresh = value
-
-    def clear_deq_ntf(self) -> None:
-        """``svm_fifo_clear_deq_ntf``: call after sending the dequeue notification."""
-        self.signals.clear_deq_ntf()
-
+    # -- signals (the rest: `SignalWords`) -------------------------------------------------
     def needs_deq_ntf(self, n_last_deq: int) -> bool:
         """``svm_fifo_needs_deq_ntf``: after a consumer read of ``n_last_deq`` bytes, must the
         producer be notified?  (Same u32 arithmetic as VPP.)"""
