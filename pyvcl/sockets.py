@@ -167,6 +167,7 @@ class VclSocket:
 
     type = socket.SOCK_STREAM
     proto = 0
+    _fast: DataPath | None = None  # (a default, for instances made with __new__)
 
     def __init__(self, app: VclApp, family: int = socket.AF_INET) -> None:
         if family not in (socket.AF_INET, socket.AF_INET6):
@@ -180,7 +181,7 @@ class VclSocket:
         self._bound: tuple[str, int] | None = None
         self._closed = False
         self._connect_pending = False  # a non-blocking connect whose outcome was not reported
-        self._fast: DataPath | None = None  # set once connected (`_data_path`)
+        self._fast = None  # set once connected (`_data_path`)
 
     # -- options ----------------------------------------------------------------------------
     def settimeout(self, timeout: float | None) -> None:
