@@ -2,7 +2,7 @@
 
     python -m bench.micro [--quick]
 
-Cases: atomics per backend, fifo enqueue+dequeue (64 B, 64 KiB), message-queue send+drain in
+Cases: atomics per backend, fifo enqueue+dequeue (64 B, 1 KiB, 64 KiB), message-queue send+drain in
 both signalling modes, and — when a VPP is installed (PYVCL_VPP_PREFIX or `vpp` on PATH) —
 attach+detach against a private instance.  Figures are per operation, best of several rounds
 (the machine is shared and noisy: compare cases within one run, not across days).
@@ -66,7 +66,7 @@ def bench_fifo(n: int) -> None:
     from tests.fifo_fixtures import alloc_fifo
     from tests.segment_fixtures import make_segment
 
-    for size in (64, 64 << 10):
+    for size in (64, 1 << 10, 64 << 10):  # 1 KiB: the per-call fast path (issue 9)
         seg = make_segment(64 << 20)
         off = alloc_fifo(seg, 4 << 20)
         prod, cons = Fifo(seg, off), Fifo(seg, off)

@@ -30,7 +30,7 @@ from .api.messages import AttachOptions
 from .app import App
 from .errors import LocalError, NotConnected, Timeout, VclError, WouldBlock
 from .session.core import Session, State
-from .session.worker import SessionWorker, session_error
+from .session.worker import DataPath, SessionWorker, session_error
 from .wire.enums import TransportProto
 
 _DEFAULT_SESSION_TIMEOUT = 600.0  # VCL's session-timeout: bound on blocking connect/listen
@@ -58,6 +58,26 @@ def _parse_address(address: Address) -> tuple[str, int, int]:
     return str(ip), port, family
 
 
+BUSY_POLL_ENV = "PYVCL_BUSY_POLL"
+_MAX_BUSY_POLL_US = 10_000_000  # 10 s: more is a mistake (a blocked call would burn a core)
+
+
+def busy_poll_usec(usec: float | str | None) -> float:
+    """The busy-poll time in microseconds: ``usec``, or ``$PYVCL_BUSY_POLL`` when None
+    (unset: 0, off).  Raises ValueError for anything but a number in [0, 10 s]."""
+    what = "busy_poll"
+    if usec is None:
+        usec = os.environ.get(BUSY_POLL_ENV, "").strip() or 0
+        what = BUSY_POLL_ENV
+    try:
+        value = float(usec)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be a number of microseconds, not {usec!r}") from None
+    if not 0 <= value <= _MAX_BUSY_POLL_US:  # (also refuses nan)
+        raise ValueError(f"{what} must be between 0 and {_MAX_BUSY_POLL_US} µs, not {usec!r}")
+    return value
+
+
 class VclApp:
     """An app attached to VPP, able to open TCP sessions.  A context manager."""
 
@@ -69,8 +89,10 @@ class VclApp:
         config: Any = None,
         timeout: float = 10.0,
         session_timeout: float | None = None,
+        busy_poll: float | None = None,
         **option_values: Any,
     ) -> None:
+        spin = busy_poll_usec(busy_poll)  # (a bad value fails before attaching)
         if config is not None:
             app_socket = app_socket or config.app_socket_path()
             options = options or config.attach_options()
@@ -78,7 +100,18 @@ class VclApp:
                 session_timeout = getattr(config, "session_timeout", None)
         self.app = App.attach(app_socket, options, timeout=timeout, **option_values)
         self.worker = SessionWorker(self.app)
+        self.worker.busy_poll = spin / 1e6
         self.session_timeout = session_timeout or _DEFAULT_SESSION_TIMEOUT
+
+    @property
+    def busy_poll(self) -> float:
+        """Microseconds a blocking recv/send/accept spins on the fifo and the app mq before it
+        sleeps (0: off).  Set with ``VclApp(busy_poll=...)`` or ``$PYVCL_BUSY_POLL``."""
+        return self.worker.busy_poll * 1e6
+
+    @busy_poll.setter
+    def busy_poll(self, usec: float) -> None:
+        self.worker.busy_poll = busy_poll_usec(usec) / 1e6
 
     @classmethod
     def from_env(cls, **kw: Any) -> VclApp:
@@ -134,6 +167,7 @@ class VclSocket:
 
     type = socket.SOCK_STREAM
     proto = 0
+    _fast: DataPath | None = None  # (a default, for instances made with __new__)
 
     def __init__(self, app: VclApp, family: int = socket.AF_INET) -> None:
         if family not in (socket.AF_INET, socket.AF_INET6):
@@ -147,6 +181,7 @@ class VclSocket:
         self._bound: tuple[str, int] | None = None
         self._closed = False
         self._connect_pending = False  # a non-blocking connect whose outcome was not reported
+        self._fast = None  # set once connected (`_data_path`)
 
     # -- options ----------------------------------------------------------------------------
     def settimeout(self, timeout: float | None) -> None:
@@ -256,6 +291,7 @@ class VclSocket:
         with w.lock:
             self._s = w.layer.new_session(TransportProto.TCP)
         self._connect_pending = False
+        self._fast = None
 
     def connect_ex(self, address: Address) -> int:
         """connect(), returning 0 or the errno instead of raising (EINPROGRESS included)."""
@@ -329,24 +365,54 @@ class VclSocket:
         sock.family, sock._app, sock._worker, sock._s = self.family, self._app, w, new
         sock._timeout, sock._bound, sock._closed = socket.getdefaulttimeout(), None, False
         sock._connect_pending = False
+        sock._fast = None
         return sock, sock._sockaddr(new.peer or ("0.0.0.0", 0))
 
     # -- data -------------------------------------------------------------------------------
+    # Each data method first tries the session's `DataPath` (the common case, a few hundred
+    # ns: a write that fits, a read that finds data); anything else -- and the first call,
+    # which sets the path up once the session is connected -- takes the general path below.
+    def _data_path(self) -> None:
+        if self._fast is None and not self._closed and not self._app.closed:
+            self._fast = self._worker.data_path(self._s)
+
     def send(self, data: Any, flags: int = 0) -> int:
+        fast = self._fast
+        if fast is not None and not flags and not self._closed:
+            n = fast.send(data)
+            if n > 0:
+                return n
         self._check_open()
         if flags:
             raise ValueError("send flags are not supported")
         self._check_connecting()
-        return self._worker.send(self._s, data, self._timeout)
+        n = self._worker.send(self._s, data, self._timeout)
+        self._data_path()
+        return n
 
     def sendall(self, data: Any, flags: int = 0) -> None:
         """Send all of ``data``.  As for a kernel socket (Python >= 3.5), the timeout bounds
         the whole call, not each partial send."""
-        view = memoryview(data).cast("B")
+        kind = type(data)
+        if kind is bytes or kind is bytearray:
+            view = data  # len() is the byte count; a view is made only if it does not fit
+        else:
+            view = data if kind is memoryview else memoryview(data)
+            if view.format != "B" or view.ndim != 1:
+                view = view.cast("B")
         n = len(view)
-        total = self.send(view, flags) if n else 0
-        if total >= n:
-            return  # the usual case: it all fitted at once
+        fast = self._fast
+        if fast is not None and n and not flags and not self._closed:
+            total = fast.send(view)
+            if total == n:
+                return  # the usual case: it all fitted at once
+            total = max(total, 0)
+            view = memoryview(view)
+        else:
+            view = memoryview(view)
+            total = self.send(view, flags) if n else 0
+            if total >= n:
+                return
         timeout = self._timeout
         deadline = None if not timeout else time.monotonic() + timeout
         while total < n:
@@ -357,17 +423,30 @@ class VclSocket:
                 if left <= 0:
                     raise Timeout(f"sendall timed out after {total} of {n} bytes")
             self._check_open()
+            if flags:
+                raise ValueError("send flags are not supported")
+            self._check_connecting()
             total += self._worker.send(self._s, view[total:], left)
 
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
         if bufsize < 0:
             raise ValueError("negative buffersize in recv")
+        fast = self._fast
+        if fast is not None and bufsize and not flags and not self._closed:
+            data = fast.recv(bufsize)
+            if data is not None:
+                return data
         buf = bytearray(bufsize)
         n = self.recv_into(buf, bufsize, flags)
         del buf[n:]
         return bytes(buf)
 
     def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
+        fast = self._fast
+        if fast is not None and not nbytes and not flags and not self._closed:
+            n = fast.recv_into(buffer)
+            if n > 0:
+                return n
         self._check_open()
         if flags:
             raise ValueError("recv flags are not supported")
@@ -376,13 +455,17 @@ class VclSocket:
             view = view[:nbytes]
         self._check_connecting()
         if self._timeout != 0:
-            return self._worker.recv_into(self._s, view, self._timeout)
-        try:
-            return self._worker.recv_into(self._s, view, 0)
-        except WouldBlock:
-            # Nothing in the fifo: the peer's close or a reset may be queued, unhandled.
-            self._worker.pump()
-            return self._worker.recv_into(self._s, view, 0)
+            n = self._worker.recv_into(self._s, view, self._timeout)
+        else:
+            try:
+                n = self._worker.recv_into(self._s, view, 0)
+            except WouldBlock:
+                # Nothing in the fifo: the peer's close or a reset may be queued, unhandled.
+                self._worker.pump()
+                n = self._worker.recv_into(self._s, view, 0)
+        if n:
+            self._data_path()
+        return n
 
     def _check_connecting(self) -> None:
         """recv/send on a socket whose connect is in progress wait for it (EAGAIN when

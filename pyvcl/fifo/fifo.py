@@ -36,7 +36,7 @@ from ..segment import Segment
 from ..wire.enums import DeqNotify
 from ..wire.fifo import CHUNK_DATA_OFFSET, SVM_FIFO_CHUNK, SVM_FIFO_SHARED
 from .chunks import CH_NEXT, CH_RB, CH_RB_CODEC, ChunkAllocator, ChunkInfo, span_codec
-from .signals import Signals, fifo_header_m
+from .signals import Signals, SignalWords, fifo_header_m
 
 __all__ = ["Fifo"]
 
@@ -59,6 +59,14 @@ _DATA = CHUNK_DATA_OFFSET
 _START_BYTE = SVM_FIFO_CHUNK.offset("start_byte")
 _START_BYTE_CODEC = SVM_FIFO_CHUNK["start_byte"].codec
 _PTR = _F["start_chunk"].codec  # every fs_sptr_t field: plain u64
+_LENGTH = SVM_FIFO_CHUNK.offset("length")
+# The fast paths read these as single words: the chunk pointers and size, and a chunk's
+# (start_byte, length) pair as one 64-bit word (little-endian: start_byte low).
+if _HEAD_CHUNK % 8 or _TAIL_CHUNK % 8 or _SIZE_OFF % 4 or _START_BYTE % 8 or _LENGTH != 4:
+    raise TypeError("svm_fifo_shared_t / svm_fifo_chunk_t: fast-path fields not word-aligned")
+
+
+_ChunkCache = tuple[int, int, int, int, int, int]
 
 
 def _bytes_view(data: Any) -> memoryview:
@@ -68,7 +76,7 @@ def _bytes_view(data: Any) -> memoryview:
     return mv
 
 
-class Fifo:
+class Fifo(SignalWords):
     """The fifo whose ``svm_fifo_shared_t`` is at fsh-relative ``offset`` in ``segment``.
 
     ``signals`` selects where the event / notification words live: by default the fifo's own
@@ -80,6 +88,8 @@ class Fifo:
         "_a",
         "_chunk",
         "_end_m",
+        "_hc",
+        "_head_chunk_i",
         "_head_chunk_m",
         "_head_i",
         "_head_m",
@@ -88,11 +98,14 @@ class Fifo:
         "_max_chunks",
         "_max_size",
         "_peek",
+        "_size_i",
         "_start_m",
+        "_tail_chunk_i",
         "_tail_chunk_m",
         "_tail_i",
         "_tail_m",
         "_tailrec_m",
+        "_tc",
         "_view",
         "_w32",
         "_w64",
@@ -133,6 +146,16 @@ class Fifo:
         self._tailrec_m = m + _TAILREC_OFF  # (tail_chunk, tail)
         self._head_chunk_m = m + _HEAD_CHUNK
         self._tail_chunk_m = m + _TAIL_CHUNK
+        self._head_chunk_i = self._head_chunk_m >> 3
+        self._tail_chunk_i = self._tail_chunk_m >> 3
+        self._size_i = (m + _SIZE_OFF) >> 2
+        # The chunk holding tail / head as last read and checked: (chunk offset, 64-bit word
+        # index of its (start_byte, length), that word's value, mapping offset of its data,
+        # start_byte, length).  Used while ``tail_chunk`` / ``head_chunk`` still names that
+        # chunk and the word still has that value: anything else (the chunk moved on, was
+        # reused, or was scribbled on) re-reads and re-checks the header.
+        self._tc: _ChunkCache | None = None
+        self._hc: _ChunkCache | None = None
         self._peek: tuple[int, int] | None = None  # consumer's last peeked chunk (offset, start)
         if signals is None:
             self.signals = Signals(segment, offset)
@@ -280,6 +303,23 @@ class Fifo:
             c = nxt
         raise SharedMemoryError(f"fifo {self.offset:#x}: chunk chain is cyclic")
 
+    # -- fast-path caches ----------------------------------------------------------------------
+    def _chunk_cache(self, c: int) -> _ChunkCache:
+        m, start, length, _nxt = self._chunk(c)  # checked: inside the mapping, valid length
+        key = (m + _START_BYTE) >> 3
+        return (c, key, start | length << 32, m + _DATA, start, length)
+
+    def _cache_tail_chunk(self) -> _ChunkCache | None:
+        c = int(self._w64[self._tail_chunk_i])
+        self._tc = self._chunk_cache(c) if c else None
+        return self._tc
+
+    def _cache_head_chunk(self) -> _ChunkCache | None:
+        """Cached only when it is also ``start_chunk``: then a read inside it frees nothing."""
+        c = int(self._w64[self._head_chunk_i])
+        self._hc = self._chunk_cache(c) if c and c == self.start_chunk else None
+        return self._hc
+
     # -- producer ----------------------------------------------------------------------------
     def _prepare_write(
         self,
@@ -325,6 +365,7 @@ class Fifo:
         _PTR.pack_into(view, self._end_m, last)
         if not tail_c:
             tail_c = first
+            self._tc = None
             _PTR.pack_into(view, self._tail_chunk_m, first)
         return n, tail_c
 
@@ -343,25 +384,40 @@ class Fifo:
         written.  0 means the fifo is full, or -- if `max_enqueue` is not 0 -- that the segment
         has no chunk memory left (VPP's ``SVM_FIFO_EGROW``); a short write can happen for the
         same reason.  Call `set_event` afterwards to know whether to send an IO event."""
-        src = memoryview(data)
-        if src.format != "B" or src.ndim != 1:
-            src = src.cast("B")
+        kind = type(data)
+        if kind is bytes or kind is bytearray:
+            src = data  # (sliced into the mapping as it is: no view to make)
+        else:
+            src = data if kind is memoryview else memoryview(data)
+            if src.format != "B" or src.ndim != 1:
+                src = src.cast("B")
         want = len(src)
         if not want:
             return 0
+        # Fast path: all of it fits and stays strictly inside the chunk holding tail (cached,
+        # checked when cached).  Word reads: tail and tail_chunk are ours, head and size the
+        # consumer's / VPP's; a hostile value can only make the write land elsewhere inside
+        # that checked chunk, never outside it.
+        w = self._w32
+        tail = w[self._tail_i]
+        tc = self._tc
+        w64 = self._w64
+        if tc is None or tc[0] != w64[self._tail_chunk_i] or w64[tc[1]] != tc[2]:
+            tc = self._cache_tail_chunk()
+        if tc is not None:
+            idx = (tail - tc[4]) & M32
+            if idx + want < tc[5]:
+                used = (tail - w[self._head_i]) & M32
+                if used + want <= w[self._size_i] <= self._max_size:
+                    d = tc[3] + idx
+                    self._view[d : d + want] = src
+                    w[self._tail_i] = (tail + want) & M32  # release
+                    return want
         head, tail, tail_c, n = self._room(want)
         if not n:
             return 0  # SVM_FIFO_EFULL
-        hdr = None
-        if tail_c:
-            hdr = self._chunk(tail_c)
-            m, start, length, _nxt = hdr
-            idx = (tail - start) & M32
-            if idx + n < length:  # fast path: strictly inside the tail chunk
-                d = m + _DATA + idx
-                self._view[d : d + n] = src if n == want else src[:n]
-                self._w32[self._tail_i] = (tail + n) & M32  # release
-                return n
+        src = memoryview(src)  # slices below must not copy
+        hdr = self._chunk(tail_c) if tail_c else None
         old_tail_c = tail_c
         n, tail_c = self._prepare_write(head, tail, tail_c, n, hdr)
         if not n:
@@ -374,6 +430,7 @@ class Fifo:
             done += k
         del pieces
         if last != tail_c:
+            self._tc = None
             _PTR.pack_into(self._view, self._tail_chunk_m, last)
         self._w32[self._tail_i] = (tail + n) & M32  # release: publishes data and chunks
         return n
@@ -420,6 +477,7 @@ class Fifo:
         else:
             raise SharedMemoryError(f"fifo {self.offset:#x}: chunk chain is cyclic")
         if c != tail_c:
+            self._tc = None
             _PTR.pack_into(self._view, self._tail_chunk_m, c)
         self._w32[self._tail_i] = new_tail
         return n
@@ -435,6 +493,7 @@ class Fifo:
             return None
         if not head_c:
             head_c = self._walk_to(self.start_chunk, head)
+            self._hc = None
             _PTR.pack_into(self._view, self._head_chunk_m, head_c)
         return head, head_c, min(n, present - offset)
 
@@ -450,6 +509,7 @@ class Fifo:
         if (new_head - sstart - slen) & M32 < _HALF:  # f_pos_geq (head, start chunk end)
             self._unlink(start_c, sm, sstart, slen, new_head)
         if last != head_c:
+            self._hc = None
             _PTR.pack_into(self._view, self._head_chunk_m, last)
         self._w32[self._head_i] = new_head  # release
 
@@ -488,6 +548,7 @@ class Fifo:
         slice_index = int(_SHR.unpack_from(view, self._m + _SHR_OFF)[4])
         self.allocator.slice_m(slice_index)  # checked before the chain is touched
         _PTR.pack_into(view, prev_m + CH_NEXT, 0)
+        self._hc = None
         _PTR.pack_into(view, self._start_m, c)
         self._peek = None
         self.allocator.free_chunks(slice_index, gone)  # freed before head is published
@@ -495,18 +556,28 @@ class Fifo:
 
     def dequeue(self, n: int) -> bytes:
         """Remove and return up to ``n`` bytes (b"" if the fifo is empty)."""
+        w = self._w32
+        head = w[self._head_i]
+        present = (w[self._tail_i] - head) & M32  # acquire: the producer's index
+        if not present or n <= 0:
+            return b""
+        k = n if n < present else present
+        hc = self._hc
+        w64 = self._w64
+        if hc is None or hc[0] != w64[self._head_chunk_i] or w64[hc[1]] != hc[2]:
+            hc = self._cache_head_chunk()
+        if hc is not None:
+            idx = (head - hc[4]) & M32
+            if idx + k < hc[5]:  # fast path, as in `dequeue_into`
+                d = hc[3] + idx
+                data = self._view[d : d + k].tobytes()
+                w[self._head_i] = (head + k) & M32  # release
+                return data
         r = self._read_start(n)
         if r is None:
             return b""
         head, head_c, n = r
         hdr = self._chunk(head_c)
-        m, start, length, _nxt = hdr
-        idx = (head - start) & M32
-        if idx + n < length and head_c == _PTR.unpack_from(self._view, self._start_m)[0]:
-            # fast path: strictly inside the chunk holding head, nothing to unlink
-            data = self._view[m + _DATA + idx : m + _DATA + idx + n].tobytes()
-            self._w32[self._head_i] = (head + n) & M32  # release
-            return data
         pieces, last = self._pieces(head_c, head, n, hdr)
         data = b"".join(pieces)
         del pieces
@@ -516,18 +587,37 @@ class Fifo:
     def dequeue_into(self, buffer: Any) -> int:
         """Remove up to ``len(buffer)`` bytes into the writable ``buffer``; the count (0 if
         empty).  One copy, straight from the chunks."""
-        dst = _bytes_view(buffer)
+        kind = type(buffer)
+        if kind is bytearray or (kind is memoryview and buffer.format == "B" and buffer.ndim == 1):
+            dst = buffer  # sliced into as it is
+        else:
+            dst = _bytes_view(buffer)
+        # Fast path: strictly inside the chunk holding head, that chunk being the first (so
+        # nothing to unlink); cached and checked as for `enqueue`.
+        w = self._w32
+        head = w[self._head_i]
+        present = (w[self._tail_i] - head) & M32  # acquire: the producer's index
+        n = len(dst)
+        if not present or not n:
+            return 0
+        if present < n:
+            n = present
+        hc = self._hc
+        w64 = self._w64
+        if hc is None or hc[0] != w64[self._head_chunk_i] or w64[hc[1]] != hc[2]:
+            hc = self._cache_head_chunk()
+        if hc is not None:
+            idx = (head - hc[4]) & M32
+            if idx + n < hc[5]:
+                d = hc[3] + idx
+                dst[:n] = self._view[d : d + n]
+                w[self._head_i] = (head + n) & M32  # release
+                return n
         r = self._read_start(len(dst))
         if r is None:
             return 0
         head, head_c, n = r
         hdr = self._chunk(head_c)
-        m, start, length, _nxt = hdr
-        idx = (head - start) & M32
-        if idx + n < length and head_c == _PTR.unpack_from(self._view, self._start_m)[0]:
-            dst[:n] = self._view[m + _DATA + idx : m + _DATA + idx + n]
-            self._w32[self._head_i] = (head + n) & M32
-            return n
         pieces, last = self._pieces(head_c, head, n, hdr)
         done = 0
         for p in pieces:
@@ -553,6 +643,7 @@ class Fifo:
             c = self._unlink(start_c, sm, sstart, slen, new_head)
             _m, cstart, clen, _nxt = self._chunk(c)
             hc = c if (new_head - cstart) & M32 < clen else 0
+            self._hc = None
             _PTR.pack_into(self._view, self._head_chunk_m, hc)
         self._w32[self._head_i] = new_head
         return n
@@ -599,48 +690,7 @@ class Fifo:
         ``head + offset``, one per chunk touched.  Release them, then `drop` what was used."""
         return [p.toreadonly() for p in self._peek_pieces(n, offset)]
 
-    # -- signals -----------------------------------------------------------------------------
-    @property
-    def has_event(self) -> bool:
-        return self.signals.has_event
-
-    def set_event(self) -> bool:
-        """``svm_fifo_set_event``: True if the flag was clear, i.e. send an IO event now."""
-        return self.signals.set_event()
-
-    def unset_event(self) -> None:
-        """``svm_fifo_unset_event``: after draining an rx fifo (then re-check emptiness)."""
-        self.signals.unset_event()
-
-    @property
-    def want_deq_ntf(self) -> int:
-        return self.signals.want_deq_ntf
-
-    def add_want_deq_ntf(self, bits: int) -> None:
-        self.signals.add_want_deq_ntf(bits)
-
-    def del_want_deq_ntf(self, bits: int) -> None:
-        self.signals.del_want_deq_ntf(bits)
-
-    @property
-    def has_deq_ntf(self) -> bool:
-        return self.signals.has_deq_ntf
-
-    def reset_has_deq_ntf(self) -> None:
-        self.signals.reset_has_deq_ntf()
-
-    @property
-    def deq_thresh(self) -> int:
-        return self.signals.deq_thresh
-
-    @deq_thresh.setter
-    def deq_thresh(self, value: int) -> None:
-        self.signals.deq_thresh = value
-
-    def clear_deq_ntf(self) -> None:
-        """``svm_fifo_clear_deq_ntf``: call after sending the dequeue notification."""
-        self.signals.clear_deq_ntf()
-
+    # -- signals (the rest: `SignalWords`) -------------------------------------------------
     def needs_deq_ntf(self, n_last_deq: int) -> bool:
         """``svm_fifo_needs_deq_ntf``: after a consumer read of ``n_last_deq`` bytes, must the
         producer be notified?  (Same u32 arithmetic as VPP.)"""

@@ -11,7 +11,9 @@ acquire-loaded; ``deq_thresh`` and the subscriber list are plain.
 
 from __future__ import annotations
 
+import functools
 import struct
+from collections.abc import Callable
 
 from ..atomics import AtomicRegion, Words
 from ..errors import SharedMemoryError
@@ -19,7 +21,7 @@ from ..segment import Segment
 from ..wire.enums import DeqNotify
 from ..wire.fifo import SVM_FIFO_MAX_EVT_SUBSCRIBERS, SVM_FIFO_SHARED
 
-__all__ = ["FIFO_ALIGN", "Signals"]
+__all__ = ["FIFO_ALIGN", "SignalWords", "Signals"]
 
 M32 = 0xFFFFFFFF
 FIFO_ALIGN = 64  # svm_fifo_shared_t is cache-line aligned (fsh_try_alloc_fifo_hdr_batch)
@@ -81,6 +83,12 @@ class Signals:
         """Exchange ``has_event`` with 0 (``svm_fifo_unset_event``)."""
         self._a.xchg32(self._has_event_m, 0)
 
+    def exchanger(self, value: int) -> Callable[[], int]:
+        """``set_event`` / ``unset_event`` for a per-call path: a callable exchanging
+        ``has_event`` with ``value`` and returning the old value (one call, checked as
+        `AtomicRegion.xchg32` checks)."""
+        return functools.partial(self._a.xchg32, self._has_event_m, value & M32)
+
     # -- dequeue notifications -------------------------------------------------------------------
     @property
     def want_deq_ntf(self) -> int:
@@ -135,3 +143,51 @@ class Signals:
             f"want_deq_ntf={self.want_deq_ntf} has_deq_ntf={int(self.has_deq_ntf)} "
             f"deq_thresh={self.deq_thresh}>"
         )
+
+
+class SignalWords:
+    """`Fifo`'s signal methods, delegated to its `Signals` (``signals``)."""
+
+    __slots__ = ()
+    signals: Signals
+
+    @property
+    def has_event(self) -> bool:
+        return self.signals.has_event
+
+    def set_event(self) -> bool:
+        """``svm_fifo_set_event``: True if the flag was clear, i.e. send an IO event now."""
+        return self.signals.set_event()
+
+    def unset_event(self) -> None:
+        """``svm_fifo_unset_event``: after draining an rx fifo (then re-check emptiness)."""
+        self.signals.unset_event()
+
+    @property
+    def want_deq_ntf(self) -> int:
+        return self.signals.want_deq_ntf
+
+    def add_want_deq_ntf(self, bits: int) -> None:
+        self.signals.add_want_deq_ntf(bits)
+
+    def del_want_deq_ntf(self, bits: int) -> None:
+        self.signals.del_want_deq_ntf(bits)
+
+    @property
+    def has_deq_ntf(self) -> bool:
+        return self.signals.has_deq_ntf
+
+    def reset_has_deq_ntf(self) -> None:
+        self.signals.reset_has_deq_ntf()
+
+    @property
+    def deq_thresh(self) -> int:
+        return self.signals.deq_thresh
+
+    @deq_thresh.setter
+    def deq_thresh(self, value: int) -> None:
+        self.signals.deq_thresh = value
+
+    def clear_deq_ntf(self) -> None:
+        """``svm_fifo_clear_deq_ntf``: call after sending the dequeue notification."""
+        self.signals.clear_deq_ntf()

@@ -47,6 +47,8 @@ from ..wire.enums import SessionEvent as E
 from .core import Action, Session, SessionLayer, State
 
 POLL_SLICE = 0.05  # longest single wait of the poller, so new waiters' deadlines are honoured
+_READY = State.READY
+_PEER_CLOSED = State.PEER_CLOSED
 
 
 class SessionWorker:
@@ -61,6 +63,7 @@ class SessionWorker:
         # Called (lock held) after each round of events handled, with those events: how an
         # adapter that mirrors session state elsewhere (pyvcl.interpose) learns of changes.
         self.on_events: Callable[[list[Event]], None] | None = None
+        self.busy_poll = 0.0  # seconds a blocking wait spins before sleeping (0: never)
 
     @property
     def polling(self) -> bool:
@@ -80,8 +83,14 @@ class SessionWorker:
         raise RemoteError(f"VPP named a message queue at {offset:#x} that does not exist")
 
     def wait_until(self, ready: Callable[[], bool], timeout: float | None) -> bool:
-        """Wait until ``ready()`` (called with the lock held) is true; False on timeout."""
+        """Wait until ``ready()`` (called with the lock held) is true; False on timeout.
+
+        With `busy_poll` (seconds) the poller first spins for that long -- ``ready()`` and a
+        non-blocking look at the app mq, back to back -- before it sleeps on the app mq: a
+        reader sees the peer's bytes in the fifo without waiting for VPP's event and the
+        wake-up (docs/busy-polling.md)."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        spin_end = None
         with self.lock:
             while True:
                 if self.dead is not None:
@@ -97,7 +106,14 @@ class SessionWorker:
                     # (a cut-through dequeue notification, see _ask_for_room).
                     self.cond.wait(POLL_SLICE if remaining is None else min(remaining, POLL_SLICE))
                     continue
-                self._poll_round(POLL_SLICE if remaining is None else min(remaining, POLL_SLICE))
+                wait = POLL_SLICE if remaining is None else min(remaining, POLL_SLICE)
+                if self.busy_poll:
+                    now = time.monotonic()
+                    if spin_end is None:
+                        spin_end = now + self.busy_poll
+                    if now < spin_end:
+                        wait = 0.0
+                self._poll_round(wait)
 
     def _poll_round(self, timeout: float) -> None:
         """Become the poller for one wait on the app mq (lock held on entry and exit)."""
@@ -155,6 +171,14 @@ class SessionWorker:
 
     def forget(self, s: Session) -> None:
         self._fifos.pop(s.index, None)
+
+    def data_path(self, s: Session) -> DataPath | None:
+        """The per-call path of ``s`` (`DataPath`), once it is connected; None before."""
+        with self.lock:
+            if self.dead is not None or s.state is not _READY or s.freed:
+                return None
+            rx, tx = self.fifos(s)
+            return DataPath(self, s, rx, tx)
 
     # -- requests with waits -----------------------------------------------------------------
     def request(self, actions: list[Action]) -> None:
@@ -450,3 +474,113 @@ def session_error(what: str, code: int, connect: bool = False) -> VclError:
         assert isinstance(err, SessionLayerError)
         return SessionRefused(f"{what} failed", err.code, err.name, errno.ECONNREFUSED)
     return err
+
+
+class DataPath:
+    """The per-call path of one connected session: what `VclSocket` tries first on every
+    send/sendall/recv_into, with everything looked up once (fifos, lock methods, the VPP mq).
+
+    It does the common case only -- a write that fits, a read that finds data -- and returns
+    -1 for everything else (not READY, full, empty, closed, an error to raise), so the general
+    path (`SessionWorker.send` / `recv_into`) decides, waits and raises as before.  It holds
+    the worker lock like the general path: the poller changes session state and answers VPP's
+    reset/disconnect (after which VPP frees the fifos) only under that lock, so a state seen
+    READY here stays so until the copy is done.  The fifo side is this process's alone (one
+    thread at a time under the lock), and the IO event follows C VCL
+    (``vppcom_session_write_inline`` / ``read_internal``): sent only when ``has_event`` goes
+    0 -> 1, cleared when a read drains the fifo.
+    """
+
+    __slots__ = (
+        "_acquire", "_handle", "_mq", "_release", "_rx", "_rx_signals", "_rx_unset", "_s",
+        "_tx", "_tx_set", "_w",
+    )  # fmt: skip
+
+    def __init__(self, worker: SessionWorker, s: Session, rx: Fifo, tx: Fifo) -> None:
+        self._w = worker
+        self._s = s
+        self._rx = rx
+        self._tx = tx
+        self._acquire = worker.lock.acquire
+        self._release = worker.lock.release
+        self._tx_set = tx.signals.exchanger(1)  # 0 returned: the event is ours to send
+        self._rx_signals = rx.signals
+        self._rx_unset = rx.signals.exchanger(0)
+        self._handle: int | None = None  # the handle ``_mq`` was looked up for (migration)
+        self._mq: MessageQueue | None = None
+
+    def _vpp_mq(self) -> MessageQueue:
+        s = self._s
+        if self._mq is None or s.handle != self._handle:
+            self._mq = self._w.vpp_mq(self._w._mq_of(s))
+            self._handle = s.handle
+        return self._mq
+
+    def send(self, data: Any) -> int:
+        """Write what fits of ``data`` now; -1 when nothing was written (the general path
+        then decides: wait, raise, or write)."""
+        s = self._s
+        self._acquire()
+        try:
+            if (
+                s.state is not _READY
+                or s.shut_wr
+                or s.app_closed
+                or s.freed
+                or self._w.dead is not None
+            ):
+                return -1
+            tx = self._tx
+            n = tx.enqueue(data)
+            if n <= 0:
+                return -1
+            # The exchange (a full barrier) orders our tail store before the flag is read:
+            # VPP clears the flag and then reads tail, so one of us sees the other.
+            if not self._tx_set():
+                self._vpp_mq().send_io(E.IO_TX, s.vpp_index)
+            return n
+        finally:
+            self._release()
+
+    def recv_into(self, view: Any) -> int:
+        """Read what is there into ``view``; -1 when nothing is (the general path then waits,
+        returns EOF or raises)."""
+        s = self._s
+        self._acquire()
+        try:
+            st = s.state
+            if (st is not _READY and st is not _PEER_CLOSED) or s.freed or self._w.dead:
+                return -1
+            n = self._rx.dequeue_into(view)
+            if n > 0:
+                self._after_read(n)
+                return n
+            return -1
+        finally:
+            self._release()
+
+    def recv(self, bufsize: int) -> bytes | None:
+        """Up to ``bufsize`` bytes that are there now (one copy); None when none are."""
+        s = self._s
+        self._acquire()
+        try:
+            st = s.state
+            if (st is not _READY and st is not _PEER_CLOSED) or s.freed or self._w.dead:
+                return None
+            data = self._rx.dequeue(bufsize)
+            if data:
+                self._after_read(len(data))
+                return data
+            return None
+        finally:
+            self._release()
+
+    def _after_read(self, n: int) -> None:
+        """As `SessionWorker._after_read`; the exchange on ``has_event`` is skipped when it
+        is 0 already (only VPP sets it, so the result is the same as exchanging then)."""
+        rx = self._rx
+        if not rx.max_dequeue() and self._rx_signals.has_event:
+            self._rx_unset()  # drained: VPP must tell us about the next bytes
+        if rx.want_deq_ntf and rx.needs_deq_ntf(n):
+            rx.clear_deq_ntf()
+            self._vpp_mq().send_io(E.IO_RX, self._s.vpp_index)

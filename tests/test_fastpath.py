@@ -1,0 +1,259 @@
+"""The per-call paths (issue 9 item 6): the fifos' cached chunk on enqueue/dequeue, the
+socket's `DataPath`, and opt-in busy polling.  Speed is measured in bench/, not here; these
+check that the fast paths keep the general paths' behaviour and hostile-memory checks."""
+
+from __future__ import annotations
+
+import os
+import threading
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from pyvcl.errors import SharedMemoryError
+from pyvcl.fifo import Fifo
+from pyvcl.segment import Segment
+from pyvcl.session import worker as worker_mod
+from pyvcl.session.worker import POLL_SLICE, SessionWorker
+from pyvcl.sockets import BUSY_POLL_ENV, VclApp, busy_poll_usec
+from pyvcl.testing.conformance import VclStack, pair
+from pyvcl.testing.plugin import vcl_stack_fixture
+from pyvcl.wire.fifo import SVM_FIFO_CHUNK, SVM_FIFO_SHARED
+
+from .fifo_fixtures import alloc_fifo
+from .segment_fixtures import make_segment
+
+stack = vcl_stack_fixture(31000, 32000)
+
+
+@pytest.fixture
+def seg() -> Segment:
+    return make_segment(16 << 20)
+
+
+def _fifo_put(seg: Segment, f: int, **values: Any) -> None:
+    for k, v in values.items():
+        SVM_FIFO_SHARED[k].put(seg.view, seg.fsh + f, v)
+
+
+def _fifo_get(seg: Segment, f: int, name: str) -> int:
+    return int(SVM_FIFO_SHARED[name].get(seg.view, seg.fsh + f))
+
+
+# ---------------------------------------------------------------------------------------------
+# Fifo: the cached chunk
+
+
+def test_many_small_writes_and_reads_cross_chunks_intact(seg: Segment) -> None:
+    """1 KiB writes and reads over many chunk boundaries (cache built, dropped, rebuilt as
+    chunks are freed and reused) deliver every byte in order."""
+    f = alloc_fifo(seg, 64 << 10)
+    p, c = Fifo(seg, f), Fifo(seg, f)
+    data = os.urandom(1 << 20)
+    got = bytearray()
+    buf = bytearray(700)
+    for i in range(0, len(data), 1024):
+        assert p.enqueue(memoryview(data)[i : i + 1024]) == 1024
+        while p.max_enqueue() < 1024 or (i // 1024) % 5 == 4:
+            n = c.dequeue_into(buf)
+            if not n:
+                break
+            got += buf[:n]
+    while n := c.dequeue_into(buf):
+        got += buf[:n]
+    assert got == data
+
+
+def test_cached_tail_chunk_scribbled_is_rechecked(seg: Segment) -> None:
+    f = alloc_fifo(seg, 100_000)
+    p = Fifo(seg, f)
+    p.enqueue(b"abc")  # caches the tail chunk
+    tail_chunk = _fifo_get(seg, f, "tail_chunk")
+    SVM_FIFO_CHUNK["length"].put(seg.view, seg.fsh + tail_chunk, 1 << 30)
+    with pytest.raises(SharedMemoryError, match="length"):
+        p.enqueue(b"x")
+
+
+def test_cached_tail_chunk_pointer_moved_outside_is_refused(seg: Segment) -> None:
+    f = alloc_fifo(seg, 100_000)
+    p = Fifo(seg, f)
+    p.enqueue(b"abc")
+    _fifo_put(seg, f, tail_chunk=seg.size + 4096)
+    before = bytes(seg.view)
+    with pytest.raises(SharedMemoryError):
+        p.enqueue(b"x")
+    assert bytes(seg.view) == before
+
+
+def test_cached_head_chunk_scribbled_is_rechecked(seg: Segment) -> None:
+    f = alloc_fifo(seg, 100_000)
+    p, c = Fifo(seg, f), Fifo(seg, f)
+    p.enqueue(b"abcdef")
+    assert c.dequeue(1) == b"a"  # caches the head chunk
+    head_chunk = _fifo_get(seg, f, "head_chunk")
+    SVM_FIFO_CHUNK["length"].put(seg.view, seg.fsh + head_chunk, 3)
+    with pytest.raises(SharedMemoryError, match="length"):
+        c.dequeue_into(bytearray(2))
+
+
+def test_size_shrunk_under_the_cache_is_honoured(seg: Segment) -> None:
+    f = alloc_fifo(seg, 100_000)
+    p = Fifo(seg, f)
+    p.enqueue(b"abc")
+    _fifo_put(seg, f, size=4)
+    assert p.enqueue(b"xyz") == 1  # only what the new size leaves room for
+
+
+# ---------------------------------------------------------------------------------------------
+# Busy polling: configuration and the poller's spin
+
+
+def test_busy_poll_value_checks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(BUSY_POLL_ENV, raising=False)
+    assert busy_poll_usec(None) == 0
+    assert busy_poll_usec(50) == 50
+    monkeypatch.setenv(BUSY_POLL_ENV, "120")
+    assert busy_poll_usec(None) == 120
+    for bad in ("abc", "-1", "nan", "1e12"):
+        monkeypatch.setenv(BUSY_POLL_ENV, bad)
+        with pytest.raises(ValueError, match=BUSY_POLL_ENV):
+            busy_poll_usec(None)
+
+
+def test_bad_busy_poll_fails_before_attaching(tmp_path: Any) -> None:
+    with pytest.raises(ValueError, match="busy_poll"):
+        VclApp(tmp_path / "no-such-socket", busy_poll=-5)
+
+
+class _FakeApp:
+    """Just what `SessionWorker.wait_until` touches: an app whose mq never has events."""
+
+    api_client_handle = 1
+
+    def __init__(self) -> None:
+        self.timeouts: list[float] = []
+
+    def poll(self, timeout: float) -> list[Any]:
+        self.timeouts.append(timeout)
+        return []
+
+
+def test_wait_spins_for_busy_poll_then_sleeps(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [100.0]
+    monkeypatch.setattr(worker_mod, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    app = _FakeApp()
+    w = SessionWorker(app)  # type: ignore[arg-type]
+    w.busy_poll = 0.001
+    rounds = iter(range(6))
+
+    def ready() -> bool:
+        clock[0] += 0.0004  # each check takes 400 µs of the fake clock
+        return next(rounds) == 5
+
+    assert w.wait_until(ready, None)
+    # spun (timeout 0) while within 1 ms of the first check, then slept in POLL_SLICEs
+    assert app.timeouts == [0.0, 0.0, 0.0, POLL_SLICE, POLL_SLICE]
+
+
+def test_no_busy_poll_sleeps_at_once() -> None:
+    app = _FakeApp()
+    w = SessionWorker(app)  # type: ignore[arg-type]
+    rounds = iter(range(3))
+    assert w.wait_until(lambda: next(rounds) == 2, None)
+    assert app.timeouts == [POLL_SLICE, POLL_SLICE]
+
+
+# ---------------------------------------------------------------------------------------------
+# Sockets over VPP
+
+
+def test_small_calls_take_the_data_path(stack: VclStack, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After the first call, a send that fits and a recv that finds data never reach the
+    worker's general path."""
+    with pair(stack) as (_srv, c, a):
+        c.sendall(b"first")
+        assert a.recv(100) == b"first"
+        calls: list[str] = []
+        real_send, real_recv = SessionWorker.send, SessionWorker.recv_into
+
+        def send(self: SessionWorker, *args: Any) -> int:
+            calls.append("send")
+            return real_send(self, *args)
+
+        def recv_into(self: SessionWorker, *args: Any) -> int:
+            calls.append("recv_into")
+            return real_recv(self, *args)
+
+        monkeypatch.setattr(SessionWorker, "send", send)
+        monkeypatch.setattr(SessionWorker, "recv_into", recv_into)
+        for i in range(50):
+            msg = b"%d" % i * 20
+            c.sendall(msg)
+            got = b""
+            while len(got) < len(msg):
+                got += a.recv(len(msg) - len(got))  # (may wait: general path then)
+            assert got == msg
+            assert c.send(b"x") == 1
+            buf = bytearray(1)
+            while not a.recv_into(buf):
+                pass
+            assert buf == b"x"
+        assert "send" not in calls
+
+
+def test_data_path_after_close(stack: VclStack) -> None:
+    with pair(stack) as (_srv, c, a):
+        c.sendall(b"abc")
+        assert a.recv(3) == b"abc"
+        c.close()
+        with pytest.raises(OSError) as ei:
+            c.send(b"x")
+        assert ei.value.errno == 9  # EBADF, as on a closed kernel socket
+        with pytest.raises(OSError):
+            c.recv(1)
+        assert a.recv(10) == b""  # the peer's close, then EOF
+
+
+def test_busy_poll_echo(stack: VclStack) -> None:
+    """Blocking echo with busy polling on both apps: same bytes, and a blocked recv still
+    wakes up when the data comes later than the spin."""
+    apps = (stack.server_app, stack.client_app)
+    old = [app.busy_poll for app in apps]
+    for app in apps:
+        app.busy_poll = 300
+    try:
+        with pair(stack) as (_srv, c, a):
+            stop = threading.Event()
+            errors: list[BaseException] = []
+
+            def echo() -> None:
+                try:
+                    while not stop.is_set():
+                        data = a.recv(1000)
+                        if not data:
+                            return
+                        a.sendall(data)
+                except BaseException as e:  # reported by the test below
+                    errors.append(e)
+
+            t = threading.Thread(target=echo, daemon=True)
+            t.start()
+            for i in range(200):
+                msg = os.urandom(64)
+                c.sendall(msg)
+                got = b""
+                while len(got) < 64:
+                    got += c.recv(64 - len(got))
+                assert got == msg, i
+            c.settimeout(5)
+            threading.Timer(0.05, lambda: a.sendall(b"late")).start()
+            assert c.recv(10) == b"late"  # after the spin: the sleeping wait still wakes
+            stop.set()
+            c.close()
+            t.join(10)
+            assert not t.is_alive()
+            assert not errors, errors
+    finally:
+        for app, value in zip(apps, old, strict=True):
+            app.busy_poll = value
