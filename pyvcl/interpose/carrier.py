@@ -99,24 +99,27 @@ class Carrier:
         """What a control event may change: each session's state and pending accepts."""
         return [(v.session.index, v.session.state, len(v.session.accepted)) for v in self.vcls]
 
-    def sync_locked(self) -> None:
-        """Set the descriptor from the sessions (worker lock held)."""
+    def sync_locked(self, read: bool = True, write: bool = True) -> None:
+        """Set the descriptor from the sessions (worker lock held): the directions asked
+        (a recv can only have changed readability, a send writability), or both."""
         if self.pump is None:
             return
-        self.seen = self.signature()
-        r = w = False
+        if read and write:
+            self.seen = self.signature()
+        r = self.rfd.readable if not read else False
+        w = self.rfd.writable if not write else False
         for v in self.vcls:
             if v.session.index not in self.indexes:  # a failed connect made a new session
                 self._register()
-            vr, vw = v.readiness()
-            r = r or vr
-            w = w or vw
+            vr, vw = v.readiness(read, write)
+            r = r or (read and vr)
+            w = w or (write and vw)
         self.rfd.set(r, w)
 
-    def sync(self) -> None:
+    def sync(self, read: bool = True, write: bool = True) -> None:
         if self.pump is not None:
             with self.app.worker.lock:
-                self.sync_locked()
+                self.sync_locked(read, write)
 
     def release(self) -> bool:
         """One socket object let go; True (and everything closed) when it was the last."""

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import VclError
 from ..mq.events import Event
+from ..wire.enums import SessionEvent
 from .carrier import pumps
 
 if TYPE_CHECKING:
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+IO_TX = SessionEvent.IO_TX
 MAX_SLEEP = 1.0  # longest sleep on the eventfd: how late a closing app's pump notices
 STAND_ASIDE = 0.05  # the pump's nap while a selector's thread watches the eventfd
 
@@ -75,23 +77,29 @@ class Pump:
     # -- the thread -------------------------------------------------------------------------
     def _on_events(self, events: list[Event]) -> None:
         """After a round of events (worker lock held, whichever thread polled)."""
-        touched: set[Carrier] = set()
+        # Each touched carrier, with the directions its events may have changed: an RX
+        # event readability, a TX event (room in the tx fifo) writability.
+        touched: dict[Carrier, tuple[bool, bool]] = {}
         control = False
         carriers = self._carriers
         for ev in events:
             idx = ev.session_index
             if idx is None:
                 control = True
-            else:
-                c = carriers.get(idx)
-                if c is not None:
-                    touched.add(c)
+                continue
+            c = carriers.get(idx)
+            if c is not None:
+                r, w = touched.get(c, (False, False))
+                if ev.type == IO_TX:
+                    touched[c] = (r, True)
+                else:
+                    touched[c] = (True, w)
         if control:
             for c in set(carriers.values()):
                 if c.signature() != c.seen:
-                    touched.add(c)
-        for c in touched:
-            c.sync_locked()
+                    touched[c] = (True, True)
+        for c, (r, w) in touched.items():
+            c.sync_locked(r, w)
 
     def _run(self) -> None:
         w = self.worker

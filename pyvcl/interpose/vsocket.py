@@ -437,10 +437,10 @@ class InterposedSocket(std_socket, metaclass=_Facade):
         try:
             n = self._vcl().recv_into(scratch[:bufsize])
         except BlockingIOError:
-            c.sync()
+            c.sync(write=False)
             raise
         if c.pump is not None and c.rfd.readable and n < bufsize:
-            c.sync()  # (probably) drained: the descriptor must stop saying readable
+            c.sync(write=False)  # (probably) drained: the descriptor must stop saying readable
         return bytes(scratch[:n])
 
     def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
@@ -455,10 +455,10 @@ class InterposedSocket(std_socket, metaclass=_Facade):
         try:
             n = self._vcl().recv_into(buffer, nbytes)
         except BlockingIOError:
-            c.sync()
+            c.sync(write=False)
             raise
         if c.pump is not None and c.rfd.readable and n < (nbytes or memoryview(buffer).nbytes):
-            c.sync()
+            c.sync(write=False)
         return n
 
     def _recv_flags(self, bufsize: int, flags: int) -> bytes:
@@ -540,10 +540,10 @@ class InterposedSocket(std_socket, metaclass=_Facade):
         try:
             n = vcl.send(data)
         except BlockingIOError:
-            c.sync()
+            c.sync(read=False)
             raise
         if c.pump is not None and n < memoryview(data).nbytes:
-            c.sync()  # the tx fifo filled: the descriptor must stop saying writable
+            c.sync(read=False)  # the tx fifo filled: the descriptor must stop saying writable
         return n
 
     def _send_flags(self, vcl: VclSocket, data: Any, flags: int) -> int:
