@@ -414,3 +414,43 @@ def test_the_program_and_its_children_run_on_vpp(vpp: Any, work: Path, tmp_path:
     )
     ran = run(pyvcl_run("--app-socket", app_socket, "-c", program), clean_env(tmp_path), work)
     assert (ran.status, ran.out, ran.err) == (0, "parent True\nchild True\n", ""), ran
+
+
+def test_a_program_connects_to_its_own_listeners(vpp: Any, work: Path, tmp_path: Path) -> None:
+    """VPP does not connect an app to itself: a process that talks to its own listener does
+    it from a second app (pyvcl.interpose), blocking, with http and with asyncio."""
+    program = textwrap.dedent(
+        """\
+        import asyncio, http.server, socket, threading, urllib.request
+        srv = socket.create_server(("127.0.0.1", 0))
+        def serve():
+            c, _ = srv.accept()
+            c.sendall(c.recv(100).upper())
+            c.close()
+        threading.Thread(target=serve, daemon=True).start()
+        with socket.create_connection(srv.getsockname(), timeout=10) as s:
+            s.sendall(b"blocking")
+            print(s.recv(100).decode(), type(s).__name__)
+        h = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+        threading.Thread(target=h.serve_forever, daemon=True).start()
+        url = f"http://127.0.0.1:{h.server_address[1]}/"
+        print(urllib.request.urlopen(url, timeout=10).status)
+        h.shutdown()
+        async def main():
+            async def handle(r, w):
+                w.write((await r.read(100)).upper())
+                await w.drain()
+                w.close()
+            server = await asyncio.start_server(handle, "127.0.0.1", 0)
+            r, w = await asyncio.open_connection(*server.sockets[0].getsockname()[:2])
+            w.write(b"asyncio")
+            print((await r.read(100)).decode())
+            w.close()
+            server.close()
+        asyncio.run(asyncio.wait_for(main(), 20))
+        """
+    )
+    app_socket = str(vpp.app_socket())
+    ran = run(pyvcl_run("--app-socket", app_socket, "-c", program), clean_env(tmp_path), work)
+    assert ran.status == 0, ran
+    assert ran.out.splitlines() == ["BLOCKING InterposedSocket", "200", "ASYNCIO"], ran

@@ -32,6 +32,7 @@ def _loaded() -> Any:
 class _State:
     app: Any = None  # the OpportunisticApp new sockets go through
     reopen: Callable[[], Any] | None = None  # how a forked child gets an app of its own
+    loop_app: Any = None  # the second app, for connections to this process's own listeners
     forsaken: ClassVar[list[Any]] = []  # a forked child's copies of its parent's apps: never closed
     lock = threading.Lock()
 
@@ -52,15 +53,32 @@ def _backend() -> Any:
     return b if isinstance(b, VclApp) else None
 
 
+def _loop_backend() -> Any:
+    """The process's second app, attached on first use the way the first was (`reopen`):
+    VPP does not connect an app to its own listener, so a process that connects to itself
+    does it from this one."""
+    if _State.reopen is None:
+        return None
+    with _State.lock:
+        if _State.loop_app is None:
+            _State.loop_app = _State.reopen()
+        app = _State.loop_app
+    from ..sockets import VclApp
+
+    b = app.backend
+    return b if isinstance(b, VclApp) else None
+
+
 def _after_fork_in_child() -> None:
     """The parent's app is the parent's (closing it here would detach the parent): forget it,
     and attach anew on the child's first socket."""
     vsocket = _loaded()
     if vsocket is not None:
         vsocket.fork_generation += 1
-    if _State.app is not None:
-        _State.forsaken.append(_State.app)
-        _State.app = None
+    for app in (_State.app, _State.loop_app):
+        if app is not None:
+            _State.forsaken.append(app)
+    _State.app = _State.loop_app = None
     _State.lock = threading.Lock()
 
 
@@ -75,6 +93,7 @@ def enable(app: Any, reopen: Callable[[], Any] | None = None) -> None:
 
     _State.app, _State.reopen = app, reopen
     vsocket.backend = _backend
+    vsocket.loop_backend = _loop_backend
     if os.environ.get("PYVCL_INLINE", "1") != "0":
         selecting.install()
     socket.socket = vsocket.InterposedSocket  # type: ignore[misc]
@@ -88,8 +107,10 @@ def disable() -> None:
 
         selecting.uninstall()
         socket.socket = vsocket.std_socket  # type: ignore[misc]
-        vsocket.backend = vsocket._no_backend
-    _State.app = _State.reopen = None
+        vsocket.backend = vsocket.loop_backend = vsocket._no_backend
+    if _State.loop_app is not None:
+        _State.loop_app.close()
+    _State.app = _State.reopen = _State.loop_app = None
 
 
 def enabled() -> bool:

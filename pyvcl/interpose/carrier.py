@@ -36,6 +36,23 @@ pumps: list[Pump] = []
 by_inode: dict[int, Carrier] = {}
 
 
+# The ports this process listens on through VPP (a count per port): a connect to one of them
+# must not come from the listener's own app.
+listening_ports: dict[int, int] = {}
+
+
+def note_port(port: int) -> None:
+    listening_ports[port] = listening_ports.get(port, 0) + 1
+
+
+def _forget_port(port: int) -> None:
+    left = listening_ports.get(port, 0) - 1
+    if left > 0:
+        listening_ports[port] = left
+    else:
+        listening_ports.pop(port, None)
+
+
 def pump_for(app: VclApp) -> Pump:
     from .pump import Pump
 
@@ -121,6 +138,21 @@ class Carrier:
             with self.app.worker.lock:
                 self.sync_locked(read, write)
 
+    def move_to(self, app: VclApp, vcl: VclSocket) -> None:
+        """Carry this socket by ``vcl`` of another app from now on (an unconnected socket
+        about to connect to a listener of its own app, which VPP would not connect)."""
+        old, watched = self.vcls, self.pump is not None
+        if self.pump is not None:
+            with self.app.worker.lock:
+                for i in self.indexes:
+                    self.pump.remove(i)
+        self.pump, self.indexes = None, []
+        self.app, self.vcls = app, [vcl]
+        for v in old:
+            v.close()
+        if watched:
+            self.watch()
+
     def release(self) -> bool:
         """One socket object let go; True (and everything closed) when it was the last."""
         self.refs -= 1
@@ -129,6 +161,8 @@ class Carrier:
         by_inode.pop(self.inode, None)
         try:
             for v in self.vcls:
+                if v.session.is_listener and v.session.local is not None:
+                    _forget_port(v.session.local[1])
                 v.close()
         finally:
             if self.pump is not None:

@@ -35,7 +35,7 @@ from ..errors import LocalError
 from ..session.core import State
 from ..sockets import VclApp, VclSocket
 from . import sockopts as so
-from .carrier import Carrier, by_inode
+from .carrier import Carrier, by_inode, listening_ports, note_port
 
 std_socket = _socket_module.socket  # the standard class, kept before anything patches it
 _c_socket: Any = std_socket.__mro__[1]  # _socket.socket: the C methods, for our descriptor
@@ -55,8 +55,10 @@ def _no_backend() -> VclApp | None:
     return None
 
 
-# Where new sockets go: set by `pyvcl.interpose.enable` (None: kernel sockets).
+# Where new sockets go: set by `pyvcl.interpose.enable` (None: kernel sockets), and the app
+# that connects to this process's own listeners.
 backend: Callable[[], VclApp | None] = _no_backend
+loop_backend: Callable[[], VclApp | None] = _no_backend
 _EPHEMERAL = (32768, 60999)  # Linux's default ip_local_port_range
 _PORT_TRIES = 32  # ephemeral ports tried before a listen gives up with EADDRINUSE
 _SCRATCH = 1 << 16  # smallest per-thread receive buffer
@@ -293,6 +295,7 @@ class InterposedSocket(std_socket, metaclass=_Facade):
                     raise
                 vcl = self._fresh_vcl(c, vcl, (vcl.getsockname()[0], _ephemeral_port()))
         host, port = vcl.getsockname()[:2]
+        note_port(port)
         if (
             self.family == AF_INET6
             and ipaddress.ip_address(host).is_unspecified
@@ -382,11 +385,27 @@ class InterposedSocket(std_socket, metaclass=_Facade):
         if self._carrier is None:
             return std_socket.connect(self, address)
         c = self._carrier
+        target = self._resolve(address)
+        vcl = self._vcl()
+        if target[1] in listening_ports and vcl.session.state == State.CREATED:
+            vcl = self._to_loop_app(c, vcl)
         try:
-            self._vcl().connect(self._resolve(address))
+            vcl.connect(target)
         finally:
             if c.pump is not None:
                 c.sync()
+
+    @staticmethod
+    def _to_loop_app(c: Carrier, vcl: VclSocket) -> VclSocket:
+        """This process listens on the port being connected to, maybe through this very
+        app, which VPP would not connect to itself: connect from the process's second app."""
+        app = loop_backend()
+        if app is None or app is c.app:
+            return vcl
+        new = app.socket(vcl.family)
+        new.settimeout(vcl.gettimeout())
+        c.move_to(app, new)
+        return new
 
     def connect_ex(self, address: Any) -> int:
         if self._carrier is None:
