@@ -79,8 +79,9 @@ class VppUnreachable(VclError):
     default_errno = _errno.ECONNREFUSED
 
 
-class VppDisconnected(VclError):
-    """VPP closed the app socket (it stopped or detached us); every handle is now void."""
+class VppDisconnected(VclError, ConnectionResetError):
+    """VPP closed the app socket (it stopped or detached us); every handle is now void.
+    To a socket user that is a dead peer: a ConnectionResetError (ECONNRESET)."""
 
     default_errno = _errno.ECONNRESET
 

@@ -17,6 +17,7 @@ import os
 import re
 import stat
 import time
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -294,11 +295,18 @@ def cut_through(vpp: VppInstance) -> Topology:
     return Topology("ct", "127.0.0.1", side, side)
 
 
+_two_vrf_of: weakref.WeakKeyDictionary[VppInstance, TwoVrfTcp] = weakref.WeakKeyDictionary()
+
+
 def two_vrf_topology(vpp: VppInstance, two: TwoVrfTcp | None = None) -> Topology:
     """``tcp``: through VPP's TCP stack on `two` (default: a fresh `setup_two_vrf_tcp`, which
     can be done once per VPP), the server in its namespace, the client in its own, both
     app-scope-global."""
-    t = setup_two_vrf_tcp(vpp) if two is None else two
+    if two is None:  # (the setup can be done once per VPP: share it between callers)
+        two = _two_vrf_of.get(vpp)
+        if two is None:
+            two = _two_vrf_of[vpp] = setup_two_vrf_tcp(vpp)
+    t = two
 
     def side(sock: Path, ns: str, secret: int) -> Side:
         conf = {"namespace_id": ns, "namespace_secret": secret, "app_scope_local": False}
