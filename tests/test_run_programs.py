@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 
 from pyvcl.testing.hoststack import Topology, topology
-from pyvcl.testing.netns import VethNamespace
+from pyvcl.testing.netns import VethNamespace, why_unavailable
 from pyvcl.testing.vpp import VppInstance
 
 REPO = Path(__file__).resolve().parent.parent
@@ -426,3 +426,37 @@ def test_vpp_dying_looks_like_a_dead_peer(vpp_factory: Any, programs: Any, tmp_p
     for way, r in reports.items():
         assert r["recv"] in DEAD_PEER, (way, victim.describe())
         assert r["send"] in DEAD_PEER - {"eof"}, (way, victim.describe())
+
+
+# -- the namespace fixture itself --------------------------------------------------------------
+def _links() -> str:
+    return subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+
+
+def test_a_half_built_namespace_is_taken_down(
+    vpp: VppInstance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure after the namespace, the veth pair and VPP's interface exist undoes all three;
+    so does close after a complete build."""
+    reason = why_unavailable(vpp)
+    if reason is not None:
+        pytest.skip(reason)
+
+    def fail(self: VethNamespace, cmd: str, **kwargs: Any) -> None:
+        real(self, cmd, **kwargs)
+        if cmd.startswith("set interface ip address"):
+            raise RuntimeError("made to fail")
+
+    real = VethNamespace._vpp
+    ns = VethNamespace(vpp)
+    monkeypatch.setattr(VethNamespace, "_vpp", fail)
+    with pytest.raises(RuntimeError, match="made to fail"):
+        ns.open()
+    monkeypatch.undo()
+    assert not ns.exists() and ns.host_veth not in _links()
+    assert ns.vpp_interface not in vpp.cli("show interface")
+    with VethNamespace(vpp) as ns2:
+        assert ns2.exists() and ns2.host_veth in _links()
+        assert ns2.vpp_addr in vpp.cli("show interface address")
+    assert not ns2.exists() and ns2.host_veth not in _links()
+    assert ns2.vpp_interface not in vpp.cli("show interface")
