@@ -153,7 +153,7 @@ def _wait(fd_owner: Any, events: int, timeout: float = 5.0) -> int:
 
 @pytest.mark.vpp
 def test_sockets_are_standard_sockets_with_their_own_descriptor(pair: Any) -> None:
-    lst, cli, conn = pair
+    lst, cli, _conn = pair
     fds = {s.fileno() for s in pair}
     assert len(fds) == 3 and min(fds) >= 0
     for s in pair:
@@ -165,7 +165,7 @@ def test_sockets_are_standard_sockets_with_their_own_descriptor(pair: Any) -> No
 
 @pytest.mark.vpp
 def test_readiness_follows_the_session(pair: Any) -> None:
-    lst, cli, conn = pair
+    _lst, cli, conn = pair
     assert _polled(conn.fileno()) == (False, True)  # connected, nothing to read
     cli.sendall(b"hello")
     assert _wait(conn, selectors.EVENT_READ) == selectors.EVENT_READ
@@ -307,7 +307,6 @@ def test_ipv6_listener_on_any_hears_ipv4_too(apps: tuple[VclApp, VclApp]) -> Non
     with socket_over(srv_app, socket.AF_INET6) as lst:
         lst.bind(("::", 0))
         lst.listen()
-        port = lst.getsockname()[1]
         with _connect_to(lst, cli_app) as c:
             lst.settimeout(10)
             conn, addr = lst.accept()
