@@ -263,6 +263,30 @@ def test_curl_in_a_network_namespace_downloads_through_af_packet(
     assert hashlib.sha256(res.stdout).hexdigest() == digest
 
 
+def test_without_vpp_the_same_commands_run_on_the_kernel(
+    programs: Any, blob: tuple[Path, str], tmp_path: Path
+) -> None:
+    """No VPP at the default app socket: the same commands (without --no-fallback) say so in
+    one line and run on kernel sockets, where the kernel now holds the listener."""
+    directory, digest = blob
+    env = {**base_env(), "VCL_VPP_SAPI_SOCKET": str(tmp_path / "no-vpp-here")}
+    run = [sys.executable, "-m", "pyvcl", "run"]
+    port = next_port()
+    argv = [*run, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory",
+            str(directory)]  # fmt: skip
+    server = programs("http-server", argv, env)
+    server.wait_output(r"Serving HTTP on")
+    assert port in kernel_listening_ports()
+    url = f"http://127.0.0.1:{port}/blob.bin"
+    client = programs("fetch", [*run, str(PROGRAMS / "fetch.py"), url], env)
+    assert last_json(client.finish()) == {"status": 200, "bytes": DOWNLOAD_SIZE, "sha256": digest}
+    for prog in (server, client):
+        notice = prog.stderr().splitlines()[0]
+        assert notice.startswith("pyvcl run: VPP not reachable (") and notice.endswith(
+            "; using kernel sockets"
+        ), prog.describe()
+
+
 # -- aiohttp -----------------------------------------------------------------------------------
 @pytest.mark.skipif(
     importlib.util.find_spec("aiohttp") is None, reason="aiohttp is not installed ([test] extra)"
