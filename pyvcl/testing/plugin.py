@@ -12,6 +12,10 @@ Fixtures:
 * ``vpp_with_workers`` (module) -- a `VppInstance` with one worker thread.
 * ``vpp_factory`` (function) -- ``vpp_factory(**kwargs)`` starts a new instance with those
   `VppInstance` arguments; every instance it made is stopped at teardown.
+* ``vpp_netns`` (function) -- a `pyvcl.testing.netns.VethNamespace` on the module's ``vpp``:
+  a network namespace of the test's own reaching VPP only through a veth pair and VPP's
+  af_packet host-interface, torn down after the test; skips when that cannot be built here
+  (not root, no ``ip netns``, no af_packet plugin).
 
 And a fixture maker: ``stack = vcl_stack_fixture(ct_port, tcp_port)`` in a test module gives it
 a module-scoped ``stack`` fixture, a `pyvcl.testing.conformance.VclStack`, parametrised over
@@ -28,7 +32,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Generator, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -36,17 +40,21 @@ from pyvcl.errors import VppUnreachable
 from pyvcl.testing.vpp import VppInstall, VppInstance, find_vpp, why_missing
 from pyvcl.wire.abi import check_live_layouts
 
+if TYPE_CHECKING:
+    from pyvcl.testing.netns import VethNamespace
+
 __all__ = [
     "VppFactory",
     "vcl_stack_fixture",
     "vpp",
     "vpp_factory",
     "vpp_install",
+    "vpp_netns",
     "vpp_options",
     "vpp_with_workers",
 ]
 
-_VPP_FIXTURES = frozenset({"vpp_install", "vpp", "vpp_factory", "vpp_with_workers"})
+_VPP_FIXTURES = frozenset({"vpp_install", "vpp", "vpp_factory", "vpp_with_workers", "vpp_netns"})
 WORKERS_VAR = "PYVCL_VPP_WORKERS"
 
 
@@ -155,6 +163,20 @@ def vpp_factory(vpp_install: VppInstall) -> Iterator[VppFactory]:
         yield factory
     finally:
         factory.stop_all()
+
+
+@pytest.fixture
+def vpp_netns(vpp: VppInstance) -> Iterator[VethNamespace]:
+    """A network namespace of this test's own, joined to ``vpp`` by veth + af_packet (its
+    address ``peer_addr``, VPP's ``vpp_addr`` in VPP's default table); skips when it cannot
+    be built here; torn down after the test, also when it failed."""
+    from pyvcl.testing.netns import VethNamespace, why_unavailable
+
+    reason = why_unavailable(vpp)
+    if reason is not None:
+        pytest.skip(f"no test network namespace: {reason}")
+    with VethNamespace(vpp) as ns:
+        yield ns
 
 
 def vcl_stack_fixture(ct_port: int, tcp_port: int) -> Any:
