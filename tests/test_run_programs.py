@@ -485,11 +485,6 @@ def test_blocked_connections_wake_when_vpp_dies(
         assert r["send"] != "sent", (way, victim.describe())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a dead VPP raises pyvcl.errors.VppDisconnected, an OSError with ECONNRESET "
-    "that is not a ConnectionResetError, so `except ConnectionResetError` misses it",
-)
 def test_vpp_dying_looks_like_a_dead_peer(vpp_factory: Any, programs: Any, tmp_path: Path) -> None:
     """What a program catches when its VPP dies: what a dead peer gives on kernel sockets,
     EOF or ConnectionResetError on receive, ConnectionResetError or BrokenPipeError on send."""
