@@ -398,6 +398,7 @@ def open_app(
     fallback: bool = True,
     on_fallback: Callable[[VppUnreachable], None] | None = None,
     follow_vpp: bool = True,
+    follow_absent_vpp: bool = True,
     watch_interval: float = WATCH_INTERVAL,
     **attach_options: Any,
 ) -> OpportunisticApp | VclApp | KernelApp:
@@ -407,11 +408,12 @@ def open_app(
     It is an `OpportunisticApp` that follows VPP (attaches when VPP comes, switches to the
     kernel -- or to failing, without ``fallback`` -- when it goes), looking every
     ``watch_interval`` seconds; with ``follow_vpp=False``, the `VclApp` or `KernelApp` of
-    the first try, for good.  ``on_fallback(error)`` is called before falling back at first
-    (the default logs the reason at INFO level on the ``pyvcl.fallback`` logger).  With
-    ``fallback=False`` the first `VppUnreachable` is raised.  ``attach_options`` are
-    `VclApp`'s keyword arguments (``timeout``, ``session_timeout``, ``name``,
-    ``scope_local``, ...)."""
+    the first try, for good; with ``follow_absent_vpp=False``, a `KernelApp` for good when
+    the first try fell back (an `OpportunisticApp` when it attached).  ``on_fallback(error)``
+    is called before falling back at first (the default logs the reason at INFO level on the
+    ``pyvcl.fallback`` logger).  With ``fallback=False`` the first `VppUnreachable` is
+    raised.  ``attach_options`` are `VclApp`'s keyword arguments (``timeout``,
+    ``session_timeout``, ``name``, ``scope_local``, ...)."""
 
     def attach() -> VclApp:
         return VclApp(app_socket, config=config, **attach_options)
@@ -427,8 +429,11 @@ def open_app(
         else:
             log.info("VPP not reachable (%s); using kernel sockets", e.strerror)
         first = e
-    if not follow_vpp:
-        return first if isinstance(first, VclApp) else KernelApp(reason=first)
+    if not isinstance(first, VclApp):
+        if not (follow_vpp and follow_absent_vpp):
+            return KernelApp(reason=first)
+    elif not follow_vpp:
+        return first
     return OpportunisticApp(attach, first, fallback=fallback, watch_interval=watch_interval)
 
 

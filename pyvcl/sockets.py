@@ -24,6 +24,7 @@ import ipaddress
 import os
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 from .api.messages import AttachOptions
@@ -76,6 +77,20 @@ def busy_poll_usec(usec: float | str | None) -> float:
     if not 0 <= value <= _MAX_BUSY_POLL_US:  # (also refuses nan)
         raise ValueError(f"{what} must be between 0 and {_MAX_BUSY_POLL_US} µs, not {usec!r}")
     return value
+
+
+def connect_ex_of(connect: Callable[[Any], None], address: Any) -> int:
+    """``connect_ex`` from a ``connect``: 0, or the errno it raised (EINPROGRESS included);
+    name-resolution errors and errors without an errno are raised, as the socket module does."""
+    try:
+        connect(address)
+    except socket.gaierror:
+        raise
+    except OSError as e:
+        if e.errno is None:
+            raise
+        return int(e.errno)
+    return 0
 
 
 class VclApp:
@@ -295,15 +310,7 @@ class VclSocket:
 
     def connect_ex(self, address: Address) -> int:
         """connect(), returning 0 or the errno instead of raising (EINPROGRESS included)."""
-        try:
-            self.connect(address)
-        except socket.gaierror:
-            raise
-        except OSError as e:
-            if e.errno is None:
-                raise
-            return int(e.errno)
-        return 0
+        return connect_ex_of(self.connect, address)
 
     def getsockopt(self, level: int, optname: int, buflen: int | None = None) -> int:
         """SO_ERROR (the errno of a failed non-blocking connect, then 0), SO_TYPE,

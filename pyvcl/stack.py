@@ -186,8 +186,7 @@ def open_stack(
     Raises `VppUnreachable` when a VPP that must be there is not, and the attach's errors as
     they are."""
     # the data path: imported only once a stack is wanted
-    from .errors import VppUnreachable
-    from .fallback import KernelApp, OpportunisticApp
+    from .fallback import KernelApp, open_app
     from .sockets import VclApp
 
     choice.check()
@@ -218,18 +217,17 @@ def open_stack(
                 overrides[attr] = value
         fallback = choice.vcl_config is None and choice.fallback
 
-    def attach() -> VclApp:
-        return VclApp(app_socket, config=config, **overrides)
-
-    first: VclApp | VppUnreachable
-    try:
-        first = attach()
-    except VppUnreachable as e:
-        if not fallback:
-            raise
+    def quiet(e: VppUnreachable) -> None:  # (open_app would log it: the caller is told)
         if on_fallback is not None:
             on_fallback(e)
-        if not follow_absent_vpp:
-            return KernelApp(reason=e)
-        first = e
-    return OpportunisticApp(attach, first, fallback=fallback)
+
+    app = open_app(
+        app_socket,
+        config=config,
+        fallback=fallback,
+        on_fallback=quiet,
+        follow_absent_vpp=follow_absent_vpp,
+        **overrides,
+    )
+    assert not isinstance(app, VclApp)  # (open_app follows VPP: never a bare VclApp)
+    return app

@@ -33,7 +33,7 @@ from typing import Any
 
 from ..errors import LocalError
 from ..session.core import State
-from ..sockets import VclApp, VclSocket
+from ..sockets import VclApp, VclSocket, connect_ex_of
 from . import sockopts as so
 from .carrier import Carrier, by_inode, listening_ports, note_port
 
@@ -410,15 +410,7 @@ class InterposedSocket(std_socket, metaclass=_Facade):
     def connect_ex(self, address: Any) -> int:
         if self._carrier is None:
             return std_socket.connect_ex(self, address)
-        try:
-            self.connect(address)
-        except _socket_module.gaierror:
-            raise
-        except OSError as e:
-            if e.errno is None:
-                raise
-            return int(e.errno)
-        return 0
+        return connect_ex_of(self.connect, address)
 
     def getsockname(self) -> Any:
         if self._carrier is None:
