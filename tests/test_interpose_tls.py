@@ -9,6 +9,7 @@ starves the peer, so a TLS layer that bypasses the methods fails here.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import http.client
@@ -497,6 +498,73 @@ def test_sendfile_goes_through_tls(tmp_path: Path) -> None:
         assert sender.join() == len(payload)
 
 
+def test_session_resumption() -> None:
+    sctx = server_context()
+    cctx = client_context()
+    client, server = tls_pair(cctx=cctx, sctx=sctx)
+    with client, server:
+        server.sendall(b"t")  # TLS 1.3 tickets come after the handshake: read past them
+        assert client.recv(1) == b"t"
+        session = client.session
+        assert session is not None and not client.session_reused
+    raw_client, raw_server = kernel_pair()
+    server_box = Background(lambda: kernel_side(raw_server, sctx, True))
+    client = cctx.wrap_socket(
+        CarriedDouble(raw_client), server_hostname="localhost", session=session
+    )
+    server = server_box.join()
+    with client, server:
+        assert client.session_reused and server.session_reused
+
+
+def test_post_handshake_client_authentication() -> None:
+    sctx = server_context()
+    sctx.verify_mode = ssl.CERT_OPTIONAL
+    sctx.post_handshake_auth = True  # the request comes after the handshake, on demand
+    sctx.load_verify_locations(CERT)
+    cctx = client_context()
+    cctx.load_cert_chain(CERT, KEY)
+    cctx.post_handshake_auth = True
+    client, server = tls_pair(carried_side, carried_side, cctx=cctx, sctx=sctx)
+    with client, server:
+        assert client.version() == "TLSv1.3"
+        assert server.getpeercert() is None
+        server.verify_client_post_handshake()
+        server.sendall(b"?")  # carries the certificate request
+        # The client's read answers it: a read that has to write.
+        assert client.recv(1) == b"?"
+        client.sendall(b"!")
+        assert server.recv(1) == b"!"
+        assert server.getpeercert()["subject"] == ((("commonName", "localhost"),),)
+
+
+def test_sni_callback_gets_the_tls_socket_and_can_switch_its_context() -> None:
+    seen: list[tuple[type, str | None]] = []
+    other = server_context()
+
+    def on_server_name(sock: ssl.SSLSocket, name: str | None, context: ssl.SSLContext) -> None:
+        seen.append((type(sock), name))
+        sock.context = other
+
+    sctx = server_context()
+    sctx.sni_callback = on_server_name
+    client, server = tls_pair(kernel_side, carried_side, sctx=sctx)
+    with client, server:
+        assert seen == [(tls.CarriedSSLSocket, "localhost")]
+        assert server.context is other
+
+
+def test_asyncio_refuses_it_in_sock_calls_as_it_does_any_sslsocket() -> None:
+    client, server = tls_pair()
+
+    async def main() -> None:
+        with pytest.raises(TypeError, match="SSLSocket"):
+            await asyncio.get_running_loop().sock_recv(client, 1)
+
+    with client, server:
+        asyncio.run(main())
+
+
 # -- connect / accept on wrapped sockets ------------------------------------------------------
 
 
@@ -782,6 +850,61 @@ def test_http_client_https_over_a_carried_socket() -> None:
             conn.request("GET", "/again")
             assert conn.getresponse().read() == _Handler.body
             conn.close()
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        serving.join(JOIN_TIMEOUT)
+
+
+def test_an_https_server_on_a_carried_listener_serves_the_stdlib_client() -> None:
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler, bind_and_activate=False)
+    httpd.socket = CarriedDouble(httpd.socket)  # type: ignore[assignment]
+    httpd.server_bind()
+    httpd.server_activate()
+    httpd.socket = server_context().wrap_socket(httpd.socket, server_side=True)
+    assert type(httpd.socket) is tls.CarriedSSLSocket
+    serving = threading.Thread(target=httpd.serve_forever, daemon=True)
+    serving.start()
+    try:
+        conn = http.client.HTTPSConnection("localhost", httpd.server_port, context=client_context())
+        for path in ("/", "/again"):
+            conn.request("GET", path)
+            assert conn.getresponse().read() == _Handler.body
+        assert type(conn.sock) is ssl.SSLSocket
+        conn.close()
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        serving.join(JOIN_TIMEOUT)
+
+
+def test_urllib3_over_a_carried_socket(monkeypatch: pytest.MonkeyPatch) -> None:
+    urllib3 = pytest.importorskip("urllib3")
+    from urllib3.util import connection
+
+    plain_create = connection.create_connection
+    made: list[CarriedDouble] = []
+
+    def carried_create(*args: Any, **kwargs: Any) -> CarriedDouble:
+        made.append(CarriedDouble(plain_create(*args, **kwargs)))
+        return made[-1]
+
+    monkeypatch.setattr(connection, "create_connection", carried_create)
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    httpd.socket = server_context().wrap_socket(httpd.socket, server_side=True)
+    serving = threading.Thread(target=httpd.serve_forever, daemon=True)
+    serving.start()
+    try:
+        with urllib3.PoolManager(ca_certs=CERT) as pool:
+            for _ in range(2):  # the second request checks the pooled connection is alive
+                response = pool.request("GET", f"https://localhost:{httpd.server_port}/")
+                assert response.status == 200 and response.data == _Handler.body
+            conn_pool = pool.connection_from_url(f"https://localhost:{httpd.server_port}/")
+            (conn,) = [c for c in conn_pool.pool.queue if c is not None]
+            assert type(conn.sock) is tls.CarriedSSLSocket
+            # urllib3 polls the fd (wait_for_read) before reusing a connection: it was idle, so
+            # the same connection served both.
+            assert len(made) == 1
     finally:
         httpd.shutdown()
         httpd.server_close()
