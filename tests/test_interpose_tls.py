@@ -699,22 +699,24 @@ def test_recv_times_out_and_the_socket_still_works() -> None:
 # -- ending: unwrap, close_notify, ragged EOF, reset ---------------------------------------------
 
 
-def test_unwrap_returns_the_plain_transport_without_eating_what_follows() -> None:
-    client, server = tls_pair()
+@CLIENT_SIDES
+def test_unwrap_returns_the_plain_transport_without_eating_what_follows(client_side: Side) -> None:
+    client, server = tls_pair(client_side)
     with client, server:
-
-        def server_unwraps() -> socket.socket:
-            plain = server.unwrap()
-            plain.sendall(b"plaintext after TLS")
-            return plain
-
-        unwrapping = Background(server_unwraps)
+        # The server's close_notify and the plaintext after it are both in the transport
+        # before the client unwraps: unwrap must take the one and leave the other.
+        server.setblocking(False)
+        with pytest.raises(ssl.SSLWantReadError):
+            server.unwrap()  # close_notify sent; the client's not here yet
+        server.setblocking(True)
+        socket.socket.sendall(server, b"plaintext after TLS")  # raw, past the TLS layer
         plain_client = client.unwrap()
         assert plain_client is client
-        plain_server = unwrapping.join()
+        assert server.unwrap() is server  # now it has the client's close_notify
+        client.settimeout(10)  # eaten bytes would never come: fail, don't hang
         assert recv_exactly(client, 19) == b"plaintext after TLS"
         client.sendall(b"and back")
-        assert plain_server.recv(100) == b"and back"
+        assert server.recv(100) == b"and back"
         with pytest.raises(ValueError, match="No SSL wrapper"):
             client.unwrap()
 

@@ -11,11 +11,11 @@ and asyncio — which refuses SSL sockets in its ``sock_*`` calls — see what t
 
 Faithfulness points that programs depend on:
 
-* Ciphertext is pulled from the transport one TLS record at a time (a record's body plus the
-  next record's 5-byte header at most), as OpenSSL does without read-ahead.  So whatever is
-  left unread stays in the transport and keeps its fd readable, and plaintext that TLS has
-  decrypted but the program has not read shows in ``pending()`` — the same contract select
-  loops over a real ``SSLSocket`` rely on.
+* Ciphertext is pulled from the transport one TLS record at a time (its 5-byte header, then
+  its body), as OpenSSL does without read-ahead.  So whatever is left unread stays in the
+  transport and keeps its fd readable, plaintext that TLS has decrypted but the program has
+  not read shows in ``pending()`` — the contract select loops over a real ``SSLSocket`` rely
+  on — and what follows a close_notify is still there for the program after ``unwrap()``.
 * Timeouts bound the whole operation (a deadline, waiting on ``fileno()`` for readiness as
   ``_ssl.c`` does); non-blocking sockets raise ``ssl.SSLWantReadError`` /
   ``ssl.SSLWantWriteError``, and a write that raised ``SSLWantWriteError`` returns its full
@@ -524,12 +524,14 @@ class CarriedSSLSocket(ssl.SSLSocket):
             self._flush(self._deadline(), "write")
 
     def _fill(self, deadline: float | None, op: str, want_read: ssl.SSLWantReadError) -> None:
-        """Move ciphertext from the transport into the incoming BIO, never past the end of the
-        next record's header, so what OpenSSL does not need yet stays in the transport."""
-        want = min(
-            self._record_body_left + _RECORD_HEADER_SIZE - self._header_have,
-            len(self._recv_buffer),
-        )
+        """Move ciphertext from the transport into the incoming BIO: the rest of the current
+        record's header, or of its body, never more.  What OpenSSL does not need yet stays in
+        the transport, as without read-ahead: the fd stays readable for it, and what follows
+        a close_notify (plaintext after unwrap) is left to the program."""
+        if self._record_body_left:
+            want = min(self._record_body_left, len(self._recv_buffer))
+        else:
+            want = _RECORD_HEADER_SIZE - self._header_have
         view = self._recv_view[:want]
         try:
             received = self._transport(self._sock.recv_into, view, False, deadline, op)
