@@ -58,10 +58,10 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any, cast
 
-__all__ = ["CarriedSSLSocket", "install", "installed", "uninstall"]
+__all__ = ["CarriedSSLSocket", "install", "installed", "uninstall", "wrap"]
 
 # TLS record framing (RFC 8446 §5.1, RFC 5246 §6.2): type(1) version(2) length(2), then body.
 _RECORD_HEADER_SIZE = 5
@@ -71,8 +71,6 @@ _MAX_RECORD_BODY = (1 << 14) + 2048
 # Blocking writes are encrypted in slices of this size so a huge sendall does not hold the
 # whole ciphertext in memory at once; it is still one write() returning the full length.
 _WRITE_SLICE = 256 * 1024
-
-_SSLOBJ_UNWRAPPED = "No SSL wrapper around "
 
 
 class CarriedSSLSocket(ssl.SSLSocket):
@@ -109,58 +107,9 @@ class CarriedSSLSocket(ssl.SSLSocket):
     _outgoing: ssl.MemoryBIO
 
     @classmethod
-    def _create(
-        cls,
-        sock: Any,
-        server_side: bool = False,
-        do_handshake_on_connect: bool = True,
-        suppress_ragged_eofs: bool = True,
-        server_hostname: str | bytes | None = None,
-        context: ssl.SSLContext | None = None,
-        session: ssl.SSLSession | None = None,
-    ) -> CarriedSSLSocket:
-        return _build(
-            cls,
-            sock,
-            server_side=server_side,
-            do_handshake_on_connect=do_handshake_on_connect,
-            suppress_ragged_eofs=suppress_ragged_eofs,
-            server_hostname=server_hostname,
-            context=context,
-            session=session,
-        )
-
-    def _setup(
-        self,
-        sock: Any,
-        context: ssl.SSLContext,
-        session: ssl.SSLSession | None,
-        server_side: bool,
-        server_hostname: str | bytes | None,
-    ) -> None:
-        # socket.socket's own fields, which its __init__ (not run: it wants a descriptor) sets.
-        self._io_refs = 0
-        self._closed = False
-        self._sock = sock
-        self._timeout = sock.gettimeout()
-        self._context = context
-        self._session = session
-        self._sslobj = None
-        self.server_side = server_side
-        self.server_hostname = context._encode_hostname(server_hostname)  # type: ignore[attr-defined]
-        # _ssl_lock guards the SSLObject and the order in which its output is queued; sending
-        # and receiving each have their own, never held while the other side blocks, so one
-        # thread may read while another writes, as with SSLSocket.
-        self._ssl_lock = threading.Lock()
-        self._send_lock = threading.Lock()
-        self._recv_lock = threading.Lock()
-        self._unsent = deque()
-        self._recv_buffer = bytearray(_MAX_RECORD_BODY + _RECORD_HEADER_SIZE)
-        self._recv_view = memoryview(self._recv_buffer)
-        self._header = bytearray(_RECORD_HEADER_SIZE)
-        self._record_body_left = 0
-        self._header_have = 0
-        self._owed_write = 0
+    def _create(cls, sock: Any, *args: Any, **kwargs: Any) -> CarriedSSLSocket:
+        # SSLContext.wrap_socket's way in (same parameters as SSLSocket._create).
+        return _build(cls, sock, *args, **kwargs)
 
     # -- the transport's identity and options ------------------------------------------------
 
@@ -397,7 +346,7 @@ class CarriedSSLSocket(ssl.SSLSocket):
         """Send close_notify, wait for the peer's, and return this socket as plain transport."""
         sslobj = self._sslobj
         if sslobj is None:
-            raise ValueError(_SSLOBJ_UNWRAPPED + str(self))
+            raise ValueError("No SSL wrapper around " + str(self))
         self._run("shutdown", sslobj.unwrap)
         self._sslobj = None
         return self
@@ -520,8 +469,9 @@ class CarriedSSLSocket(ssl.SSLSocket):
         return True
 
     def _flush_quietly(self) -> None:
+        # Not waiting behind another thread's send: that thread will send the alert too.
         with contextlib.suppress(OSError):
-            self._flush(self._deadline(), "write")
+            self._flush(self._deadline(), "write", wait=False)
 
     def _fill(self, deadline: float | None, op: str, want_read: ssl.SSLWantReadError) -> None:
         """Move ciphertext from the transport into the incoming BIO: the rest of the current
@@ -598,7 +548,7 @@ def _wait_ready(fd: int, for_write: bool, timeout: float) -> bool:
 def _build(
     cls: type[CarriedSSLSocket],
     sock: Any,
-    *,
+    # SSLSocket._create's parameters, in its order: callers may pass them positionally.
     server_side: bool = False,
     do_handshake_on_connect: bool = True,
     suppress_ragged_eofs: bool = True,
@@ -621,17 +571,32 @@ def _build(
     # The C socket part keeps no descriptor (SSLSocket.__init__ refuses to run; socket's own
     # __init__ would want one): every socket call is answered by the transport.
     self = cls.__new__(cls)
-    self._setup(sock, context, session, server_side, server_hostname)
+    # socket.socket's own fields, which its __init__ (not run: it wants a descriptor) sets.
+    self._io_refs = 0
+    self._closed = False
+    self._sock = sock
+    self._timeout = sock.gettimeout()
+    self._context = context
+    self._session = session
+    self._sslobj = None
+    self.server_side = server_side
+    self.server_hostname = context._encode_hostname(server_hostname)  # type: ignore[attr-defined]
+    # _ssl_lock guards the SSLObject and the order in which its output is queued; sending
+    # and receiving each have their own, never held while the other side blocks, so one
+    # thread may read while another writes, as with SSLSocket.
+    self._ssl_lock = threading.Lock()
+    self._send_lock = threading.Lock()
+    self._recv_lock = threading.Lock()
+    self._unsent = deque()
+    self._recv_buffer = bytearray(_MAX_RECORD_BODY + _RECORD_HEADER_SIZE)
+    self._recv_view = memoryview(self._recv_buffer)
+    self._header = bytearray(_RECORD_HEADER_SIZE)
+    self._record_body_left = 0
+    self._header_have = 0
+    self._owed_write = 0
     self.do_handshake_on_connect = do_handshake_on_connect
     self.suppress_ragged_eofs = suppress_ragged_eofs
-    try:
-        sock.getpeername()
-    except OSError as exc:
-        if exc.errno != errno.ENOTCONN:
-            raise
-        self._connected = False
-    else:
-        self._connected = True
+    self._connected = _is_connected(sock)
     if self._connected:
         try:
             self._sslobj = self._new_sslobj()
@@ -645,6 +610,16 @@ def _build(
             self.close()
             raise
     return self
+
+
+def _is_connected(sock: Any) -> bool:
+    try:
+        sock.getpeername()
+    except OSError as exc:
+        if exc.errno != errno.ENOTCONN:
+            raise
+        return False
+    return True
 
 
 def wrap(context: ssl.SSLContext, sock: Any, **options: Any) -> CarriedSSLSocket:
@@ -683,26 +658,8 @@ def _dispatching_create(cls: type, sock: Any, *args: Any, **kwargs: Any) -> Any:
     if predicate is not None and (isinstance(sock, CarriedSSLSocket) or predicate(sock)):
         if _take_over is not None:
             sock = _take_over(sock)
-        return _build_from_args(_class_for(cls), sock, args, kwargs)
+        return _build(_class_for(cls), sock, *args, **kwargs)
     return _original_create.__get__(None, cls)(sock, *args, **kwargs)
-
-
-_CREATE_PARAMETERS = (
-    "server_side",
-    "do_handshake_on_connect",
-    "suppress_ragged_eofs",
-    "server_hostname",
-    "context",
-    "session",
-)
-
-
-def _build_from_args(
-    cls: type[CarriedSSLSocket], sock: Any, args: Iterable[Any], kwargs: dict[str, Any]
-) -> CarriedSSLSocket:
-    options = dict(zip(_CREATE_PARAMETERS, args, strict=False))
-    options.update(kwargs)
-    return _build(cls, sock, **options)
 
 
 def install(
