@@ -474,45 +474,43 @@ class CarriedSSLSocket(ssl.SSLSocket):
             self._flush(self._deadline(), "write", wait=False)
 
     def _fill(self, deadline: float | None, op: str, want_read: ssl.SSLWantReadError) -> None:
-        """Move ciphertext from the transport into the incoming BIO: the rest of the current
-        record's header, or of its body, never more.  What OpenSSL does not need yet stays in
-        the transport, as without read-ahead: the fd stays readable for it, and what follows
-        a close_notify (plaintext after unwrap) is left to the program."""
-        if self._record_body_left:
-            want = min(self._record_body_left, len(self._recv_buffer))
-        else:
-            want = _RECORD_HEADER_SIZE - self._header_have
-        view = self._recv_view[:want]
-        try:
-            received = self._transport(self._sock.recv_into, view, False, deadline, op)
-        except BlockingIOError:
-            raise want_read from None
-        if not received:
-            self._incoming.write_eof()
-            return
-        self._track_records(view, received)
-        self._incoming.write(view[:received])
-
-    def _track_records(self, view: memoryview, received: int) -> None:
-        position = 0
-        while position < received:
+        """Move ciphertext from the transport into the incoming BIO up to the end of the
+        current record: its header, then its body, never more.  What OpenSSL does not need yet
+        stays in the transport, as without read-ahead: the fd stays readable for it, and what
+        follows a close_notify (plaintext after unwrap) is left to the program."""
+        fed = False
+        while True:
             if self._record_body_left:
-                taken = min(self._record_body_left, received - position)
-                self._record_body_left -= taken
-                position += taken
-                continue
-            taken = min(_RECORD_HEADER_SIZE - self._header_have, received - position)
-            header = self._header
-            header[self._header_have : self._header_have + taken] = view[
-                position : position + taken
-            ]
-            self._header_have += taken
-            position += taken
-            if self._header_have == _RECORD_HEADER_SIZE:
-                self._header_have = 0
-                self._record_body_left = int.from_bytes(
-                    header[_RECORD_LENGTH_OFFSET:_RECORD_HEADER_SIZE], "big"
-                )
+                want = min(self._record_body_left, len(self._recv_buffer))
+            else:
+                want = _RECORD_HEADER_SIZE - self._header_have
+            view = self._recv_view[:want]
+            try:
+                received = self._transport(self._sock.recv_into, view, False, deadline, op)
+            except BlockingIOError:
+                if fed:
+                    return
+                raise want_read from None
+            if not received:
+                self._incoming.write_eof()
+                return
+            # Never more than asked for: at most the rest of this header or of this body.
+            if self._record_body_left:
+                self._record_body_left -= received
+            else:
+                have = self._header_have + received
+                self._header[self._header_have : have] = view[:received]
+                if have == _RECORD_HEADER_SIZE:
+                    have = 0
+                    length = self._header[_RECORD_LENGTH_OFFSET:_RECORD_HEADER_SIZE]
+                    self._record_body_left = int.from_bytes(length, "big")
+                self._header_have = have
+            self._incoming.write(view[:received])
+            if not (self._record_body_left or self._header_have):
+                return  # a whole record: let OpenSSL look at it
+            # OpenSSL cannot use part of a record: read the rest now rather than in another
+            # round trip through it.
+            fed = True
 
     def _transport(
         self,
