@@ -651,6 +651,18 @@ def test_nonblocking_handshake_read_and_write_with_selectors() -> None:
         server.sendall(b"reply")
         reply, seen = _until_done(client, lambda: client.recv(100))
         assert reply == b"reply"
+        # Small writes (bytes) until the transport is full: the one that raised is completed
+        # by its retry, and nothing is lost or doubled.
+        small = b"s" * 16384
+        sent = 0
+        with pytest.raises(ssl.SSLWantWriteError):
+            while True:
+                assert client.send(small) == len(small)
+                sent += len(small)
+        reader = Background(lambda: recv_exactly(server, sent + len(small)))
+        written, _ = _until_done(client, lambda: client.send(small))
+        assert written == len(small)
+        assert reader.join() == small * (sent // len(small) + 1)
 
 
 def test_a_timeout_bounds_the_whole_handshake_not_each_read() -> None:

@@ -261,6 +261,13 @@ class CarriedSSLSocket(ssl.SSLSocket):
                 raise _want_write()
             owed, self._owed_write = self._owed_write, 0
             return owed
+        if type(data) is bytes and len(data) <= _WRITE_SLICE:
+            # The common case, without the slicing below.
+            self._run("write", sslobj.write, data, deadline=deadline, must_flush=False)
+            if not self._flush(deadline, "write"):
+                self._owed_write = len(data)
+                raise _want_write()
+            return len(data)
         with memoryview(data) as view, view.cast("B") as octets:
             total = octets.nbytes
             blocking = self._timeout != 0.0
@@ -291,6 +298,9 @@ class CarriedSSLSocket(ssl.SSLSocket):
             return
         if flags != 0:
             raise ValueError(f"non-zero flags not allowed in calls to sendall() on {type(self)}")
+        if type(data) is bytes and len(data) <= _WRITE_SLICE:
+            self.write(data)  # all of it, or an exception
+            return
         with memoryview(data) as view, view.cast("B") as octets:
             count, amount = 0, octets.nbytes
             while count < amount:
