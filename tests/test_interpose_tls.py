@@ -565,6 +565,18 @@ def test_asyncio_refuses_it_in_sock_calls_as_it_does_any_sslsocket() -> None:
         asyncio.run(main())
 
 
+def test_tls_inside_a_carried_tls_connection() -> None:
+    # As through an HTTPS proxy: the inner TLS runs over the outer TLS socket's methods.
+    outer_client, outer_server = tls_pair(carried_side, carried_side)
+    server_box = Background(lambda: server_context().wrap_socket(outer_server, server_side=True))
+    inner_client = client_context().wrap_socket(outer_client, server_hostname="localhost")
+    inner_server = server_box.join()
+    with inner_client, inner_server:
+        assert type(inner_client) is tls.CarriedSSLSocket and inner_client._sock is outer_client
+        inner_client.sendall(b"nested")
+        assert recv_exactly(inner_server, 6) == b"nested"
+
+
 # -- connect / accept on wrapped sockets ------------------------------------------------------
 
 
