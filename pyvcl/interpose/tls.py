@@ -24,9 +24,9 @@ Faithfulness points that programs depend on:
   ``SSLCertVerificationError``) since the same ``_ssl`` object raises them; the transport's
   errors (``ConnectionResetError``, ``BrokenPipeError``) pass through unchanged (CPython 3.10
   to 3.12.2 report those as ``SSLEOFError`` on a kernel socket, gh-115627, fixed since; the
-  carried class behaves as the fixed releases), and its EOF
-  becomes the memory BIO's EOF, which OpenSSL reports as ``SSLEOFError`` (suppressed into
-  ``b""`` by ``suppress_ragged_eofs`` exactly as in ``SSLSocket.read``).
+  carried class behaves as the fixed releases), and its EOF becomes the memory BIO's EOF,
+  which OpenSSL reports as ``SSLEOFError`` (suppressed into ``b""`` by
+  ``suppress_ragged_eofs`` exactly as in ``SSLSocket.read``).
 * SNI and message callbacks receive the `CarriedSSLSocket` as their socket argument, as they
   receive the ``SSLSocket`` normally.
 
