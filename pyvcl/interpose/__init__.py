@@ -94,6 +94,9 @@ def enable(app: Any, reopen: Callable[[], Any] | None = None) -> None:
     _State.app, _State.reopen = app, reopen
     vsocket.backend = _backend
     vsocket.loop_backend = _loop_backend
+    from . import tls
+
+    tls.install(is_interposed, take_over=vsocket.take_over)
     if os.environ.get("PYVCL_INLINE", "1") != "0":
         selecting.install()
     socket.socket = vsocket.InterposedSocket  # type: ignore[misc]
@@ -106,6 +109,9 @@ def disable() -> None:
         from . import selecting
 
         selecting.uninstall()
+        from . import tls
+
+        tls.uninstall()
         socket.socket = vsocket.std_socket  # type: ignore[misc]
         vsocket.backend = vsocket.loop_backend = vsocket._no_backend
     if _State.loop_app is not None:

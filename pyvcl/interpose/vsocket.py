@@ -85,6 +85,13 @@ def socket_over(app: VclApp, family: int = AF_INET) -> InterposedSocket:
     return InterposedSocket._over(carrier, family)
 
 
+def take_over(sock: InterposedSocket) -> InterposedSocket:
+    """A new object owning ``sock``'s session and descriptor, ``sock`` left detached: what
+    ``SSLContext.wrap_socket`` does to the socket it wraps (pyvcl.interpose.tls)."""
+    family, kind = sock.family, sock.type
+    return InterposedSocket(family, kind, 0, sock.detach())
+
+
 class _Facade(type):
     """``isinstance(s, socket.socket)`` stays true for every standard socket."""
 
