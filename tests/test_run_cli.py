@@ -454,3 +454,54 @@ def test_a_program_connects_to_its_own_listeners(vpp: Any, work: Path, tmp_path:
     ran = run(pyvcl_run("--app-socket", app_socket, "-c", program), clean_env(tmp_path), work)
     assert ran.status == 0, ran
     assert ran.out.splitlines() == ["BLOCKING InterposedSocket", "200", "ASYNCIO"], ran
+
+
+def test_tls_over_vpp_sockets(vpp: Any, work: Path, tmp_path: Path) -> None:
+    """Python's ssl over VPP sessions, unmodified: an https http.server (its listener wrapped
+    by SSLContext.wrap_socket) serving urllib, and asyncio's own TLS."""
+    here = Path(__file__).parent
+    cert, key = str(here / "tls_test_cert.pem"), str(here / "tls_test_key.pem")
+    program = textwrap.dedent(
+        """\
+        import asyncio, hashlib, http.server, os, ssl, sys, threading, urllib.request
+        cert, key = sys.argv[1], sys.argv[2]
+        body = os.urandom(1 << 20)
+        class H(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+            def log_message(self, *a):
+                pass
+        srv_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        srv_ctx.load_cert_chain(cert, key)
+        httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+        httpd.socket = srv_ctx.wrap_socket(httpd.socket, server_side=True)
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        cli_ctx = ssl.create_default_context(cafile=cert)
+        url = f"https://127.0.0.1:{httpd.server_address[1]}/"
+        got = urllib.request.urlopen(url, context=cli_ctx, timeout=20).read()
+        print(got == body, type(httpd.socket).__name__)
+        httpd.shutdown()
+        async def main():
+            async def handle(r, w):
+                w.write((await r.read(100)).upper())
+                await w.drain()
+                w.close()
+            server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=srv_ctx)
+            port = server.sockets[0].getsockname()[1]
+            r, w = await asyncio.open_connection("127.0.0.1", port, ssl=cli_ctx)
+            w.write(b"asyncio tls")
+            await w.drain()
+            print((await r.read(100)).decode())
+            w.close()
+            server.close()
+        asyncio.run(asyncio.wait_for(main(), 20))
+        """
+    )
+    (work / "tls_prog.py").write_text(program)
+    args = pyvcl_run("--app-socket", str(vpp.app_socket()), "tls_prog.py", cert, key)
+    ran = run(args, clean_env(tmp_path), work)
+    assert ran.status == 0, ran
+    assert ran.out.splitlines() == ["True CarriedSSLSocket", "ASYNCIO TLS"], ran
