@@ -39,16 +39,19 @@ from .carrier import Carrier, by_inode, listening_ports, note_port
 
 std_socket = _socket_module.socket  # the standard class, kept before anything patches it
 _c_socket: Any = std_socket.__mro__[1]  # _socket.socket: the C methods, for our descriptor
-AF_INET, AF_INET6 = _socket_module.AF_INET, _socket_module.AF_INET6
-SOCK_STREAM = _socket_module.SOCK_STREAM
-_TYPE_MASK = ~(
-    getattr(_socket_module, "SOCK_NONBLOCK", 0) | getattr(_socket_module, "SOCK_CLOEXEC", 0)
+# Plain ints, not the socket module's enums: a flag test on the hot path must not build
+# enum members (that cost more than the rest of a sendall).
+AF_INET, AF_INET6 = int(_socket_module.AF_INET), int(_socket_module.AF_INET6)
+SOCK_STREAM = int(_socket_module.SOCK_STREAM)
+_NONBLOCK = int(getattr(_socket_module, "SOCK_NONBLOCK", 0))
+_TYPE_MASK = ~(_NONBLOCK | int(getattr(_socket_module, "SOCK_CLOEXEC", 0)))
+_PROTOS = (-1, 0, int(_socket_module.IPPROTO_TCP))
+_MSG_PEEK, _MSG_DONTWAIT = int(_socket_module.MSG_PEEK), int(_socket_module.MSG_DONTWAIT)
+_MSG_WAITALL = int(_socket_module.MSG_WAITALL)
+_MSG_IGNORED = int(getattr(_socket_module, "MSG_NOSIGNAL", 0)) | int(
+    getattr(_socket_module, "MSG_MORE", 0)
 )
-_NONBLOCK = getattr(_socket_module, "SOCK_NONBLOCK", 0)
-_PROTOS = (-1, 0, _socket_module.IPPROTO_TCP)
-_MSG_PEEK, _MSG_DONTWAIT = _socket_module.MSG_PEEK, _socket_module.MSG_DONTWAIT
-_MSG_WAITALL = _socket_module.MSG_WAITALL
-_MSG_IGNORED = getattr(_socket_module, "MSG_NOSIGNAL", 0) | getattr(_socket_module, "MSG_MORE", 0)
+_SEND_UNSUPPORTED = ~_MSG_IGNORED  # send/sendall flags we cannot honour
 
 
 def _no_backend() -> VclApp | None:
@@ -553,7 +556,7 @@ class InterposedSocket(std_socket, metaclass=_Facade):
         if c is None:
             return std_socket.send(self, data, flags)
         vcl = self._vcl()
-        if flags & ~_MSG_IGNORED:
+        if flags & _SEND_UNSUPPORTED:
             return self._send_flags(vcl, data, flags)
         try:
             n = vcl.send(data)
@@ -577,7 +580,7 @@ class InterposedSocket(std_socket, metaclass=_Facade):
     def sendall(self, data: Any, flags: int = 0) -> None:
         if self._carrier is None:
             return std_socket.sendall(self, data, flags)
-        if flags & ~_MSG_IGNORED:
+        if flags & _SEND_UNSUPPORTED:
             raise OSError(errno.EOPNOTSUPP, f"sendall flags {flags:#x} are not supported")
         self._vcl().sendall(data)
 
