@@ -360,3 +360,33 @@ print(type(a).__name__, type(u).__name__, isinstance(a, socket.socket))
 """
     out = run_bounded(code, timeout=30)
     assert out.strip().endswith("socket socket True"), out
+
+
+@pytest.mark.vpp
+def test_a_programs_subclass_stays_its_class_over_vpp(apps: tuple[VclApp, VclApp]) -> None:
+    """``class Mine(socket.socket)`` under interposition: instances are Mine, their own
+    ``__init__`` and methods run, and the data goes through VPP."""
+    srv_app, _ = apps
+
+    class Mine(InterposedSocket):  # what `class Mine(socket.socket)` is under enable()
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.mine = True
+
+        def hello(self) -> str:
+            return "mine"
+
+    class OneApp:
+        backend = srv_app
+
+    interpose.enable(OneApp())
+    try:
+        s = Mine(socket.AF_INET, socket.SOCK_STREAM)
+    finally:
+        interpose.disable()
+    with s:
+        assert type(s) is Mine and s.mine and s.hello() == "mine"
+        assert s._carrier is not None  # carried by VPP, not a kernel socket
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        assert s.getsockname()[1] != 0

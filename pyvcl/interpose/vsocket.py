@@ -75,17 +75,20 @@ class ForkedSession(LocalError):
     default_errno = errno.EBADF
 
 
-def socket_over(app: VclApp, family: int = AF_INET) -> InterposedSocket:
-    """An interposed socket carried by ``app`` whatever `pyvcl.interpose.enable` chose (for
-    tests and programs that hold several apps: a process cannot connect to itself through
-    one app, since VPP does not connect an app to its own listener)."""
+def socket_over(
+    app: VclApp, family: int = AF_INET, cls: type[InterposedSocket] | None = None
+) -> InterposedSocket:
+    """An interposed socket (of ``cls``, a subclass) carried by ``app`` whatever
+    `pyvcl.interpose.enable` chose (for tests and programs that hold several apps: a process
+    cannot connect to itself through one app, since VPP does not connect an app to its own
+    listener)."""
     vcl = app.socket(family)
     try:
         carrier = Carrier(app, vcl)
     except BaseException:
         vcl.close()
         raise
-    return InterposedSocket._over(carrier, family)
+    return (cls or InterposedSocket)._over(carrier, family)
 
 
 def take_over(sock: InterposedSocket) -> InterposedSocket:
@@ -146,8 +149,8 @@ class InterposedSocket(std_socket, metaclass=_Facade):
     ) -> Any:
         if fileno is None:
             app = backend() if _eligible(family, type, proto) else None
-            if app is not None:
-                obj = socket_over(app, AF_INET if family == -1 else family)
+            if app is not None:  # (a program's subclass stays its own class)
+                obj = socket_over(app, AF_INET if family == -1 else family, cls)
                 if type != -1 and type & _NONBLOCK:
                     obj.setblocking(False)
                 return obj
