@@ -351,8 +351,8 @@ FORK_MESSAGE = "pyvcl does not share sessions across fork"
 CLIENT_OF_FORKED = """\
 import json, socket, sys
 s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=20)
-s.sendall(b"ping")
-try:
+try:  # (the parent may close its copy before the ping: then the send is what fails)
+    s.sendall(b"ping")
     r = "eof" if s.recv(100) == b"" else "data"
 except OSError as e:
     r = next(c.__name__ for c in type(e).__mro__ if c.__module__ == "builtins")
@@ -380,7 +380,8 @@ def test_forking_tcp_server_child_fails_clearly_and_the_parent_keeps_serving(
             base_env(),
         )
         got = last_json(client.finish())
-        assert got["recv"] in ("eof", "ConnectionResetError"), server.describe()
+        ended = ("eof", "ConnectionResetError", "BrokenPipeError")
+        assert got["recv"] in ended, server.describe()
         deadline = time.monotonic() + 10
         while server.stderr().count(FORK_MESSAGE) < n and time.monotonic() < deadline:
             time.sleep(0.05)
