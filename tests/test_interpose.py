@@ -334,6 +334,16 @@ def test_forked_child_gets_a_clear_error_and_the_parent_goes_on(pair: Any) -> No
             code = 0 if e.errno == 9 else 2
         except BaseException:
             code = 3
+        # A duplicate made in the child is still the parent's session.
+        dup = InterposedSocket(socket.AF_INET, socket.SOCK_STREAM, 0, os.dup(conn.fileno()))
+        try:
+            dup.recv(1)
+            code = code or 4
+        except ForkedSession:
+            pass
+        except BaseException:
+            code = code or 5
+        dup.close()
         conn.close()
         os.write(w, bytes([code]))
         os._exit(0)

@@ -65,7 +65,18 @@ def pump_for(app: VclApp) -> Pump:
 
 
 class Carrier:
-    __slots__ = ("__weakref__", "app", "indexes", "inode", "pump", "refs", "rfd", "seen", "vcls")
+    __slots__ = (
+        "__weakref__",
+        "app",
+        "generation",
+        "indexes",
+        "inode",
+        "pump",
+        "refs",
+        "rfd",
+        "seen",
+        "vcls",
+    )
 
     def __init__(self, app: VclApp, vcl: VclSocket) -> None:
         self.app = app
@@ -76,6 +87,7 @@ class Carrier:
         self.pump: Pump | None = None  # set once the descriptor was handed out (`watch`)
         self.indexes: list[int] = []
         self.seen: object = None  # `signature` at the last sync
+        self.generation = 0  # the fork generation of the process that made it (vsocket)
         by_inode[self.inode] = self
 
     @property

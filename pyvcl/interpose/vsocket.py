@@ -171,7 +171,9 @@ class InterposedSocket(std_socket, metaclass=_Facade):
     def _over(cls, carrier: Carrier, family: int, fd: int | None = None) -> InterposedSocket:
         obj: InterposedSocket = _c_socket.__new__(cls)
         obj._carrier = carrier
-        obj._generation = fork_generation
+        if fd is None:  # a new carrier belongs to this process
+            carrier.generation = fork_generation
+        obj._generation = carrier.generation  # (a duplicate made in a child stays the parent's)
         obj._sockopts = {}
         obj._auto_port = False
         std_socket.__init__(obj, family, SOCK_STREAM, 0, carrier.rfd.fd if fd is None else fd)
