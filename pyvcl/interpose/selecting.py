@@ -46,17 +46,21 @@ class _PumpingMixin:
             return self._ready(self._poll_raw(timeout))
         eventfds = self._eventfds
         for p in pumps:
-            if p.eventfd not in eventfds and not p.dead:
+            if eventfds.get(p.eventfd) is not p and not p.dead:
+                # (a new app's eventfd may reuse the number of a dead one's)
                 self._add_eventfd(p.eventfd)
                 eventfds[p.eventfd] = p
-        for p in pumps:
-            p.begin_inline()
-        try:
-            raw = self._poll_raw(timeout)
-        finally:
-            now = time.monotonic()
+        if timeout is not None and timeout <= 0:  # a look, no sleep: nothing to stand aside for
+            raw = self._poll_raw(0)
+        else:
             for p in pumps:
-                p.end_inline(now)
+                p.begin_inline()
+            try:
+                raw = self._poll_raw(timeout)
+            finally:
+                now = time.monotonic()
+                for p in pumps:
+                    p.end_inline(now)
         woken = [eventfds[fd] for fd, _ in raw if fd in eventfds]
         if not woken:
             return self._ready(raw)
@@ -104,7 +108,10 @@ def _epoll_class(base: Any) -> Any:
             return [(fd, _events_of(ev, select.EPOLLIN, select.EPOLLOUT)) for fd, ev in got]
 
         def _add_eventfd(self, fd: int) -> None:
-            self._selector.register(fd, select.EPOLLIN)
+            try:
+                self._selector.register(fd, select.EPOLLIN)
+            except FileExistsError:
+                self._selector.modify(fd, select.EPOLLIN)
 
     EpollSelector.__module__ = __name__
     return EpollSelector
