@@ -24,7 +24,8 @@ import os
 import socket
 
 _FILL = b"\0" * 512  # one write while filling the send buffer
-_DRAIN = 1 << 16  # bytes read per call while draining
+_DRAIN = 1 << 16  # bytes read per call while draining the filler
+_MARK_DRAIN = 64  # ... and the readable mark (one byte; os.read allocates what it asks for)
 
 
 class ReadinessFd:
@@ -53,11 +54,11 @@ class ReadinessFd:
             if readable:
                 os.write(self._peer.fileno(), b"\1")
             else:
-                self._drain(self.fd)
+                self._drain(self.fd, _MARK_DRAIN)
             self.readable = readable
         if writable != self.writable:
             if writable:
-                self._drain(self._peer.fileno())
+                self._drain(self._peer.fileno(), _DRAIN)
             else:
                 self._fill()
             self.writable = writable
@@ -70,9 +71,9 @@ class ReadinessFd:
             pass
 
     @staticmethod
-    def _drain(fd: int) -> None:
+    def _drain(fd: int, size: int) -> None:
         try:
-            while len(os.read(fd, _DRAIN)) == _DRAIN:
+            while len(os.read(fd, size)) == size:
                 pass
         except BlockingIOError:
             pass
