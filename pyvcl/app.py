@@ -130,14 +130,25 @@ class _AppWorker:
             return self._resume()
         events = mq.drain()
         if not events and timeout != 0:
-            woke = mq.wait(timeout, also_fds=(self.sapi.fileno(),))
-            if self.sapi.fileno() in woke.fds and self.sapi.poll_closed():
-                raise VppDisconnected(f"VPP closed the app socket {self.sapi.path}")
+            self._wait_on(mq, timeout)
             events = mq.drain()
         for ev in events:
             if ev.type >= _FIRST_CTRL:
                 return self._act_on(events, [])
         return events
+
+    def wait(self, timeout: float | None) -> None:
+        """Wait up to ``timeout`` (None: forever) until events are queued, without taking
+        them (`poll` does).  Raises `VppDisconnected` if VPP closed the app socket."""
+        self._check_usable()
+        if self._poll_error is not None or self._ready or self._backlog:
+            return
+        self._wait_on(self._event_mq(), timeout)
+
+    def _wait_on(self, mq: MessageQueue, timeout: float | None) -> None:
+        woke = mq.wait(timeout, also_fds=(self.sapi.fileno(),))
+        if self.sapi.fileno() in woke.fds and self.sapi.poll_closed():
+            raise VppDisconnected(f"VPP closed the app socket {self.sapi.path}")
 
     def _resume(self) -> list[Event]:
         """Carry on where acting on a batch failed: its error, then the rest of the batch."""

@@ -113,17 +113,34 @@ class SessionWorker:
                         spin_end = now + self.busy_poll
                     if now < spin_end:
                         wait = 0.0
-                self._poll_round(wait)
+                self._poll_round(wait, ready)
 
-    def _poll_round(self, timeout: float) -> None:
-        """Become the poller for one wait on the app mq (lock held on entry and exit)."""
+    def _poll_round(self, timeout: float, ready: Callable[[], bool] | None = None) -> None:
+        """Become the poller for one wait on the app mq (lock held on entry and exit).
+
+        With ``ready`` (the waiter's condition), when the app mq was empty and its signal
+        came, ``ready()`` is looked at *before* the events are taken: a reader whose bytes are
+        in the fifo goes on at once, and the events (already acted on by VPP) are handled at
+        the next wait, off the round trip's path.  Not when an adapter mirrors session state
+        from the events (`on_events`): it must see them now."""
         self._polling = True
         try:
             self.lock.release()
             try:
-                events = self.app.poll(timeout)
+                events: list[Event] | None
+                if ready is not None and timeout and self.on_events is None:
+                    events = self.app.poll(0)
+                    if not events:
+                        self.app.wait(timeout)
+                        events = None  # (look at ready() first)
+                else:
+                    events = self.app.poll(timeout)
             finally:
                 self.lock.acquire()
+            if events is None:
+                if ready is not None and ready():
+                    return
+                events = self.app.poll(0)
             for ev in events:
                 self.execute(self.layer.handle_event(ev))
             if events and self.on_events is not None:
