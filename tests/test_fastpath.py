@@ -132,11 +132,14 @@ class _FakeApp:
     api_client_handle = 1
 
     def __init__(self) -> None:
-        self.timeouts: list[float] = []
+        self.calls: list[tuple[str, float]] = []
 
     def poll(self, timeout: float) -> list[Any]:
-        self.timeouts.append(timeout)
+        self.calls.append(("poll", timeout))
         return []
+
+    def wait(self, timeout: float) -> None:
+        self.calls.append(("wait", timeout))
 
 
 def test_wait_spins_for_busy_poll_then_sleeps(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -152,8 +155,11 @@ def test_wait_spins_for_busy_poll_then_sleeps(monkeypatch: pytest.MonkeyPatch) -
         return next(rounds) == 5
 
     assert w.wait_until(ready, None)
-    # spun (timeout 0) while within 1 ms of the first check, then slept in POLL_SLICEs
-    assert app.timeouts == [0.0, 0.0, 0.0, POLL_SLICE, POLL_SLICE]
+    # spun (non-blocking looks) while within 1 ms of the first check, then slept: a sleeping
+    # round looks, waits a POLL_SLICE, checks ready() and takes the events
+    spin = [("poll", 0.0)] * 3
+    sleep = [("poll", 0.0), ("wait", POLL_SLICE), ("poll", 0.0)]
+    assert app.calls == spin + sleep
 
 
 def test_no_busy_poll_sleeps_at_once() -> None:
@@ -161,7 +167,7 @@ def test_no_busy_poll_sleeps_at_once() -> None:
     w = SessionWorker(app)  # type: ignore[arg-type]
     rounds = iter(range(3))
     assert w.wait_until(lambda: next(rounds) == 2, None)
-    assert app.timeouts == [POLL_SLICE, POLL_SLICE]
+    assert app.calls == [("poll", 0.0), ("wait", POLL_SLICE), ("poll", 0.0)]  # no spin
 
 
 # ---------------------------------------------------------------------------------------------
@@ -257,3 +263,19 @@ def test_busy_poll_echo(stack: VclStack) -> None:
     finally:
         for app, value in zip(apps, old, strict=True):
             app.busy_poll = value
+
+
+def test_a_waiter_ready_at_the_signal_goes_on_before_taking_the_events() -> None:
+    """When the mq's signal comes and the waiter's condition already holds (its bytes are in
+    the fifo), the events are left for its next wait: no poll after the wait."""
+    app = _FakeApp()
+    w = SessionWorker(app)  # type: ignore[arg-type]
+    checks = iter([False, True, True])
+    assert w.wait_until(lambda: next(checks), None)
+    assert app.calls == [("poll", 0.0), ("wait", POLL_SLICE)]
+    # ... but not when an adapter mirrors session state from the events (pyvcl.interpose)
+    app.calls.clear()
+    w.on_events = lambda events: None
+    checks = iter([False, True])
+    assert w.wait_until(lambda: next(checks), None)
+    assert app.calls == [("poll", POLL_SLICE)]
