@@ -121,7 +121,7 @@ class _Driver:
         w = self.app.worker
         if w.dead is not None:
             return True
-        r, wr = w.readiness(sock._s, not write, write)
+        r, wr = sock.readiness(not write, write)
         return wr if write else r
 
     def _signalled(self) -> None:

@@ -275,8 +275,9 @@ class VclSelector(selectors.BaseSelector):
                 if sock.closed or not alive:
                     ready.append((key, key.events))
                     continue
-                r, wr = w.readiness(sock._s, bool(key.events & EVENT_READ),
-                                    bool(key.events & EVENT_WRITE))  # fmt: skip
+                r, wr = sock.readiness(
+                    bool(key.events & EVENT_READ), bool(key.events & EVENT_WRITE)
+                )
                 mask = (EVENT_READ if r else 0) | (EVENT_WRITE if wr else 0)
                 if mask:
                     ready.append((key, mask))

@@ -79,6 +79,18 @@ def busy_poll_usec(usec: float | str | None) -> float:
     return value
 
 
+def sockaddr_for(addr: Address, family: int) -> Address:
+    """An address as a socket of ``family`` reports it: (host, port), or (host, port,
+    flowinfo, scope) on AF_INET6, where an IPv4 one is shown v4-mapped (and VPP's
+    IPv4-shaped zero address as "::")."""
+    if family == socket.AF_INET6 and len(addr) == 2:
+        host = addr[0]
+        if ":" not in host:
+            host = "::" if host == "0.0.0.0" else f"::ffff:{host}"
+        return (host, addr[1], 0, 0)
+    return addr
+
+
 def connect_ex_of(connect: Callable[[Any], None], address: Any) -> int:
     """``connect_ex`` from a ``connect``: 0, or the errno it raised (EINPROGRESS included);
     name-resolution errors and errors without an errno are raised, as the socket module does."""
@@ -550,13 +562,7 @@ class VclSocket:
         return self._sockaddr(self._s.peer)
 
     def _sockaddr(self, addr: tuple[str, int]) -> Address:
-        """As the socket module returns them: (host, port) or (host, port, flowinfo, scope)."""
-        if self.family == socket.AF_INET6:
-            host = addr[0]
-            if ":" not in host:  # VPP left an IPv4-shaped zero address on a v6 session
-                host = "::" if host == "0.0.0.0" else f"::ffff:{host}"
-            return (host, addr[1], 0, 0)
-        return addr
+        return sockaddr_for(addr, self.family)
 
     def __enter__(self) -> VclSocket:
         return self

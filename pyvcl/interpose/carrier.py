@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import threading
-import weakref
 from typing import TYPE_CHECKING
 
 from .readiness import ReadinessFd
@@ -25,7 +24,6 @@ if TYPE_CHECKING:
     from ..sockets import VclApp, VclSocket
     from .pump import Pump
 
-_pumps: weakref.WeakKeyDictionary[VclApp, Pump] = weakref.WeakKeyDictionary()
 _pumps_lock = threading.Lock()
 # The live pumps, for the selectors that handle their events inline (.selecting): a plain
 # list, read on every select.
@@ -57,10 +55,11 @@ def pump_for(app: VclApp) -> Pump:
     from .pump import Pump
 
     with _pumps_lock:
-        pump = _pumps.get(app)
-        if pump is None or pump.dead:
-            pump = _pumps[app] = Pump(app)
-            pumps.append(pump)
+        for pump in pumps:  # (dead pumps leave the list)
+            if pump.app is app:
+                return pump
+        pump = Pump(app)
+        pumps.append(pump)
         return pump
 
 
@@ -171,10 +170,13 @@ class Carrier:
         if self.refs > 0:
             return False
         by_inode.pop(self.inode, None)
+        # (both halves of a dual-stack listener share one port, noted once by listen)
+        for port in {
+            v.session.local[1] for v in self.vcls if v.session.is_listener and v.session.local
+        }:
+            _forget_port(port)
         try:
             for v in self.vcls:
-                if v.session.is_listener and v.session.local is not None:
-                    _forget_port(v.session.local[1])
                 v.close()
         finally:
             if self.pump is not None:

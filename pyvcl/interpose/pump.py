@@ -58,10 +58,8 @@ class Pump:
         self.inline_seen = 0.0  # when the last of them woke
         self.sleeping = False  # the pump thread sleeps in select (wake it with _wake_w)
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._stand_aside = threading.Event()  # (never set: a sleep the pump can cut short)
         self._sapi_fd = app.app.sapi.fileno()
         self._carriers: dict[int, Carrier] = {}  # by session index (a listener pair: both)
-        self._stopped = False
         self.dead = False
         self.worker.on_events = self._on_events
         self._thread = threading.Thread(target=self._run, name="pyvcl-pump", daemon=True)
@@ -104,12 +102,12 @@ class Pump:
     def _run(self) -> None:
         w = self.worker
         try:
-            while not self._stopped:
+            while True:
                 w.pump_signalled()  # raises once VPP is gone or the app closed
                 if self.inline or time.monotonic() - self.inline_seen < STAND_ASIDE:
                     # A selector's thread watches the eventfd between its callbacks: leave it
                     # the work (and the poller's role), looking only for VPP's death.
-                    self._stand_aside.wait(STAND_ASIDE)
+                    time.sleep(STAND_ASIDE)
                     if not w.check_vpp():
                         break
                     continue
@@ -131,11 +129,9 @@ class Pump:
                 if self._sapi_fd in ready:
                     w.check_vpp()
         except VclError as e:
-            if not self._stopped:
-                log.debug("pump of %s stops: %s", self.app, e)
+            log.debug("pump of %s stops: %s", self.app, e)
         except (OSError, ValueError) as e:  # a descriptor closed under us by detach
-            if not self._stopped:
-                log.debug("pump of %s stops: %s", self.app, e)
+            log.debug("pump of %s stops: %s", self.app, e)
         finally:
             self._wake_all()
 
@@ -173,8 +169,3 @@ class Pump:
             for c in set(self._carriers.values()):
                 with contextlib.suppress(OSError):
                     c.rfd.set(True, True)
-
-    def stop(self) -> None:
-        self._stopped = True
-        if self.worker.on_events == self._on_events:
-            self.worker.on_events = None

@@ -32,13 +32,18 @@ from . import carrier
 _PATCHED = ("DefaultSelector", "EpollSelector", "PollSelector")
 originals: dict[str, Any] = {name: getattr(selectors, name) for name in _PATCHED}
 _READ, _WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
+_StdEpoll: Any = originals["EpollSelector"]
+_StdPoll: Any = originals["PollSelector"]
 
 
 class _PumpingMixin:
     """Shared by both subclasses; ``_poll_raw`` and ``_add_eventfd`` are theirs."""
 
-    _eventfds: dict[int, Any]
     _fd_to_key: dict[int, selectors.SelectorKey]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._eventfds: dict[int, Any] = {}  # the pumps' eventfds in our set, and their pumps
 
     def select(self, timeout: float | None = None) -> list[tuple[Any, int]]:
         pumps = carrier.pumps
@@ -87,60 +92,44 @@ class _PumpingMixin:
         raise NotImplementedError
 
 
-def _epoll_class(base: Any) -> Any:
-    class EpollSelector(_PumpingMixin, base):  # type: ignore[misc]
-        def __init__(self) -> None:
-            super().__init__()
-            self._eventfds = {}
+class EpollSelector(_PumpingMixin, _StdEpoll):  # type: ignore[misc]
+    def _poll_raw(self, timeout: float | None) -> list[tuple[int, int]]:
+        if timeout is None:
+            t = -1.0
+        elif timeout <= 0:
+            t = 0.0
+        else:  # epoll's unit is the millisecond: round up, never spin (as the base does)
+            t = math.ceil(timeout * 1e3) * 1e-3
+        n = max(len(self._fd_to_key) + len(self._eventfds), 1)
+        try:
+            got = self._selector.poll(t, n)
+        except InterruptedError:
+            return []
+        return [(fd, _events_of(ev, select.EPOLLIN, select.EPOLLOUT)) for fd, ev in got]
 
-        def _poll_raw(self, timeout: float | None) -> list[tuple[int, int]]:
-            if timeout is None:
-                t = -1.0
-            elif timeout <= 0:
-                t = 0.0
-            else:  # epoll's unit is the millisecond: round up, never spin (as the base does)
-                t = math.ceil(timeout * 1e3) * 1e-3
-            n = max(len(self._fd_to_key) + len(self._eventfds), 1)
-            try:
-                got = self._selector.poll(t, n)
-            except InterruptedError:
-                return []
-            return [(fd, _events_of(ev, select.EPOLLIN, select.EPOLLOUT)) for fd, ev in got]
-
-        def _add_eventfd(self, fd: int) -> None:
-            try:
-                self._selector.register(fd, select.EPOLLIN)
-            except FileExistsError:
-                self._selector.modify(fd, select.EPOLLIN)
-
-    EpollSelector.__module__ = __name__
-    return EpollSelector
+    def _add_eventfd(self, fd: int) -> None:
+        try:
+            self._selector.register(fd, select.EPOLLIN)
+        except FileExistsError:
+            self._selector.modify(fd, select.EPOLLIN)
 
 
-def _poll_class(base: Any) -> Any:
-    class PollSelector(_PumpingMixin, base):  # type: ignore[misc]
-        def __init__(self) -> None:
-            super().__init__()
-            self._eventfds = {}
+class PollSelector(_PumpingMixin, _StdPoll):  # type: ignore[misc]
+    def _poll_raw(self, timeout: float | None) -> list[tuple[int, int]]:
+        if timeout is None:
+            t = None
+        elif timeout <= 0:
+            t = 0
+        else:
+            t = math.ceil(timeout * 1e3)
+        try:
+            got = self._selector.poll(t)
+        except InterruptedError:
+            return []
+        return [(fd, _events_of(ev, select.POLLIN, select.POLLOUT)) for fd, ev in got]
 
-        def _poll_raw(self, timeout: float | None) -> list[tuple[int, int]]:
-            if timeout is None:
-                t = None
-            elif timeout <= 0:
-                t = 0
-            else:
-                t = math.ceil(timeout * 1e3)
-            try:
-                got = self._selector.poll(t)
-            except InterruptedError:
-                return []
-            return [(fd, _events_of(ev, select.POLLIN, select.POLLOUT)) for fd, ev in got]
-
-        def _add_eventfd(self, fd: int) -> None:
-            self._selector.register(fd, select.POLLIN)
-
-    PollSelector.__module__ = __name__
-    return PollSelector
+    def _add_eventfd(self, fd: int) -> None:
+        self._selector.register(fd, select.POLLIN)
 
 
 def _events_of(ev: int, readable: int, writable: int) -> int:
@@ -158,8 +147,7 @@ def install() -> None:
     """Put the pumping subclasses in the `selectors` module (idempotent)."""
     if getattr(selectors, "EpollSelector", None) is not originals["EpollSelector"]:
         return
-    epoll = _epoll_class(originals["EpollSelector"])
-    poll = _poll_class(originals["PollSelector"])
+    epoll, poll = EpollSelector, PollSelector
     selectors.EpollSelector = epoll  # type: ignore[misc]
     selectors.PollSelector = poll  # type: ignore[misc]
     default = originals["DefaultSelector"]

@@ -33,7 +33,7 @@ from typing import Any
 
 from ..errors import LocalError
 from ..session.core import State
-from ..sockets import VclApp, VclSocket, connect_ex_of
+from ..sockets import VclApp, VclSocket, connect_ex_of, sockaddr_for
 from . import sockopts as so
 from .carrier import Carrier, by_inode, listening_ports, note_port
 
@@ -124,16 +124,6 @@ def _eligible(family: int, type: int, proto: int) -> bool:
         and (type == -1 or type & _TYPE_MASK == SOCK_STREAM)
         and proto in _PROTOS
     )
-
-
-def _as_family(addr: tuple[Any, ...], family: int) -> tuple[Any, ...]:
-    """An address as a socket of ``family`` reports it (IPv4 on an IPv6 socket: mapped)."""
-    if family == AF_INET6 and len(addr) == 2:
-        host = addr[0]
-        if ":" not in host:
-            host = "::" if host == "0.0.0.0" else f"::ffff:{host}"
-        return (host, addr[1], 0, 0)
-    return addr
 
 
 class InterposedSocket(std_socket, metaclass=_Facade):
@@ -363,7 +353,7 @@ class InterposedSocket(std_socket, metaclass=_Facade):
         sock = InterposedSocket._over(carrier, self.family)
         if _socket_module.getdefaulttimeout() is None and self.gettimeout():
             sock.setblocking(True)
-        return sock, _as_family(addr, self.family)
+        return sock, sockaddr_for(addr, self.family)
 
     def _accept_either(self, c: Carrier) -> tuple[VclSocket, Any]:
         """Accept from whichever half of a dual-stack listener has a connection."""
@@ -430,12 +420,12 @@ class InterposedSocket(std_socket, metaclass=_Facade):
     def getsockname(self) -> Any:
         if self._carrier is None:
             return std_socket.getsockname(self)
-        return _as_family(self._vcl().getsockname(), self.family)
+        return sockaddr_for(self._vcl().getsockname(), self.family)
 
     def getpeername(self) -> Any:
         if self._carrier is None:
             return std_socket.getpeername(self)
-        return _as_family(self._vcl().getpeername(), self.family)
+        return sockaddr_for(self._vcl().getpeername(), self.family)
 
     def shutdown(self, how: int) -> None:
         if self._carrier is None:
