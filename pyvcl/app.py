@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import select
 import stat
 import time
 from collections.abc import Iterable
@@ -81,6 +82,21 @@ def default_app_socket(namespace_id: str = "", runtime_dir: str | None = None) -
     return base / "app_ns_sockets" / (namespace_id or "default")
 
 
+class _ForkCount:
+    """How many forks this process is from the interpreter that imported pyvcl: an App made
+    in a parent is not usable in a forked child.  (Compared instead of ``os.getpid()``,
+    which glibc no longer caches: a system call on every event poll.)"""
+
+    n = 0
+
+    @classmethod
+    def forked(cls) -> None:
+        cls.n += 1
+
+
+os.register_at_fork(after_in_child=_ForkCount.forked)
+
+
 class _AppWorker:
     """What worker 0 (`App`) and an extra `Worker` share: an app socket, the mq VPP posts this
     worker's events to, and the segments VPP sends over that socket.
@@ -96,6 +112,7 @@ class _AppWorker:
     def __init__(self, sapi: SapiSocket) -> None:
         self.sapi = sapi
         self.pid = os.getpid()
+        self._forks = _ForkCount.n  # see _check_usable
         self.segments: dict[int, Segment] = {}
         self.retired_segments: list[Segment] = []
         self._segment_fds: dict[int, int] = {}  # memfds of segments added after attach
@@ -106,6 +123,10 @@ class _AppWorker:
         self._ready: list[Event] = []
         self._backlog: list[Event] = []
         self._poll_error: Exception | None = None
+        # `nap`'s poll object (event mq eventfd + app socket), and whether its last sleep
+        # ended on the eventfd, left set for the next `poll` to reset (see `nap`).
+        self._nap_poller: tuple[int, int, Any] | None = None
+        self._signal_left = False
 
     def _check_usable(self) -> None:
         raise NotImplementedError
@@ -128,6 +149,9 @@ class _AppWorker:
         mq = self._event_mq()
         if self._poll_error is not None or self._ready or self._backlog:
             return self._resume()
+        if self._signal_left:  # reset before draining: a signal after this is for news
+            self._signal_left = False
+            mq.clear_signal()
         events = mq.drain()
         if not events and timeout != 0:
             self._wait_on(mq, timeout)
@@ -144,6 +168,41 @@ class _AppWorker:
         if self._poll_error is not None or self._ready or self._backlog:
             return
         self._wait_on(self._event_mq(), timeout)
+
+    def nap(self, timeout: float) -> None:
+        """The poller's sleep between two `poll` calls that found nothing: wait up to
+        ``timeout`` seconds for the event mq's signal or VPP closing the app socket
+        (`VppDisconnected`), and return at once when either comes, doing nothing else.
+
+        It is `wait` cut to what a blocked reader needs on the way back to its bytes: the
+        eventfd is not read and the queue not looked at here.  The eventfd stays set until
+        the next `poll`, which resets it before draining (so no signal is lost: VPP signals
+        again for any event queued after that), and whoever was woken looks at its own
+        condition first.  After a sleep every instruction runs cold on a VM (measured: 5-10x
+        slower for some tens of microseconds), so each one left out of this path counts on a
+        round trip.  A condvar-mode mq has no eventfd: then it is `wait`."""
+        mq = self._event_mq()
+        if mq.eventfd is None or self._poll_error is not None or self._ready or self._backlog:
+            self.wait(timeout)
+            return
+        self._check_usable()
+        evfd, sfd = mq.eventfd, self.sapi.fileno()
+        nap = self._nap_poller
+        if nap is None or nap[0] != evfd or nap[1] != sfd:
+            poller = select.poll()
+            poller.register(evfd, select.POLLIN)
+            poller.register(sfd, select.POLLIN | select.POLLPRI)
+            nap = self._nap_poller = (evfd, sfd, poller)
+        if self._signal_left:
+            self._signal_left = False
+            mq.clear_signal()
+            if mq.size_now():
+                return
+        for fd, _ in nap[2].poll(max(0, int(timeout * 1000 + 0.999))):
+            if fd == evfd:
+                self._signal_left = True
+            elif self.sapi.poll_closed():
+                raise VppDisconnected(f"VPP closed the app socket {self.sapi.path}")
 
     def _wait_on(self, mq: MessageQueue, timeout: float | None) -> None:
         woke = mq.wait(timeout, also_fds=(self.sapi.fileno(),))
@@ -396,7 +455,7 @@ class App(_AppWorker):
     def _check_usable(self) -> None:
         if self.closed:
             raise LocalError("this app is detached", errno.EBADF)
-        if os.getpid() != self.pid:
+        if _ForkCount.n != self._forks:
             raise LocalError(
                 "an App cannot be used from a forked child; attach again in the child",
                 errno.EBADF,

@@ -51,12 +51,28 @@ _READY = State.READY
 _PEER_CLOSED = State.PEER_CLOSED
 
 
+class _Condition(threading.Condition):
+    """A condition that knows whether anyone waits on it: the poller notifies after every
+    round, and with nobody waiting (a one-thread program) that call is skipped."""
+
+    def __init__(self, lock: threading.RLock) -> None:
+        super().__init__(lock)
+        self.waiting = 0  # changed with the lock held, like everything else here
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waiting += 1
+        try:
+            return super().wait(timeout)
+        finally:
+            self.waiting -= 1
+
+
 class SessionWorker:
     def __init__(self, app: App) -> None:
         self.app = app
         self.layer = SessionLayer(app.api_client_handle)
         self.lock = threading.RLock()
-        self.cond = threading.Condition(self.lock)
+        self.cond = _Condition(self.lock)
         self._polling = False
         self._fifos: dict[int, tuple[Fifo, Fifo]] = {}
         self.dead: VclError | None = None  # set when VPP went away
@@ -113,16 +129,18 @@ class SessionWorker:
                         spin_end = now + self.busy_poll
                     if now < spin_end:
                         wait = 0.0
-                self._poll_round(wait, ready)
+                if self._poll_round(wait, ready):
+                    return True
 
-    def _poll_round(self, timeout: float, ready: Callable[[], bool] | None = None) -> None:
+    def _poll_round(self, timeout: float, ready: Callable[[], bool] | None = None) -> bool:
         """Become the poller for one wait on the app mq (lock held on entry and exit).
 
         With ``ready`` (the waiter's condition), when the app mq was empty and its signal
         came, ``ready()`` is looked at *before* the events are taken: a reader whose bytes are
-        in the fifo goes on at once, and the events (already acted on by VPP) are handled at
-        the next wait, off the round trip's path.  Not when an adapter mirrors session state
-        from the events (`on_events`): it must see them now."""
+        in the fifo goes on at once (True is returned), and the events (already acted on by
+        VPP) are handled at the next wait, off the round trip's path; the sleep is
+        `App.nap`, which leaves even the eventfd's reset to then.  Not when an adapter
+        mirrors session state from the events (`on_events`): it must see them now."""
         self._polling = True
         try:
             self.lock.release()
@@ -131,7 +149,7 @@ class SessionWorker:
                 if ready is not None and timeout and self.on_events is None:
                     events = self.app.poll(0)
                     if not events:
-                        self.app.wait(timeout)
+                        self.app.nap(timeout)
                         events = None  # (look at ready() first)
                 else:
                     events = self.app.poll(timeout)
@@ -139,7 +157,7 @@ class SessionWorker:
                 self.lock.acquire()
             if events is None:
                 if ready is not None and ready():
-                    return
+                    return True
                 events = self.app.poll(0)
             for ev in events:
                 self.execute(self.layer.handle_event(ev))
@@ -149,7 +167,9 @@ class SessionWorker:
             self._vpp_gone(e)
         finally:
             self._polling = False
-            self.cond.notify_all()
+            if self.cond.waiting:
+                self.cond.notify_all()
+        return False
 
     def pump(self) -> None:
         """Handle whatever events are queued now, without waiting."""
@@ -472,6 +492,8 @@ class SessionWorker:
     def check_vpp(self) -> bool:
         """False when VPP is gone (or the app closed): when the app socket reports VPP's
         close, fail the worker as a poller would (sessions RESET, `dead` set)."""
+        if self.dead is None and not self.app.closed and not self.app.sapi.poll_closed():
+            return True  # (the usual answer, given without the lock: see Pump._run)
         with self.lock:
             if self.dead is not None or self.app.closed:
                 return False
