@@ -103,14 +103,17 @@ class Pump:
         w = self.worker
         try:
             while True:
-                w.pump_signalled()  # raises once VPP is gone or the app closed
                 if self.inline or time.monotonic() - self.inline_seen < STAND_ASIDE:
                     # A selector's thread watches the eventfd between its callbacks: leave it
-                    # the work (and the poller's role), looking only for VPP's death.
+                    # the work (and the poller's role), looking only for VPP's death -- not
+                    # even taking the worker's lock: a pump handling events (lock and GIL
+                    # held) while the loop's thread sends stalled that send for up to the
+                    # interpreter's switch interval (5 ms), 20 times a second.
                     time.sleep(STAND_ASIDE)
                     if not w.check_vpp():
                         break
                     continue
+                w.pump_signalled()  # raises once VPP is gone or the app closed
                 if not w.claim_poller():
                     with w.lock:  # another thread polls (it syncs us) or events are queued
                         if w.polling:
