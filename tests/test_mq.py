@@ -479,11 +479,16 @@ def test_robust_mutex_owner_dies_mid_send(new_mq: Factory) -> None:
 
     def die_mid_send() -> None:
         child = MessageQueue(seg, off)
+        words = child._words
 
-        def die(*_: Any) -> None:
-            os._exit(0)  # slot and handle written, nothing published, mutex held
+        class DieOnStore:  # the first word send_io stores is the ring tail, publishing
+            def __getitem__(self, i: int) -> int:
+                return words[i]
 
-        child._publish = die  # type: ignore[method-assign]
+            def __setitem__(self, i: int, v: int) -> None:
+                os._exit(0)  # slot and handle written, nothing published, mutex held
+
+        child._words = DieOnStore()
         child.send_io(E.IO_TX, 666)
 
     pid = _child(die_mid_send)
