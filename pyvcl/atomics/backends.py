@@ -40,6 +40,23 @@ class _Ops(NamedTuple):
     fetch_or32: Callable[[int, int], int]
     fetch_and32: Callable[[int, int], int]
     error: str | None = None
+    #: Add 1 to the 32-bit word at the first address, then to the one at the second; return
+    #: the second's old value (an svm queue's publish: ring cursize, then queue cursize).  One
+    #: call where the backend has it (the x86-64 stub), two fetch_add32 calls elsewhere.
+    fetch_inc_pair32: Callable[[int, int], int] | None = None
+
+
+def _with_pair(ops: _Ops) -> _Ops:
+    """`ops` with `_Ops.fetch_inc_pair32` made of two fetch_add32 calls if it has none."""
+    if ops.fetch_inc_pair32 is not None:
+        return ops
+    add = ops.fetch_add32
+
+    def fetch_inc_pair32(first: int, second: int) -> int:
+        add(first, 1)
+        return add(second, 1)
+
+    return ops._replace(fetch_inc_pair32=fetch_inc_pair32)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -90,21 +107,23 @@ def _libatomic_ops() -> _Ops:
 
         return cas
 
-    return _Ops(
-        "libatomic",
-        lambda a: ld4(a, _ACQUIRE),
-        lambda a: ld8(a, _ACQUIRE),
-        lambda a, v: st4(a, v, _RELEASE),
-        lambda a, v: st8(a, v, _RELEASE),
-        make_cas(4, ctypes.c_uint32),
-        make_cas(8, ctypes.c_uint64),
-        lambda a, v: xchg4(a, v, _SEQ_CST),
-        lambda a, v: add4(a, v, _SEQ_CST),
-        lambda a, v: add8(a, v, _SEQ_CST),
-        lambda a, v: sub4(a, v, _SEQ_CST),
-        lambda a, v: sub8(a, v, _SEQ_CST),
-        lambda a, v: or4(a, v, _SEQ_CST),
-        lambda a, v: and4(a, v, _SEQ_CST),
+    return _with_pair(
+        _Ops(
+            "libatomic",
+            lambda a: ld4(a, _ACQUIRE),
+            lambda a: ld8(a, _ACQUIRE),
+            lambda a, v: st4(a, v, _RELEASE),
+            lambda a, v: st8(a, v, _RELEASE),
+            make_cas(4, ctypes.c_uint32),
+            make_cas(8, ctypes.c_uint64),
+            lambda a, v: xchg4(a, v, _SEQ_CST),
+            lambda a, v: add4(a, v, _SEQ_CST),
+            lambda a, v: add8(a, v, _SEQ_CST),
+            lambda a, v: sub4(a, v, _SEQ_CST),
+            lambda a, v: sub8(a, v, _SEQ_CST),
+            lambda a, v: or4(a, v, _SEQ_CST),
+            lambda a, v: and4(a, v, _SEQ_CST),
+        )
     )
 
 
@@ -131,6 +150,13 @@ _X86_64: dict[str, bytes] = {
     ),
     "xchg32": bytes.fromhex("89f0 8707 c3"),  # mov eax, esi; xchg [rdi], eax; ret
     "fetch_add32": bytes.fromhex("89f0 f00fc107 c3"),  # mov eax, esi; lock xadd [rdi], eax; ret
+    "fetch_inc_pair32": bytes.fromhex(
+        "b801000000"  # mov eax, 1
+        "f00fc107"  # lock xadd [rdi], eax
+        "b801000000"  # mov eax, 1
+        "f00fc106"  # lock xadd [rsi], eax   ; eax = the second word's old value
+        "c3"  # ret
+    ),
     "fetch_add64": bytes.fromhex("4889f0 f0480fc107 c3"),  # mov rax, rsi; lock xadd [rdi], rax
     "fetch_sub32": bytes.fromhex(
         "89f0"  # mov eax, esi
@@ -290,7 +316,8 @@ def _stub_ops() -> _Ops:
         return u64 if op.endswith("64") else u32
 
     f = {op: fn(op, None if op.startswith("store") else width(op)) for op in table}
-    return _Ops._make([f"stub-{_MACHINE}", *(f[op] for op in _Ops._fields[1:14]), None])
+    ops = [f"stub-{_MACHINE}", *(f[op] for op in _Ops._fields[1:14]), None]
+    return _with_pair(_Ops._make([*ops, f.get("fetch_inc_pair32")]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -301,7 +328,7 @@ def _unavailable(why: str) -> _Ops:
     def fail(*_: int) -> NoReturn:
         raise VclError(why, errno.ENOSYS)
 
-    return _Ops._make(["unavailable", *[fail] * 13, why])
+    return _Ops._make(["unavailable", *[fail] * 13, why, fail])
 
 
 def _select() -> _Ops:

@@ -181,6 +181,9 @@ class _ThreadState(threading.local):
         if self.head:
             raw = (ctypes.c_char * 8).from_address(self.head)
             self.head_list = memoryview(raw).cast("B").cast("Q")
+        # All three in one attribute: a thread-local attribute read costs as much as the
+        # unpack, and lock/unlock need them on every call.
+        self.me = (self.tid, self.head, self.head_list)
 
 
 _THREAD = _ThreadState()
@@ -328,8 +331,7 @@ class ProcessSharedMutex:
         """Lock; True if the previous owner had died holding it (the state is now ours).
 
         `Timeout` after ``timeout`` seconds; without one, `PeerStalled` after `hold_limit`."""
-        t = _THREAD
-        tid = t.tid
+        tid, _, head_list = _THREAD.me
         if self._region._anchor is None:
             self._region._fault(0, _MUTEX_SIZE)
         lock, kind = _LOCK_KIND.unpack_from(self._mv)
@@ -341,7 +343,6 @@ class ProcessSharedMutex:
             if tid in holders:  # ours, left locked by an exception
                 return False
             raise self._not_ours(lock, tid)
-        head_list = t.head_list
         holders[tid] = 0 if head_list is None else head_list[0]
         err = -1
         try:
@@ -458,8 +459,7 @@ class ProcessSharedMutex:
         return changed
 
     def unlock(self) -> None:
-        t = _THREAD
-        tid = t.tid
+        tid, head, _ = _THREAD.me
         if self._region._anchor is None:
             self._region._fault(0, _MUTEX_SIZE)
         lock, owner, kind, prev, nxt = _HELD_WORDS.unpack_from(self._mv)
@@ -469,7 +469,7 @@ class ProcessSharedMutex:
             and kind == VPP_MUTEX_KIND
             and lock & _FUTEX_TID_MASK == tid
             and expected is not None
-            and ((prev == t.head and nxt == expected) or not t.head)
+            and ((prev == head and nxt == expected) or not head)
         ):  # the words are as glibc left them when this thread locked
             err = self._unlock(self._addr)
             if err:

@@ -61,18 +61,12 @@ class Producer:
     _mutex: ProcessSharedMutex
     _cond: ProcessSharedCond
     _prod_lock: threading.Lock
-    # send_io's fast path (_init_producer)
+    # send_io's fast path (_init_producer): the words view, and in one tuple (one attribute
+    # read): word indices of queue cursize and tail and IO ring cursize and tail, the IO
+    # ring's nitems, slots offset and slot size, and the addresses of the two cursizes.
     _words: Words
-    _qc_word: int
-    _qt_word: int
-    _io_cursize_word: int
-    _io_tail_word: int
-    _io_cursize_addr: int
-    _qc_addr: int
-    _io_nitems: int
-    _io_slots: int
-    _io_elsize: int
-    _fetch_add32: Callable[[int, int], int]
+    _io_fast: tuple[int, int, int, int, int, int, int, int, int]
+    _inc_pair: Callable[[int, int], int]
 
     if TYPE_CHECKING:
 
@@ -88,12 +82,20 @@ class Producer:
         for off in (self._q_cursize, self._q_tail, io.cursize, io.tail):
             a.word_address(off, 4)  # in the region and aligned, so off >> 2 is its word
         self._words = a.words32()
-        self._qc_word, self._qt_word = self._q_cursize >> 2, self._q_tail >> 2
-        self._io_cursize_word, self._io_tail_word = io.cursize >> 2, io.tail >> 2
-        self._qc_addr = a.word_address(self._q_cursize, 4)
-        self._io_cursize_addr = a.word_address(io.cursize, 4)
-        self._io_nitems, self._io_slots, self._io_elsize = io.nitems, io.data, io.elsize
-        self._fetch_add32 = a.raw_ops().fetch_add32
+        self._io_fast = (
+            self._q_cursize >> 2,
+            self._q_tail >> 2,
+            io.cursize >> 2,
+            io.tail >> 2,
+            io.nitems,
+            io.data,
+            io.elsize,
+            a.word_address(io.cursize, 4),
+            a.word_address(self._q_cursize, 4),
+        )
+        inc_pair = a.raw_ops().fetch_inc_pair32
+        assert inc_pair is not None  # every backend has one (pyvcl.atomics.backends)
+        self._inc_pair = inc_pair
 
     def send(
         self,
@@ -298,14 +300,15 @@ class Producer:
         """`_room` + `_put` + `_publish` of an IO event in one (producer lock held); False, with
         nothing written, if the queue or the IO ring is full."""
         w = self._words
+        qc_w, qt_w, rc_w, rt_w, nitems, slots, elsize, rc_addr, qc_addr = self._io_fast
         try:
-            qsize = w[self._qc_word]
+            qsize = w[qc_w]
         except ValueError:  # the words view is released when the region is
             raise LocalError(f"{self.name}: used after its segment was closed") from None
-        rsize = w[self._io_cursize_word]
-        t = w[self._io_tail_word]
-        qt = w[self._qt_word]
-        nitems, maxsize = self._io_nitems, self.maxsize
+        rsize = w[rc_w]
+        t = w[rt_w]
+        qt = w[qt_w]
+        maxsize = self.maxsize
         if qsize >= maxsize or rsize >= nitems or t >= nitems or qt >= maxsize:
             if qsize > maxsize or rsize > nitems:
                 raise self._bad(f"queue cursize {qsize} / ring 0 cursize {rsize} too large")
@@ -320,20 +323,19 @@ class Producer:
         waiters = condvar and not qsize and self._cond.check()
         view = self._view
         try:
-            _IO_SLOT.pack_into(
-                view, self._io_slots + t * self._io_elsize, event_type, 0, session_index, b""
-            )
+            _IO_SLOT.pack_into(view, slots + t * elsize, event_type, 0, session_index, b"")
         except struct.error:
             raise ValueError(f"session index {session_index} is not a u32") from None
         _HANDLE.pack_into(view, self._q_data + qt * 8, _IO_RING, t)
-        # Publish in svm_msg_q_add_raw order: ring tail and cursize, queue tail and cursize.
+        # Publish: the tails, then the ring's cursize and last the queue's, in one call.  VPP
+        # (svm_msg_q_add_raw) moves the queue tail after the ring cursize; nothing orders
+        # them: producers read neither tail outside the mutex, and a consumer reads nothing of
+        # this message before the queue cursize says it is there.
         t += 1
-        w[self._io_tail_word] = 0 if t == nitems else t
-        add = self._fetch_add32
-        add(self._io_cursize_addr, 1)
+        w[rt_w] = 0 if t == nitems else t
         qt += 1
-        w[self._qt_word] = 0 if qt == maxsize else qt
-        if add(self._qc_addr, 1) == 0 and (waiters or qsize or not condvar):
+        w[qt_w] = 0 if qt == maxsize else qt
+        if self._inc_pair(rc_addr, qc_addr) == 0 and (waiters or qsize or not condvar):
             self._signal(consumer=False)
         return True
 
