@@ -348,6 +348,19 @@ def test_inc_pair_counts_both_words_across_processes(shm: tuple[mmap.mmap, Atomi
     assert (r.load32(16), r.load32(20)) == (1 + procs * n, procs * n)
 
 
+def test_dec_pair_returns_both_old_values(shm: tuple[mmap.mmap, AtomicRegion]) -> None:
+    _, r = shm
+    pair = r.raw_ops().fetch_dec_pair32
+    assert pair is not None
+    first, second = r.word_address(16, 4), r.word_address(20, 4)
+    r.store32(16, 7)
+    r.store32(20, 0)
+    assert pair(first, second) == 7 | 0 << 32
+    assert (r.load32(16), r.load32(20)) == (6, M32)  # the second wrapped
+    assert pair(first, second) == 6 | M32 << 32
+    assert r.load64(16) == 5 | (M32 - 1) << 32
+
+
 def test_word_address_checks_bounds_and_alignment(shm: tuple[mmap.mmap, AtomicRegion]) -> None:
     _, r = shm
     assert r.word_address(r.size - 8, 8) == r.address + r.size - 8

@@ -44,19 +44,28 @@ class _Ops(NamedTuple):
     #: the second's old value (an svm queue's publish: ring cursize, then queue cursize).  One
     #: call where the backend has it (the x86-64 stub), two fetch_add32 calls elsewhere.
     fetch_inc_pair32: Callable[[int, int], int] | None = None
+    #: Subtract 1 from the 32-bit word at the first address, then from the one at the second;
+    #: return both old values as ``first | second << 32`` (an svm queue consumer's free: queue
+    #: cursize, then ring cursize).
+    fetch_dec_pair32: Callable[[int, int], int] | None = None
 
 
-def _with_pair(ops: _Ops) -> _Ops:
-    """`ops` with `_Ops.fetch_inc_pair32` made of two fetch_add32 calls if it has none."""
-    if ops.fetch_inc_pair32 is not None:
-        return ops
-    add = ops.fetch_add32
+def _with_pairs(ops: _Ops) -> _Ops:
+    """`ops` with the pair operations made of two fetch_add32/fetch_sub32 calls where the
+    backend has none of its own."""
+    add, sub = ops.fetch_add32, ops.fetch_sub32
 
     def fetch_inc_pair32(first: int, second: int) -> int:
         add(first, 1)
         return add(second, 1)
 
-    return ops._replace(fetch_inc_pair32=fetch_inc_pair32)
+    def fetch_dec_pair32(first: int, second: int) -> int:
+        return sub(first, 1) | sub(second, 1) << 32
+
+    return ops._replace(
+        fetch_inc_pair32=ops.fetch_inc_pair32 or fetch_inc_pair32,
+        fetch_dec_pair32=ops.fetch_dec_pair32 or fetch_dec_pair32,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -107,7 +116,7 @@ def _libatomic_ops() -> _Ops:
 
         return cas
 
-    return _with_pair(
+    return _with_pairs(
         _Ops(
             "libatomic",
             lambda a: ld4(a, _ACQUIRE),
@@ -155,6 +164,15 @@ _X86_64: dict[str, bytes] = {
         "f00fc107"  # lock xadd [rdi], eax
         "b801000000"  # mov eax, 1
         "f00fc106"  # lock xadd [rsi], eax   ; eax = the second word's old value
+        "c3"  # ret
+    ),
+    "fetch_dec_pair32": bytes.fromhex(
+        "b8ffffffff"  # mov eax, -1
+        "f00fc107"  # lock xadd [rdi], eax   ; zero-extends into rax
+        "baffffffff"  # mov edx, -1
+        "f00fc116"  # lock xadd [rsi], edx
+        "48c1e220"  # shl rdx, 32
+        "4809d0"  # or rax, rdx
         "c3"  # ret
     ),
     "fetch_add64": bytes.fromhex("4889f0 f0480fc107 c3"),  # mov rax, rsi; lock xadd [rdi], rax
@@ -313,11 +331,12 @@ def _stub_ops() -> _Ops:
         return ctypes.PYFUNCTYPE(restype, *[_V] * nargs)(base + offsets[op])
 
     def width(op: str) -> type:
-        return u64 if op.endswith("64") else u32
+        return u64 if op.endswith("64") or op == "fetch_dec_pair32" else u32
 
     f = {op: fn(op, None if op.startswith("store") else width(op)) for op in table}
     ops = [f"stub-{_MACHINE}", *(f[op] for op in _Ops._fields[1:14]), None]
-    return _with_pair(_Ops._make([*ops, f.get("fetch_inc_pair32")]))
+    pairs = [f.get("fetch_inc_pair32"), f.get("fetch_dec_pair32")]
+    return _with_pairs(_Ops._make([*ops, *pairs]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -328,7 +347,7 @@ def _unavailable(why: str) -> _Ops:
     def fail(*_: int) -> NoReturn:
         raise VclError(why, errno.ENOSYS)
 
-    return _Ops._make(["unavailable", *[fail] * 13, why, fail])
+    return _Ops._make(["unavailable", *[fail] * 13, why, fail, fail])
 
 
 def _select() -> _Ops:

@@ -66,6 +66,8 @@ class Producer:
     # ring's nitems, slots offset and slot size, and the addresses of the two cursizes.
     _words: Words
     _io_fast: tuple[int, int, int, int, int, int, int, int, int]
+    _qc_word: int  # the queue cursize's word and address, for the consumer too
+    _qc_addr: int
     _inc_pair: Callable[[int, int], int]
 
     if TYPE_CHECKING:
@@ -82,8 +84,9 @@ class Producer:
         for off in (self._q_cursize, self._q_tail, io.cursize, io.tail):
             a.word_address(off, 4)  # in the region and aligned, so off >> 2 is its word
         self._words = a.words32()
+        self._qc_word, self._qc_addr = self._q_cursize >> 2, a.word_address(self._q_cursize, 4)
         self._io_fast = (
-            self._q_cursize >> 2,
+            self._qc_word,
             self._q_tail >> 2,
             io.cursize >> 2,
             io.tail >> 2,
@@ -91,7 +94,7 @@ class Producer:
             io.data,
             io.elsize,
             a.word_address(io.cursize, 4),
-            a.word_address(self._q_cursize, 4),
+            self._qc_addr,
         )
         inc_pair = a.raw_ops().fetch_inc_pair32
         assert inc_pair is not None  # every backend has one (pyvcl.atomics.backends)

@@ -41,6 +41,7 @@ from typing import Any
 from ..atomics import VPP_MUTEX_KIND, PeerStalled, ProcessSharedCond, ProcessSharedMutex
 from ..errors import LocalError, SharedMemoryError, Timeout, VclError
 from ..segment import Segment
+from ..wire.enums import MqRing
 from ..wire.mq import (
     PTHREAD_MUTEX_FIELDS,
     SVM_MSG_Q_SHARED,
@@ -61,6 +62,10 @@ _SMQ = SVM_MSG_Q_SHARED
 _Q = SVM_MSG_Q_SHARED_QUEUE
 
 _ONE = (1).to_bytes(8, "little")  # an eventfd write of 1
+_IO_RING = int(MqRing.IO_EVT)
+_IO_TYPES_END = events.IO_TYPES_END
+_IO_INDEX, _IO_INDEX_AT = events.IO_INDEX_CODEC, events.IO_INDEX_AT
+_LOW32 = 0xFFFFFFFF  # the first word's old value in fetch_dec_pair32's result
 _SIGNAL_LOCK = 0.2  # longest a consumer waits for the mutex to signal producers (else: owed)
 
 
@@ -135,6 +140,30 @@ class MessageQueue(Producer):
         for ring in rings:
             self._ring_indices(ring)
         self._init_producer()
+        self._init_consumer()
+
+    def _init_consumer(self) -> None:
+        """What `_drain_one` needs, looked up once (after `_init_producer`, which checked the
+        queue's words): the queue head's word, and per ring its head and cursize words, the
+        cursize's address, its slots, slot size and item count."""
+        a = self._a
+        for off in (self._q_head, *(rg.head for rg in self._rings)):
+            a.word_address(off, 4)  # in the region and aligned, so off >> 2 is its word
+        self._qh_word = self._q_head >> 2
+        self._ring_fast = [
+            (
+                rg.head >> 2,
+                rg.cursize >> 2,
+                a.word_address(rg.cursize, 4),
+                rg.data,
+                rg.elsize,
+                rg.nitems,
+            )
+            for rg in self._rings
+        ]
+        dec_pair = a.raw_ops().fetch_dec_pair32
+        assert dec_pair is not None  # every backend has one (pyvcl.atomics.backends)
+        self._dec_pair = dec_pair
 
     # -- small helpers -------------------------------------------------------------------------
     def __repr__(self) -> str:
@@ -286,7 +315,10 @@ class MessageQueue(Producer):
             if self._signal_owed:
                 self._pay_owed_signal()
             a, view, maxsize = self._a, self._view, self.maxsize
-            size = a.load32(self._q_cursize)
+            try:
+                size = self._words[self._qc_word]
+            except ValueError:  # the words view is released when the region is
+                raise LocalError(f"{self.name}: used after its segment was closed") from None
             if size == 0:
                 return []
             if size > maxsize:
@@ -389,45 +421,53 @@ class MessageQueue(Producer):
 
     def _drain_one(self, decode: bool) -> list[Any]:
         """`drain` of exactly one message, the usual case on the data path: the same checks
-        and order as the batch path, without its bookkeeping (consumer lock held)."""
-        a, view, get, put = self._a, self._view, _U32.unpack_from, _U32.pack_into
-        maxsize = self.maxsize
-        head = get(view, self._q_head)[0]
+        and order as the batch path, without its bookkeeping (consumer lock held), through
+        the words and addresses looked up at attach (`_init_consumer`)."""
+        w, view, maxsize = self._words, self._view, self.maxsize
+        head = w[self._qh_word]
         if head >= maxsize:
             raise self._bad(f"queue head {head} >= maxsize {maxsize}")
         r, e = _HANDLE.unpack_from(view, self._q_data + head * 8)
         if r >= self.n_rings:
             raise self._bad(f"handle names ring {r} of {self.n_rings}")
-        rg = self._rings[r]
-        nitems = rg.nitems
+        head_word, cursize_word, cursize_addr, slots, elsize, nitems = self._ring_fast[r]
         if e >= nitems:
             raise self._bad(f"handle names element {e} of ring {r} ({nitems} items)")
-        h = get(view, rg.head)[0]
+        h = w[head_word]
         if h >= nitems:
             raise self._bad(f"ring {r} head {h} >= {nitems}")
         if h != e:
             raise self._bad(f"message out of order: ring {r} element {e}, head {h}")
-        c = a.load32(rg.cursize)
+        c = w[cursize_word]
         if not 1 <= c <= nitems:
             raise self._bad(f"ring {r} cursize {c} with 1 messages pending")
-        slot = rg.data + e * rg.elsize
-        raw = bytes(view[slot : slot + rg.elsize])
+        slot = slots + e * elsize
+        raw = bytes(view[slot : slot + elsize])
+        out: list[Any]
         bad: SharedMemoryError | None = None
-        if decode:
+        if not decode:
+            out = [(r, raw)]
+        elif r == _IO_RING and raw[0] < _IO_TYPES_END:
+            # events.decode's IO case, inline (the slot is session_event_t-sized: read_layout
+            # refused any other ring 0 slot size).
+            out = [Event(raw[0], r, _IO_INDEX.unpack_from(raw, _IO_INDEX_AT)[0], None, raw)]
+        else:
             try:
-                ev = events.decode(r, raw, False)
+                out = [events.decode(r, raw, False)]
             except SharedMemoryError as exc:  # consumed and dropped, then reported
                 bad = self._bad(f"ring {r} slot {e}: {exc.strerror}")
-        put(view, self._q_head, (head + 1) % maxsize)
-        need_signal = a.fetch_sub32(self._q_cursize, 1) == maxsize
-        put(view, rg.head, (h + 1) % nitems)
-        if a.fetch_sub32(rg.cursize, 1) >= nitems:  # was full: wake producers
-            need_signal = True
-        if need_signal:
+        # Free it: both heads, then the queue's cursize and the ring's in one call (the heads
+        # are read by nobody but this consumer; producers look at the cursizes).
+        head += 1
+        w[self._qh_word] = 0 if head == maxsize else head
+        h += 1
+        w[head_word] = 0 if h == nitems else h
+        old = self._dec_pair(self._qc_addr, cursize_addr)
+        if old & _LOW32 == maxsize or old >> 32 >= nitems:  # was full: wake producers
             self._signal(consumer=True)
         if bad is not None:
             raise bad
-        return [ev] if decode else [(r, raw)]
+        return out
 
     def _read_handles(self, head: int, n: int) -> list[tuple[int, int]]:
         view, data = self._view, self._q_data
