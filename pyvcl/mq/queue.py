@@ -371,8 +371,16 @@ class MessageQueue(Producer):
             bad: SharedMemoryError | None = None
             if decode:
                 dec = events.decode
-                try:
-                    out = [dec(r, raw, False) for r, raw in raws]
+                try:  # IO events decoded inline, as in _drain_one
+                    out = [
+                        _new_tuple(
+                            Event,
+                            (raw[0], r, _IO_INDEX.unpack_from(raw, _IO_INDEX_AT)[0], None, raw),
+                        )
+                        if r == _IO_RING and raw[0] < _IO_TYPES_END
+                        else dec(r, raw, False)
+                        for r, raw in raws
+                    ]
                 except SharedMemoryError:
                     out, bad, n = self._decode_until_bad(handles, raws)
                     heads, counts = self._heads_after(handles[:n], rings)
