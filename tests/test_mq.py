@@ -926,3 +926,16 @@ def test_send_io_broadcasts_only_to_a_waiting_consumer(
     t.join(15)
     assert errors == [] and seen == [1] and len(calls) == 1
     assert time.monotonic() - t0 < 0.9  # woken by the broadcast, not by its 1 s wait slice
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_queue_of_a_closed_segment_raises_local_error(new_mq: Factory, mode: str) -> None:
+    # The hot paths use addresses looked up at attach: once the segment is unmapped they must
+    # refuse with a clear error, not touch the old addresses (a crash) or raise ValueError.
+    seg, _, mq = new_mq(mode)
+    mq.send_io(E.IO_TX, 1)
+    seg.close()
+    with pytest.raises(LocalError):
+        mq.send_io(E.IO_TX, 2)
+    with pytest.raises(LocalError):
+        mq.drain()
