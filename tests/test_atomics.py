@@ -328,6 +328,52 @@ def test_processes_count_exactly(shm: tuple[mmap.mmap, AtomicRegion]) -> None:
     assert r.load32(40) == M32
 
 
+def test_inc_pair_counts_both_words_across_processes(shm: tuple[mmap.mmap, AtomicRegion]) -> None:
+    _, r = shm
+    ops = r.raw_ops()
+    pair = ops.fetch_inc_pair32
+    assert pair is not None
+    first, second = r.word_address(16, 4), r.word_address(20, 4)
+    r.store32(20, M32)
+    assert pair(first, second) == M32  # the second word's old value, wrapping
+    assert (r.load32(16), r.load32(20)) == (1, 0)
+    n, procs = 3000, 2
+
+    def child(_: int) -> None:
+        start_together(r, 0, procs)
+        for _ in range(n):
+            pair(first, second)
+
+    run_children(procs, child)
+    assert (r.load32(16), r.load32(20)) == (1 + procs * n, procs * n)
+
+
+def test_dec_pair_returns_both_old_values(shm: tuple[mmap.mmap, AtomicRegion]) -> None:
+    _, r = shm
+    pair = r.raw_ops().fetch_dec_pair32
+    assert pair is not None
+    first, second = r.word_address(16, 4), r.word_address(20, 4)
+    r.store32(16, 7)
+    r.store32(20, 0)
+    assert pair(first, second) == 7 | 0 << 32
+    assert (r.load32(16), r.load32(20)) == (6, M32)  # the second wrapped
+    assert pair(first, second) == 6 | M32 << 32
+    assert r.load64(16) == 5 | (M32 - 1) << 32
+
+
+def test_word_address_checks_bounds_and_alignment(shm: tuple[mmap.mmap, AtomicRegion]) -> None:
+    _, r = shm
+    assert r.word_address(r.size - 8, 8) == r.address + r.size - 8
+    for off, width in ((r.size - 4, 8), (r.size, 4), (-4, 4), (2, 4), (4, 8)):
+        with pytest.raises(SharedMemoryError):
+            r.word_address(off, width)
+    with pytest.raises(LocalError):
+        r.word_address(0, 2)
+    r.close()
+    with pytest.raises(LocalError):  # closed: no address to hand out
+        r.word_address(0, 4)
+
+
 MASK48, TAG_ONE, TAG_MASK = (1 << 48) - 1, 1 << 48, 0xFFFF << 48
 
 

@@ -479,11 +479,16 @@ def test_robust_mutex_owner_dies_mid_send(new_mq: Factory) -> None:
 
     def die_mid_send() -> None:
         child = MessageQueue(seg, off)
+        words = child._words
 
-        def die(*_: Any) -> None:
-            os._exit(0)  # slot and handle written, nothing published, mutex held
+        class DieOnStore:  # the first word send_io stores is the ring tail, publishing
+            def __getitem__(self, i: int) -> int:
+                return words[i]
 
-        child._publish = die  # type: ignore[method-assign]
+            def __setitem__(self, i: int, v: int) -> None:
+                os._exit(0)  # slot and handle written, nothing published, mutex held
+
+        child._words = DieOnStore()
         child.send_io(E.IO_TX, 666)
 
     pid = _child(die_mid_send)
@@ -864,3 +869,73 @@ def test_two_threads_waiting_on_one_eventfd_queue() -> None:
     finally:
         for f in (fd, r, w):
             os.close(f)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_send_io_writes_the_whole_slot(new_mq: Factory, mode: str) -> None:
+    # send_io writes the slot with one pack: what was in it before must not show through.
+    seg, _, mq = new_mq(mode, 8, ((4, 18), (4, 256)))
+    io = mq._rings[MqRing.IO_EVT]
+    seg.view[io.data : io.data + 4 * 18] = b"\xff" * (4 * 18)
+    for i in range(4):
+        mq.send_io(E.IO_TX, 0x01020304 + i)
+    got = mq.drain(decode=False)
+    assert got == [(0, events.encode_io(E.IO_TX, 0x01020304 + i)) for i in range(4)]
+    with pytest.raises(ValueError, match="not a u32"):
+        mq.send_io(E.IO_TX, 1 << 32)
+    assert mq.size_now() == 0 and mq.describe()["problems"] == []  # refused before queueing
+
+
+def test_send_io_broadcasts_only_to_a_waiting_consumer(
+    new_mq: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With nobody waiting on the condvar, send_io skips glibc's broadcast; a consumer waiting
+    # as C VCL's svm_msg_q_wait does (mutex held, condvar wait) is woken.
+    _, _, mq = new_mq(CONDVAR)
+    pt = mq._cond._pt
+    real, calls = pt.broadcast, []
+
+    def broadcast(addr: int) -> int:
+        calls.append(addr)
+        return real(addr)
+
+    monkeypatch.setattr(pt, "broadcast", broadcast)
+    mq.send_io(E.IO_TX, 1)
+    assert calls == [] and [e.session_index for e in mq.drain()] == [1]
+    ready, seen, errors = threading.Event(), [], []
+
+    def consumer() -> None:
+        try:
+            mq._mutex.lock()
+            try:
+                ready.set()  # set with the mutex held: send_io locks after the wait releases it
+                deadline = time.monotonic() + 10
+                while mq.size_now() == 0 and time.monotonic() < deadline:
+                    mq._cond.wait(mq._mutex, 1)
+                seen.append(mq.size_now())
+            finally:
+                mq._mutex.unlock()
+        except BaseException as e:
+            errors.append(e)
+
+    t = threading.Thread(target=consumer)
+    t.start()
+    assert ready.wait(10)
+    t0 = time.monotonic()
+    mq.send_io(E.IO_TX, 2)
+    t.join(15)
+    assert errors == [] and seen == [1] and len(calls) == 1
+    assert time.monotonic() - t0 < 0.9  # woken by the broadcast, not by its 1 s wait slice
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_queue_of_a_closed_segment_raises_local_error(new_mq: Factory, mode: str) -> None:
+    # The hot paths use addresses looked up at attach: once the segment is unmapped they must
+    # refuse with a clear error, not touch the old addresses (a crash) or raise ValueError.
+    seg, _, mq = new_mq(mode)
+    mq.send_io(E.IO_TX, 1)
+    seg.close()
+    with pytest.raises(LocalError):
+        mq.send_io(E.IO_TX, 2)
+    with pytest.raises(LocalError):
+        mq.drain()

@@ -82,10 +82,12 @@ __all__ = [
     "PeerStalled",
     "ProcessSharedCond",
     "ProcessSharedMutex",
+    "RawOps",
     "backend_name",
     "init_shared_cond",
     "init_shared_mutex",
 ]
+RawOps = _Ops  # what `AtomicRegion.raw_ops` returns: the primitives by absolute address
 # Re-exported for tests and tools that build or swap a backend.
 _PRIVATE = (_Ops, _libatomic_ops, _stub_ops, _unavailable, _Pthread, _sliced, _Timespec)
 
@@ -121,8 +123,8 @@ class AtomicRegion:
 
     __slots__ = (
         "_anchor", "_cas32", "_cas64", "_fadd32", "_fadd64", "_fand32", "_for32", "_fsub32",
-        "_fsub64", "_last4", "_last8", "_load32", "_load64", "_plain", "_store32", "_store64",
-        "_w32", "_w64", "_xchg32", "address", "size",
+        "_fsub64", "_last4", "_last8", "_load32", "_load64", "_ops", "_plain", "_store32",
+        "_store64", "_w32", "_w64", "_xchg32", "address", "size",
     )  # fmt: skip
 
     def __init__(self, buf: WriteableBuffer) -> None:
@@ -136,7 +138,7 @@ class AtomicRegion:
         self.address: int = ctypes.addressof(self._anchor)
         self._last4 = self.size - 4
         self._last8 = self.size - 8
-        o = _OPS
+        o = self._ops = _OPS
         self._load32, self._load64, self._store32, self._store64 = (
             o.load32, o.load64, o.store32, o.store64
         )  # fmt: skip
@@ -175,6 +177,23 @@ class AtomicRegion:
     def words64(self) -> Words:
         """As `words32`, for 64-bit words: ``w[off >> 3]``."""
         return cast(Words, self._w64)
+
+    def word_address(self, off: int, width: int) -> int:
+        """The absolute address of the ``width``-byte (4 or 8) word at ``off``, bounds and
+        alignment checked (`SharedMemoryError`), for the primitives of `raw_ops`."""
+        if width not in (4, 8):
+            raise LocalError(f"no {width}-byte atomic words", errno.EINVAL)
+        a = self.address + off
+        if self._anchor is None or off < 0 or off > self.size - width or a & (width - 1):
+            self._fault(off, width)
+        return a
+
+    def raw_ops(self) -> RawOps:
+        """The backend's primitives by absolute address, without the checks of the methods:
+        for a hot path that checks its addresses once (`word_address`).  Valid only while the
+        region is open: a caller checks that before each use (e.g. by reading through
+        `words32`, which raises ValueError once the region is closed)."""
+        return self._ops
 
     def _fault(self, off: int, width: int) -> NoReturn:
         if self._anchor is None:

@@ -40,6 +40,32 @@ class _Ops(NamedTuple):
     fetch_or32: Callable[[int, int], int]
     fetch_and32: Callable[[int, int], int]
     error: str | None = None
+    #: Add 1 to the 32-bit word at the first address, then to the one at the second; return
+    #: the second's old value (an svm queue's publish: ring cursize, then queue cursize).  One
+    #: call where the backend has it (the x86-64 stub), two fetch_add32 calls elsewhere.
+    fetch_inc_pair32: Callable[[int, int], int] | None = None
+    #: Subtract 1 from the 32-bit word at the first address, then from the one at the second;
+    #: return both old values as ``first | second << 32`` (an svm queue consumer's free: queue
+    #: cursize, then ring cursize).
+    fetch_dec_pair32: Callable[[int, int], int] | None = None
+
+
+def _with_pairs(ops: _Ops) -> _Ops:
+    """`ops` with the pair operations made of two fetch_add32/fetch_sub32 calls where the
+    backend has none of its own."""
+    add, sub = ops.fetch_add32, ops.fetch_sub32
+
+    def fetch_inc_pair32(first: int, second: int) -> int:
+        add(first, 1)
+        return add(second, 1)
+
+    def fetch_dec_pair32(first: int, second: int) -> int:
+        return sub(first, 1) | sub(second, 1) << 32
+
+    return ops._replace(
+        fetch_inc_pair32=ops.fetch_inc_pair32 or fetch_inc_pair32,
+        fetch_dec_pair32=ops.fetch_dec_pair32 or fetch_dec_pair32,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -90,21 +116,23 @@ def _libatomic_ops() -> _Ops:
 
         return cas
 
-    return _Ops(
-        "libatomic",
-        lambda a: ld4(a, _ACQUIRE),
-        lambda a: ld8(a, _ACQUIRE),
-        lambda a, v: st4(a, v, _RELEASE),
-        lambda a, v: st8(a, v, _RELEASE),
-        make_cas(4, ctypes.c_uint32),
-        make_cas(8, ctypes.c_uint64),
-        lambda a, v: xchg4(a, v, _SEQ_CST),
-        lambda a, v: add4(a, v, _SEQ_CST),
-        lambda a, v: add8(a, v, _SEQ_CST),
-        lambda a, v: sub4(a, v, _SEQ_CST),
-        lambda a, v: sub8(a, v, _SEQ_CST),
-        lambda a, v: or4(a, v, _SEQ_CST),
-        lambda a, v: and4(a, v, _SEQ_CST),
+    return _with_pairs(
+        _Ops(
+            "libatomic",
+            lambda a: ld4(a, _ACQUIRE),
+            lambda a: ld8(a, _ACQUIRE),
+            lambda a, v: st4(a, v, _RELEASE),
+            lambda a, v: st8(a, v, _RELEASE),
+            make_cas(4, ctypes.c_uint32),
+            make_cas(8, ctypes.c_uint64),
+            lambda a, v: xchg4(a, v, _SEQ_CST),
+            lambda a, v: add4(a, v, _SEQ_CST),
+            lambda a, v: add8(a, v, _SEQ_CST),
+            lambda a, v: sub4(a, v, _SEQ_CST),
+            lambda a, v: sub8(a, v, _SEQ_CST),
+            lambda a, v: or4(a, v, _SEQ_CST),
+            lambda a, v: and4(a, v, _SEQ_CST),
+        )
     )
 
 
@@ -131,6 +159,22 @@ _X86_64: dict[str, bytes] = {
     ),
     "xchg32": bytes.fromhex("89f0 8707 c3"),  # mov eax, esi; xchg [rdi], eax; ret
     "fetch_add32": bytes.fromhex("89f0 f00fc107 c3"),  # mov eax, esi; lock xadd [rdi], eax; ret
+    "fetch_inc_pair32": bytes.fromhex(
+        "b801000000"  # mov eax, 1
+        "f00fc107"  # lock xadd [rdi], eax
+        "b801000000"  # mov eax, 1
+        "f00fc106"  # lock xadd [rsi], eax   ; eax = the second word's old value
+        "c3"  # ret
+    ),
+    "fetch_dec_pair32": bytes.fromhex(
+        "b8ffffffff"  # mov eax, -1
+        "f00fc107"  # lock xadd [rdi], eax   ; zero-extends into rax
+        "baffffffff"  # mov edx, -1
+        "f00fc116"  # lock xadd [rsi], edx
+        "48c1e220"  # shl rdx, 32
+        "4809d0"  # or rax, rdx
+        "c3"  # ret
+    ),
     "fetch_add64": bytes.fromhex("4889f0 f0480fc107 c3"),  # mov rax, rsi; lock xadd [rdi], rax
     "fetch_sub32": bytes.fromhex(
         "89f0"  # mov eax, esi
@@ -287,10 +331,12 @@ def _stub_ops() -> _Ops:
         return ctypes.PYFUNCTYPE(restype, *[_V] * nargs)(base + offsets[op])
 
     def width(op: str) -> type:
-        return u64 if op.endswith("64") else u32
+        return u64 if op.endswith("64") or op == "fetch_dec_pair32" else u32
 
     f = {op: fn(op, None if op.startswith("store") else width(op)) for op in table}
-    return _Ops._make([f"stub-{_MACHINE}", *(f[op] for op in _Ops._fields[1:14]), None])
+    ops = [f"stub-{_MACHINE}", *(f[op] for op in _Ops._fields[1:14]), None]
+    pairs = [f.get("fetch_inc_pair32"), f.get("fetch_dec_pair32")]
+    return _with_pairs(_Ops._make([*ops, *pairs]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -301,7 +347,7 @@ def _unavailable(why: str) -> _Ops:
     def fail(*_: int) -> NoReturn:
         raise VclError(why, errno.ENOSYS)
 
-    return _Ops._make(["unavailable", *[fail] * 13, why])
+    return _Ops._make(["unavailable", *[fail] * 13, why, fail, fail])
 
 
 def _select() -> _Ops:

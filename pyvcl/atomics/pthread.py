@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 _MUTEX_SIZE = PTHREAD_MUTEX_SIZES.get(_MACHINE, 64)
 _COND_SIZE = PTHREAD_COND_SIZE
 
+_ETIMEDOUT = errno.ETIMEDOUT
 _SLICE = 0.1  # blocking calls return to Python this often: Ctrl-C, and checks of the lock word
 _CLOCK_REALTIME, _CLOCK_MONOTONIC = 0, 1
 
@@ -75,13 +76,14 @@ class _Pthread:
     _instance: _Pthread | None = None
 
     def __init__(self) -> None:
-        libs = [ctypes.CDLL(None)]
+        libs: list[tuple[ctypes.CDLL, ctypes.PyDLL]] = [(ctypes.CDLL(None), ctypes.PyDLL(None))]
         with contextlib.suppress(OSError):  # glibc < 2.34 keeps some of them in libpthread
-            libs.append(ctypes.CDLL("libpthread.so.0"))
+            pthread = "libpthread.so.0"
+            libs.append((ctypes.CDLL(pthread), ctypes.PyDLL(pthread)))
 
-        def fn(name: str, *argtypes: type) -> Callable[..., int]:
-            for lib in libs:
-                f = getattr(lib, name, None)
+        def fn(name: str, *argtypes: type, keep_gil: bool = False) -> Callable[..., int]:
+            for pair in libs:
+                f = getattr(pair[keep_gil], name, None)
                 if f is not None:
                     f.argtypes = argtypes
                     f.restype = ctypes.c_int
@@ -90,6 +92,11 @@ class _Pthread:
 
         v, i = _V, ctypes.c_int
         self.timedlock = fn("pthread_mutex_timedlock", v, v)
+        # The same two keeping the GIL, for the uncontended path: with a deadline already past
+        # timedlock never sleeps (a busy mutex returns ETIMEDOUT at once) and unlock at most
+        # wakes a waiter, so releasing and retaking the GIL would cost more than the call.
+        self.timedlock_now = fn("pthread_mutex_timedlock", v, v, keep_gil=True)
+        self.unlock_now = fn("pthread_mutex_unlock", v, keep_gil=True)
         self.unlock, self.consistent = (
             fn("pthread_mutex_unlock", v),
             fn("pthread_mutex_consistent", v),
@@ -174,6 +181,9 @@ class _ThreadState(threading.local):
         if self.head:
             raw = (ctypes.c_char * 8).from_address(self.head)
             self.head_list = memoryview(raw).cast("B").cast("Q")
+        # All three in one attribute: a thread-local attribute read costs as much as the
+        # unpack, and lock/unlock need them on every call.
+        self.me = (self.tid, self.head, self.head_list)
 
 
 _THREAD = _ThreadState()
@@ -253,7 +263,7 @@ class ProcessSharedMutex:
         self._addr = region._object_address(off, _MUTEX_SIZE)
         self._mv = memoryview((ctypes.c_char * _MUTEX_SIZE).from_address(self._addr)).cast("B")
         pt = self._pt = _Pthread.get()
-        self._timedlock, self._unlock = pt.timedlock, pt.unlock
+        self._timedlock, self._unlock = pt.timedlock_now, pt.unlock_now
         # Threads of ours that lock or hold it through this object: TID -> the robust-list link
         # glibc writes into __list.__next when that thread locks (its list's first entry).
         self._holders: dict[int, int] = {}
@@ -321,22 +331,25 @@ class ProcessSharedMutex:
         """Lock; True if the previous owner had died holding it (the state is now ours).
 
         `Timeout` after ``timeout`` seconds; without one, `PeerStalled` after `hold_limit`."""
-        t = _THREAD
-        tid = t.tid
+        tid, _, head_list = _THREAD.me
         if self._region._anchor is None:
             self._region._fault(0, _MUTEX_SIZE)
         lock, kind = _LOCK_KIND.unpack_from(self._mv)
         if kind != VPP_MUTEX_KIND:
             raise self._bad_kind(kind)
-        if self._mark_holder(t, tid, lock):  # ours, left locked by an exception
-            return False
         holders = self._holders
+        # _mark_holder, inlined: this is once per message sent in condvar mode.
+        if lock & _OWNER_BITS == tid:
+            if tid in holders:  # ours, left locked by an exception
+                return False
+            raise self._not_ours(lock, tid)
+        holders[tid] = 0 if head_list is None else head_list[0]
         err = -1
         try:
             err = self._timedlock(self._addr, _PAST)
             if err == 0:
                 return False
-            if err == errno.ETIMEDOUT:
+            if err == _ETIMEDOUT:
                 err = self._lock_slow(timeout, tid)
             return self._acquired(err, "pthread_mutex_timedlock")
         except BaseException:
@@ -446,8 +459,7 @@ class ProcessSharedMutex:
         return changed
 
     def unlock(self) -> None:
-        t = _THREAD
-        tid = t.tid
+        tid, head, _ = _THREAD.me
         if self._region._anchor is None:
             self._region._fault(0, _MUTEX_SIZE)
         lock, owner, kind, prev, nxt = _HELD_WORDS.unpack_from(self._mv)
@@ -457,7 +469,7 @@ class ProcessSharedMutex:
             and kind == VPP_MUTEX_KIND
             and lock & _FUTEX_TID_MASK == tid
             and expected is not None
-            and ((prev == t.head and nxt == expected) or not t.head)
+            and ((prev == head and nxt == expected) or not head)
         ):  # the words are as glibc left them when this thread locked
             err = self._unlock(self._addr)
             if err:
@@ -535,10 +547,13 @@ class ProcessSharedCond:
             r._fault(0, _COND_SIZE)
         wrefs = self._w[_CV_WREFS >> 2]
         if wrefs & 3 != 1:
-            raise self._bad(
-                f"__wrefs {wrefs:#x}: not the process-shared CLOCK_REALTIME condvar VPP makes"
-            )
+            raise self._bad_wrefs(wrefs)
         return wrefs
+
+    def _bad_wrefs(self, wrefs: int) -> SharedMemoryError:
+        return self._bad(
+            f"__wrefs {wrefs:#x}: not the process-shared CLOCK_REALTIME condvar VPP makes"
+        )
 
     def _stuck(self, broadcasting: bool) -> bool:
         """Whether a glibc call could block without bound right now: the internal lock is held,
@@ -622,8 +637,18 @@ class ProcessSharedCond:
     def check(self) -> bool:
         """Check the words a `broadcast` now would hand to glibc, without calling it: raise
         `SharedMemoryError` where `broadcast` would refuse.  True if it would call glibc
-        (someone waits), False if not."""
-        wrefs = self._check_wrefs()
+        (someone waits), False if not.
+
+        With the queue mutex held, False also means no broadcast is needed until it is
+        released: a waiter registers (adds to ``__wrefs``) before pthread_cond_wait releases
+        the mutex, so none can join meanwhile (only a write from elsewhere, and nobody such a
+        write adds is waiting to be woken)."""
+        r = self._region
+        if r._anchor is None:
+            r._fault(0, _COND_SIZE)
+        wrefs = self._w[_CV_WREFS >> 2]
+        if wrefs & 3 != 1:
+            raise self._bad_wrefs(wrefs)
         if not wrefs >> 3:
             return False
         self._stuck(True)  # raises for bad words; a wedge is skipped by broadcast, not refused

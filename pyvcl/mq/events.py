@@ -64,6 +64,8 @@ IO_TYPE_CODEC = _EVENT_TYPE.codec
 IO_INDEX_AT = _SESSION_INDEX.offset
 IO_INDEX_CODEC = _SESSION_INDEX.codec
 IO_EVENT_TYPES = frozenset(e for e in SessionEvent if ring_for_event(e) == MqRing.IO_EVT)
+#: Event types below this are IO events (`decode`'s first case; the queue's drain inlines it).
+IO_TYPES_END = int(SessionEvent.CTRL_RPC)
 
 
 def encode_io(event_type: int, session_index: int) -> bytes:

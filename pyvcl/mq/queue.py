@@ -39,19 +39,18 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..atomics import VPP_MUTEX_KIND, PeerStalled, ProcessSharedCond, ProcessSharedMutex
-from ..errors import LocalError, SharedMemoryError, Timeout, VclError, WouldBlock
+from ..errors import LocalError, SharedMemoryError, Timeout, VclError
 from ..segment import Segment
-from ..wire.enums import MqRing, ring_for_event
+from ..wire.enums import MqRing
 from ..wire.mq import (
     PTHREAD_MUTEX_FIELDS,
-    SVM_MSG_Q_MSG,
-    SVM_MSG_Q_RING_SHARED,
     SVM_MSG_Q_SHARED,
     SVM_MSG_Q_SHARED_QUEUE,
 )
 from . import events
 from .events import Event
 from .layout import Ring, read_layout
+from .producer import _HANDLE, _U32, Producer
 from .waiting import Waiter, WaitResult, poll_fds
 
 __all__ = ["CONDVAR", "EVENTFD", "MessageQueue", "PeerStalled", "WaitResult"]
@@ -61,24 +60,18 @@ CONDVAR = "condvar"
 
 _SMQ = SVM_MSG_Q_SHARED
 _Q = SVM_MSG_Q_SHARED_QUEUE
-_R = SVM_MSG_Q_RING_SHARED
-_MSG = SVM_MSG_Q_MSG
-_HANDLE = SVM_MSG_Q_MSG.codec  # {ring_index u32, elt_index u32}
-# head/tail words are written by one side only (the consumer, or producers under the lock) and
-# read by nobody else on the hot path, so plain accesses suffice; the release/acquire ordering
-# comes from the atomic read-modify-write of cursize that follows/precedes them.
-_U32 = _Q["head"].codec
 
 _ONE = (1).to_bytes(8, "little")  # an eventfd write of 1
+_IO_RING = int(MqRing.IO_EVT)
+_IO_TYPES_END = events.IO_TYPES_END
+_IO_INDEX, _IO_INDEX_AT = events.IO_INDEX_CODEC, events.IO_INDEX_AT
+# Event(...) without the Python-level __new__ a named tuple gets: half the cost, same object.
+_new_tuple = tuple.__new__
+_LOW32 = 0xFFFFFFFF  # the first word's old value in fetch_dec_pair32's result
 _SIGNAL_LOCK = 0.2  # longest a consumer waits for the mutex to signal producers (else: owed)
-_BACKOFF_MIN, _BACKOFF_MAX = 50e-6, 2e-3  # producer sleeps while an mq is full
 
 
-# What a producer copies into a slot: encoded bytes, or an IO event's (type, session index).
-_Payload = bytes | bytearray | memoryview | tuple[int, int]
-
-
-class MessageQueue:
+class MessageQueue(Producer):
     """An svm message queue at fsh-relative ``offset`` in ``segment``.
 
     ``eventfd`` selects eventfd signalling (the fd stays owned by the caller; as VCL does, the
@@ -148,6 +141,31 @@ class MessageQueue:
         self._queue_indices()
         for ring in rings:
             self._ring_indices(ring)
+        self._init_producer()
+        self._init_consumer()
+
+    def _init_consumer(self) -> None:
+        """What `_drain_one` needs, looked up once (after `_init_producer`, which checked the
+        queue's words): the queue head's word, and per ring its head and cursize words, the
+        cursize's address, its slots, slot size and item count."""
+        a = self._a
+        for off in (self._q_head, *(rg.head for rg in self._rings)):
+            a.word_address(off, 4)  # in the region and aligned, so off >> 2 is its word
+        self._qh_word = self._q_head >> 2
+        self._ring_fast = [
+            (
+                rg.head >> 2,
+                rg.cursize >> 2,
+                a.word_address(rg.cursize, 4),
+                rg.data,
+                rg.elsize,
+                rg.nitems,
+            )
+            for rg in self._rings
+        ]
+        dec_pair = a.raw_ops().fetch_dec_pair32
+        assert dec_pair is not None  # every backend has one (pyvcl.atomics.backends)
+        self._dec_pair = dec_pair
 
     # -- small helpers -------------------------------------------------------------------------
     def __repr__(self) -> str:
@@ -281,197 +299,6 @@ class MessageQueue:
         except BlockingIOError:
             return 0
 
-    # -- producer side (app -> VPP) ------------------------------------------------------------
-    def send(
-        self,
-        data: bytes | bytearray | memoryview,
-        ring: int | None = None,
-        timeout: float | None = None,
-        block: bool = True,
-    ) -> None:
-        """Post one message: ``data`` is copied into a zeroed slot of ``ring`` (by default the
-        ring of its event type, byte 0).  Pass `events.encode_io` / `encode_ctrl` output.
-
-        Blocks while the queue or the ring is full, up to ``timeout`` seconds (`Timeout`), and
-        in any case gives up with `PeerStalled` once the consumer has consumed nothing for
-        `stall_limit` seconds; with ``block=False`` a full queue/ring or a busy lock raises
-        `WouldBlock`.  Shared words that could hang or crash us raise `SharedMemoryError`
-        before anything is queued.
-        """
-        n = len(data)
-        if n == 0:
-            raise LocalError(f"{self.name}: empty message")
-        r = int(ring_for_event(data[0])) if ring is None else ring
-        if not 0 <= r < self.n_rings:
-            raise LocalError(f"{self.name}: no ring {r}")
-        rg = self._rings[r]
-        if n > rg.elsize:
-            raise LocalError(f"{self.name}: {n}-byte message does not fit ring {r} ({rg.elsize})")
-        deadline = None if timeout is None else time.monotonic() + timeout
-        if self.eventfd is None:
-            self._send_condvar(rg, data, deadline, block)
-        else:
-            self._send_eventfd(rg, data, deadline, block)
-
-    def _room(self, rg: Ring) -> int:
-        """-1 if the queue or ring ``rg`` is full, else the queue's cursize (0: this message
-        will make it non-empty, and signal)."""
-        a = self._a
-        qsize = a.load32(self._q_cursize)
-        rsize = a.load32(rg.cursize)
-        if qsize > self.maxsize or rsize > rg.nitems:
-            raise self._bad(f"queue cursize {qsize} / ring {rg.index} cursize {rsize} too large")
-        return -1 if qsize == self.maxsize or rsize == rg.nitems else int(qsize)
-
-    def _full(self, rg: Ring) -> bool:
-        return self._room(rg) < 0
-
-    def _send_condvar(self, rg: Ring, data: _Payload, deadline: float | None, block: bool) -> None:
-        mutex = self._mutex
-        waited: list[Any] = []
-        backoff = _BACKOFF_MIN
-        while True:
-            if block:
-                left = None if deadline is None else max(0.0, deadline - time.monotonic())
-                self._lock_mutex(left)
-            elif not mutex.trylock():  # (recoveries from a dead owner are not reported here)
-                raise WouldBlock(f"{self.name}: queue lock busy")
-            try:
-                room = self._room(rg)
-                if room >= 0:
-                    if room == 0:  # the publish will broadcast: refuse bad words before it
-                        self._cond.check()
-                    self._put(rg, data)
-                    return
-            finally:
-                mutex.unlock()
-            if not block:
-                raise WouldBlock(f"{self.name}: queue or ring {rg.index} full")
-            # Wait for room without the condvar (see the module notes): the consumer still
-            # broadcasts on full->not-full for C peers; we re-check after a short sleep.
-            backoff = self._wait_for_room(rg, deadline, backoff, waited)
-
-    def _wait_for_room(
-        self, rg: Ring, deadline: float | None, backoff: float, waited: list[Any]
-    ) -> float:
-        """One sleep of a producer that found ``rg`` or the queue full; raises `Timeout` at the
-        deadline and `PeerStalled` once the consumer indices stood still for `stall_limit`.
-        ``waited`` carries [consumer indices, since when] between calls."""
-        now = time.monotonic()
-        view = self._view
-        mark = (_U32.unpack_from(view, self._q_head)[0], _U32.unpack_from(view, rg.head)[0])
-        if not waited or waited[0] != mark:
-            waited[:] = [mark, now]
-        elif now - waited[1] >= self.stall_limit:
-            raise PeerStalled(
-                f"{self.name}: the consumer (VPP) has not consumed anything for "
-                f"{now - waited[1]:.1f} s; queue or ring {rg.index} still full (queue cursize "
-                f"{self._a.load32(self._q_cursize)}/{self.maxsize}, ring cursize "
-                f"{self._a.load32(rg.cursize)}/{rg.nitems})"
-            )
-        pause = backoff
-        if deadline is not None:
-            left = deadline - now
-            if left <= 0:
-                raise Timeout(f"{self.name}: queue or ring {rg.index} still full")
-            pause = min(pause, left)
-        time.sleep(min(pause, self.stall_limit))
-        return min(backoff * 2, _BACKOFF_MAX)
-
-    def _send_eventfd(
-        self,
-        rg: Ring,
-        data: _Payload,
-        deadline: float | None,
-        block: bool,
-    ) -> None:
-        lock = self._prod_lock
-        backoff = _BACKOFF_MIN
-        waited: list[Any] = []
-        while True:
-            if block:
-                left = self.stall_limit
-                if deadline is not None:
-                    left = min(left, max(0.0, deadline - time.monotonic()))
-                if not lock.acquire(True, left):
-                    raise Timeout(f"{self.name}: producer lock not acquired within {left:.3g} s")
-            elif not lock.acquire(False):
-                raise WouldBlock(f"{self.name}: queue lock busy")
-            try:
-                if not self._full(rg):
-                    self._put(rg, data)
-                    return
-            finally:
-                lock.release()
-            if not block:
-                raise WouldBlock(f"{self.name}: queue or ring {rg.index} full")
-            # Waiting for room without reading the eventfd: it is also the consumer's wake-up
-            # (VPP's own epoll on its VPP_MQ_EVENTFD), and stealing a count can leave VPP's
-            # blocking read() parked.  Poll the shared state with a short backoff instead.
-            backoff = self._wait_for_room(rg, deadline, backoff, waited)
-
-    def _put(self, rg: Ring, data: _Payload) -> None:
-        """Reserve a slot, fill it, enqueue its handle (lock held, room checked).
-
-        The slot and the handle are written into free space first and published last (ring
-        tail + cursize, then queue tail + cursize), in svm_msg_q_alloc_msg_w_ring /
-        svm_msg_q_add_raw order, so a producer dying before the publish leaves no trace."""
-        view = self._view
-        t = _U32.unpack_from(view, rg.tail)[0]
-        if t >= rg.nitems:
-            raise self._bad(f"ring {rg.index} tail {t} >= {rg.nitems}")
-        qt = _U32.unpack_from(view, self._q_tail)[0]
-        if qt >= self.maxsize:
-            raise self._bad(f"queue tail {qt} >= {self.maxsize}")
-        slot = rg.data + t * rg.elsize
-        if isinstance(data, tuple):  # an IO event (send_io): (event_type, session_index)
-            view[slot : slot + rg.elsize] = rg.zero
-            events.IO_TYPE_CODEC.pack_into(view, slot + events.IO_TYPE_AT, data[0])
-            events.IO_INDEX_CODEC.pack_into(view, slot + events.IO_INDEX_AT, data[1])
-        else:
-            n = len(data)
-            if n < rg.elsize:
-                view[slot : slot + rg.elsize] = rg.zero
-            view[slot : slot + n] = data
-        _HANDLE.pack_into(view, self._q_data + qt * 8, rg.index, t)
-        self._publish(rg, t, qt)
-
-    def _publish(self, rg: Ring, t: int, qt: int) -> None:
-        a, put, view = self._a, _U32.pack_into, self._view
-        put(view, rg.tail, (t + 1) % rg.nitems)
-        a.fetch_add32(rg.cursize, 1)
-        put(view, self._q_tail, (qt + 1) % self.maxsize)
-        if a.fetch_add32(self._q_cursize, 1) == 0:
-            self._signal(consumer=False)
-
-    def send_io(
-        self,
-        event_type: int,
-        session_index: int,
-        timeout: float | None = None,
-        block: bool = True,
-    ) -> None:
-        """An IO event (``app_send_io_evt_to_vpp``): type + session index in ring 0.  Blocks
-        and fails as `send` does."""
-        if event_type not in events.IO_EVENT_TYPES:
-            raise ValueError(f"event type {event_type} is not an IO event")
-        # The hot path (one per write that needs an event): the two fields go straight into
-        # the slot, with none of `send`'s generic checks, which IO events always pass.
-        rg = self._rings[MqRing.IO_EVT]
-        deadline = None if timeout is None else time.monotonic() + timeout
-        io = (event_type, session_index)
-        if self.eventfd is None:
-            self._send_condvar(rg, io, deadline, block)
-        else:
-            self._send_eventfd(rg, io, deadline, block)
-
-    def send_ctrl(
-        self, event_type: int, *, timeout: float | None = None, block: bool = True, **fields: Any
-    ) -> None:
-        """A ctrl event in ring 1: the payload of ``event_type`` built from ``fields``.  Blocks
-        and fails as `send` does."""
-        self.send(events.encode_ctrl(event_type, **fields), MqRing.CTRL_EVT, timeout, block)
-
     # -- consumer side (VPP -> app) ------------------------------------------------------------
     def drain(self, max_n: int | None = None, decode: bool = True) -> list[Any]:
         """Dequeue up to ``max_n`` (default: all) pending messages without blocking.
@@ -490,7 +317,10 @@ class MessageQueue:
             if self._signal_owed:
                 self._pay_owed_signal()
             a, view, maxsize = self._a, self._view, self.maxsize
-            size = a.load32(self._q_cursize)
+            try:
+                size = self._words[self._qc_word]
+            except ValueError:  # the words view is released when the region is
+                raise LocalError(f"{self.name}: used after its segment was closed") from None
             if size == 0:
                 return []
             if size > maxsize:
@@ -541,8 +371,16 @@ class MessageQueue:
             bad: SharedMemoryError | None = None
             if decode:
                 dec = events.decode
-                try:
-                    out = [dec(r, raw, False) for r, raw in raws]
+                try:  # IO events decoded inline, as in _drain_one
+                    out = [
+                        _new_tuple(
+                            Event,
+                            (raw[0], r, _IO_INDEX.unpack_from(raw, _IO_INDEX_AT)[0], None, raw),
+                        )
+                        if r == _IO_RING and raw[0] < _IO_TYPES_END
+                        else dec(r, raw, False)
+                        for r, raw in raws
+                    ]
                 except SharedMemoryError:
                     out, bad, n = self._decode_until_bad(handles, raws)
                     heads, counts = self._heads_after(handles[:n], rings)
@@ -593,45 +431,54 @@ class MessageQueue:
 
     def _drain_one(self, decode: bool) -> list[Any]:
         """`drain` of exactly one message, the usual case on the data path: the same checks
-        and order as the batch path, without its bookkeeping (consumer lock held)."""
-        a, view, get, put = self._a, self._view, _U32.unpack_from, _U32.pack_into
-        maxsize = self.maxsize
-        head = get(view, self._q_head)[0]
+        and order as the batch path, without its bookkeeping (consumer lock held), through
+        the words and addresses looked up at attach (`_init_consumer`)."""
+        w, view, maxsize = self._words, self._view, self.maxsize
+        head = w[self._qh_word]
         if head >= maxsize:
             raise self._bad(f"queue head {head} >= maxsize {maxsize}")
         r, e = _HANDLE.unpack_from(view, self._q_data + head * 8)
         if r >= self.n_rings:
             raise self._bad(f"handle names ring {r} of {self.n_rings}")
-        rg = self._rings[r]
-        nitems = rg.nitems
+        head_word, cursize_word, cursize_addr, slots, elsize, nitems = self._ring_fast[r]
         if e >= nitems:
             raise self._bad(f"handle names element {e} of ring {r} ({nitems} items)")
-        h = get(view, rg.head)[0]
+        h = w[head_word]
         if h >= nitems:
             raise self._bad(f"ring {r} head {h} >= {nitems}")
         if h != e:
             raise self._bad(f"message out of order: ring {r} element {e}, head {h}")
-        c = a.load32(rg.cursize)
+        c = w[cursize_word]
         if not 1 <= c <= nitems:
             raise self._bad(f"ring {r} cursize {c} with 1 messages pending")
-        slot = rg.data + e * rg.elsize
-        raw = bytes(view[slot : slot + rg.elsize])
+        slot = slots + e * elsize
+        raw = bytes(view[slot : slot + elsize])
+        out: list[Any]
         bad: SharedMemoryError | None = None
-        if decode:
+        if not decode:
+            out = [(r, raw)]
+        elif r == _IO_RING and raw[0] < _IO_TYPES_END:
+            # events.decode's IO case, inline (the slot is session_event_t-sized: read_layout
+            # refused any other ring 0 slot size).
+            idx = _IO_INDEX.unpack_from(raw, _IO_INDEX_AT)[0]
+            out = [_new_tuple(Event, (raw[0], r, idx, None, raw))]
+        else:
             try:
-                ev = events.decode(r, raw, False)
+                out = [events.decode(r, raw, False)]
             except SharedMemoryError as exc:  # consumed and dropped, then reported
                 bad = self._bad(f"ring {r} slot {e}: {exc.strerror}")
-        put(view, self._q_head, (head + 1) % maxsize)
-        need_signal = a.fetch_sub32(self._q_cursize, 1) == maxsize
-        put(view, rg.head, (h + 1) % nitems)
-        if a.fetch_sub32(rg.cursize, 1) >= nitems:  # was full: wake producers
-            need_signal = True
-        if need_signal:
+        # Free it: both heads, then the queue's cursize and the ring's in one call (the heads
+        # are read by nobody but this consumer; producers look at the cursizes).
+        head += 1
+        w[self._qh_word] = 0 if head == maxsize else head
+        h += 1
+        w[head_word] = 0 if h == nitems else h
+        old = self._dec_pair(self._qc_addr, cursize_addr)
+        if old & _LOW32 == maxsize or old >> 32 >= nitems:  # was full: wake producers
             self._signal(consumer=True)
         if bad is not None:
             raise bad
-        return [ev] if decode else [(r, raw)]
+        return out
 
     def _read_handles(self, head: int, n: int) -> list[tuple[int, int]]:
         view, data = self._view, self._q_data
