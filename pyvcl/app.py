@@ -156,6 +156,11 @@ class _AppWorker:
         if not events and timeout != 0:
             self._wait_on(mq, timeout)
             events = mq.drain()
+        if events and mq.size_now():
+            # Queued while we drained (a snapshot): they raised no signal, and ours may have
+            # been reset already (by `wait`, `nap`'s next poll, a selector's pump).  Whoever
+            # sleeps on the eventfd next must wake for them, not sleep past them.
+            mq.resignal()
         for ev in events:
             if ev.type >= _FIRST_CTRL:
                 return self._act_on(events, [])

@@ -5,13 +5,17 @@ check that the fast paths keep the general paths' behaviour and hostile-memory c
 from __future__ import annotations
 
 import os
+import select
+import socket
 import threading
+import time
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from pyvcl.errors import SharedMemoryError
+from pyvcl.app import _AppWorker
+from pyvcl.errors import SharedMemoryError, VppDisconnected
 from pyvcl.fifo import Fifo
 from pyvcl.segment import Segment
 from pyvcl.session import worker as worker_mod
@@ -19,9 +23,11 @@ from pyvcl.session.worker import POLL_SLICE, SessionWorker
 from pyvcl.sockets import BUSY_POLL_ENV, VclApp, busy_poll_usec
 from pyvcl.testing.conformance import VclStack, pair
 from pyvcl.testing.plugin import vcl_stack_fixture
+from pyvcl.wire.enums import SessionEvent
 from pyvcl.wire.fifo import SVM_FIFO_CHUNK, SVM_FIFO_SHARED
 
 from .fifo_fixtures import alloc_fifo
+from .mq_fixtures import build_mq
 from .segment_fixtures import make_segment
 
 stack = vcl_stack_fixture(31000, 32000)
@@ -282,3 +288,85 @@ def test_a_waiter_ready_at_the_signal_goes_on_before_taking_the_events() -> None
     checks = iter([False, True])
     assert w.wait_until(lambda: next(checks), None)
     assert app.calls == [("poll", POLL_SLICE)]
+
+
+# ---------------------------------------------------------------------------------------------
+# The poller's sleep (App.nap) and the eventfd's signal
+
+
+class _MqApp(_AppWorker):
+    """An app worker over one in-process eventfd-mode queue, its app socket a socketpair."""
+
+    def __init__(self, mq: Any, sapi: Any) -> None:
+        super().__init__(sapi)
+        self.mq = mq
+
+    def _check_usable(self) -> None:
+        pass
+
+    def _event_mq(self) -> Any:
+        return self.mq
+
+
+def _readable(fd: int) -> bool:
+    p = select.poll()
+    p.register(fd, select.POLLIN)
+    return bool(p.poll(0))
+
+
+@pytest.fixture
+def mq_app() -> Any:
+    evfd = os.eventfd(0, os.EFD_NONBLOCK)
+    mine, vpps = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    seg, _off, mq = build_mq(eventfd=evfd)
+    sapi = SimpleNamespace(fileno=mine.fileno, path="<socketpair>")
+    sapi.poll_closed = lambda: _readable(mine.fileno()) and not vpps.fileno() >= 0
+    app = _MqApp(mq, sapi)
+    yield app, mq, evfd, vpps
+    mq.close()
+    seg.close()
+    mine.close()
+    vpps.close()
+    os.close(evfd)
+
+
+def test_nap_returns_at_the_signal_and_leaves_it_for_the_next_poll(mq_app: Any) -> None:
+    app, mq, evfd, _ = mq_app
+    mq.send_io(SessionEvent.IO_RX, 7)  # empty -> one: signals
+    app.nap(5.0)  # returns at once (a 5 s wait would fail the suite's timeout, not pass)
+    assert _readable(evfd)  # not reset by the nap ...
+    events = app.poll(0)
+    assert [(e.type, e.session_index) for e in events] == [(SessionEvent.IO_RX, 7)]
+    assert not _readable(evfd)  # ... but by the poll, before it drained
+
+
+def test_nap_without_signal_sleeps_its_timeout(mq_app: Any) -> None:
+    app, _mq, _evfd, _ = mq_app
+    t0 = time.monotonic()
+    app.nap(0.05)
+    assert time.monotonic() - t0 >= 0.04
+
+
+def test_nap_raises_when_vpp_closes_the_app_socket(mq_app: Any) -> None:
+    app, _mq, _evfd, vpps = mq_app
+    vpps.close()
+    with pytest.raises(VppDisconnected):
+        app.nap(5.0)
+
+
+def test_a_poll_leaving_events_queued_sets_the_signal_again(
+    mq_app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Events queued while a drain ran (it takes a snapshot) raise no signal of VPP's: the
+    poll that leaves them must set it again, or a selector sleeping on the eventfd sleeps
+    past them (seen: an aiohttp server with 32 requests queued and asleep)."""
+    app, mq, evfd, _ = mq_app
+    mq.send_io(SessionEvent.IO_RX, 1)
+    mq.send_io(SessionEvent.IO_RX, 2)  # (queue not empty: no second signal)
+    mq.clear_signal()  # a waiter took the signal
+    real_drain = mq.drain
+    monkeypatch.setattr(mq, "drain", lambda *a, **k: real_drain(1))  # the snapshot's share
+    assert [e.session_index for e in app.poll(0)] == [1]
+    assert _readable(evfd)  # event 2 will wake the next sleeper
+    assert [e.session_index for e in app.poll(0)] == [2]
+    assert mq.size_now() == 0

@@ -101,6 +101,7 @@ class Pump:
 
     def _run(self) -> None:
         w = self.worker
+        queued_before = 0
         try:
             while True:
                 if self.inline or time.monotonic() - self.inline_seen < STAND_ASIDE:
@@ -112,7 +113,15 @@ class Pump:
                     time.sleep(STAND_ASIDE)
                     if not w.check_vpp():
                         break
+                    queued = self._mq.size_now()
+                    if queued and queued_before:
+                        # Events queued at two looks in a row: if the selector sleeps past
+                        # them (a consumer that left some behind without their signal) it
+                        # wakes now.  A spurious wake-up costs it one empty drain.
+                        self._mq.resignal()
+                    queued_before = queued
                     continue
+                queued_before = 0
                 w.pump_signalled()  # raises once VPP is gone or the app closed
                 if not w.claim_poller():
                     with w.lock:  # another thread polls (it syncs us) or events are queued

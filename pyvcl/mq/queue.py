@@ -289,6 +289,16 @@ class MessageQueue(Producer):
             self._fd_nonblocking = True
         return fd
 
+    def resignal(self) -> None:
+        """Set the eventfd again (eventfd mode; nothing in condvar mode): for a consumer
+        leaving messages queued after its signal was reset.  VPP signals only when the queue
+        goes from empty to non-empty, so messages queued while a `drain` ran raise none; a
+        consumer that reset the signal and does not drain again must set it for whoever
+        sleeps on it next."""
+        if self.eventfd is not None:
+            with contextlib.suppress(BlockingIOError):  # at its maximum: set already
+                os.write(self.eventfd, _ONE)
+
     def clear_signal(self) -> int:
         """Reset the eventfd (eventfd mode) and return its counter (0 if it was not set).
         Call before `drain` when a selector reported `fileno` readable."""
