@@ -11,8 +11,9 @@ most libraries), ``EpollSelector`` and ``PollSelector`` (socketserver) are subcl
 - sleep as the standard class does; when the wake-up includes an eventfd, handle the app's
   events right there (`Pump.pump_inline`, which flips the descriptors of the sessions they
   touched) and look once more, without sleeping, to report what became ready;
-- count themselves in `Pump.inline` while they sleep, so that the pump thread stands aside
-  instead of racing them for the queue.
+- count themselves in `Pump.inline` while they sleep, and note when they last looked
+  without sleeping, so that the pump thread stands aside instead of racing them for the
+  queue.
 
 What ``select`` returns is what the standard class would: (key, events) of registered file
 objects only.  ``SelectSelector``, programs calling ``select.select``/``poll``/``epoll``
@@ -55,8 +56,15 @@ class _PumpingMixin:
                 # (a new app's eventfd may reuse the number of a dead one's)
                 self._add_eventfd(p.eventfd)
                 eventfds[p.eventfd] = p
-        if timeout is not None and timeout <= 0:  # a look, no sleep: nothing to stand aside for
+        if timeout is not None and timeout <= 0:
+            # A look, no sleep (a busy loop makes nothing else): the eventfd is in it, so this
+            # thread watches it as much as a sleeping one does -- the pump must keep standing
+            # aside.  (Left to take over after STAND_ASIDE, it raced this thread for the
+            # queue, the worker's lock and the GIL: three futex calls a request.)
             raw = self._poll_raw(0)
+            now = time.monotonic()
+            for p in pumps:
+                p.inline_seen = now
         else:
             for p in pumps:
                 p.begin_inline()
