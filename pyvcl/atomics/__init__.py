@@ -122,7 +122,7 @@ class AtomicRegion:
     __slots__ = (
         "_anchor", "_cas32", "_cas64", "_fadd32", "_fadd64", "_fand32", "_for32", "_fsub32",
         "_fsub64", "_last4", "_last8", "_load32", "_load64", "_plain", "_store32", "_store64",
-        "_w32", "_w64", "_xchg32", "address", "size",
+        "_w32", "_w64", "_xchg32", "address", "closed", "size",
     )  # fmt: skip
 
     def __init__(self, buf: WriteableBuffer) -> None:
@@ -136,6 +136,7 @@ class AtomicRegion:
         self.address: int = ctypes.addressof(self._anchor)
         self._last4 = self.size - 4
         self._last8 = self.size - 8
+        self.closed = False  # (a plain attribute: per-call paths look at it before raw calls)
         o = _OPS
         self._load32, self._load64, self._store32, self._store64 = (
             o.load32, o.load64, o.store32, o.store64
@@ -159,6 +160,7 @@ class AtomicRegion:
     def close(self) -> None:
         """Release the buffer export (the mmap can then be closed); later ops raise."""
         self._anchor = None
+        self.closed = True
         self._last4 = self._last8 = -1
         for w in (self._w32, self._w64):
             if isinstance(w, memoryview):
@@ -243,6 +245,17 @@ class AtomicRegion:
         if off < 0 or off > self._last4 or a & 3:
             self._fault(off, 4)
         return self._xchg32(a, v)
+
+    def raw_xchg32(self, off: int) -> tuple[Callable[[int, int], int], int]:
+        """For a per-call path: the backend's 32-bit exchange, called as ``fn(address, v)``,
+        and the absolute address of the word at ``off`` (checked now, as `xchg32` checks on
+        every call).  Nothing is checked when it is called: the caller must look at `closed`
+        first, since after `close` the memory may be unmapped (and an exchange there would
+        crash the interpreter)."""
+        a = self.address + off
+        if self._anchor is None or off < 0 or off > self._last4 or a & 3:
+            self._fault(off, 4)
+        return self._xchg32, a
 
     def fetch_add32(self, off: int, delta: int) -> int:
         a = self.address + off
