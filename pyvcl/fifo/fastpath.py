@@ -169,7 +169,7 @@ def after_read(f: Fifo, notify: Callable[[], None]) -> Callable[[int], None]:
     tail_i, head_i = f._tail_i, f._head_i
     sig = f.signals
     flags, has_event_i, want_i = sig.words()
-    region, xchg, address = sig.raw_event_exchange()
+    region, clear = sig.event_exchanger(0)
     unset = sig.unset_event  # (the checked exchange, which raises once the region is closed)
 
     def after(n: int) -> None:
@@ -178,7 +178,7 @@ def after_read(f: Fifo, notify: Callable[[], None]) -> Callable[[int], None]:
             if region.closed:
                 unset()
             else:
-                xchg(address, 0)
+                clear()
         if flags[want_i] and f.needs_deq_ntf(n):
             sig.clear_deq_ntf()
             notify()

@@ -82,13 +82,12 @@ class Signals:
         """Exchange ``has_event`` with 0 (``svm_fifo_unset_event``)."""
         self._a.xchg32(self._has_event_m, 0)
 
-    def raw_event_exchange(self) -> tuple[AtomicRegion, Callable[[int, int], int], int]:
-        """For a per-call path: ``(region, fn, address)``, where ``fn(address, v)`` exchanges
-        ``has_event`` with ``v`` and returns the old value, as `set_event` does but with the
-        address checked once, now (`AtomicRegion.raw_xchg32`).  Look at ``region.closed``
+    def event_exchanger(self, value: int) -> tuple[AtomicRegion, Callable[[], int]]:
+        """For a per-call path: ``(region, fn)``, where ``fn()`` exchanges ``has_event`` with
+        ``value`` and returns the old value, as `set_event` / `unset_event` do but with the
+        address checked once, now (`AtomicRegion.bound_xchg32`).  Look at ``region.closed``
         before every call: after it is closed the memory may be unmapped."""
-        fn, address = self._a.raw_xchg32(self._has_event_m)
-        return self._a, fn, address
+        return self._a, self._a.bound_xchg32(self._has_event_m, value)
 
     def words(self) -> tuple[Words, int, int]:
         """For a per-call path: ``(w, has_event_i, want_deq_ntf_i)``, ``w[i]`` being an

@@ -545,7 +545,7 @@ class DataPath:
         s, w, vpp_mq = self._s, self._w, self._vpp_mq
         acquire, release = w.lock.acquire, w.lock.release
         enqueue = tx.enqueue
-        region, xchg, address = tx.signals.raw_event_exchange()
+        region, set_flag = tx.signals.event_exchanger(1)
         set_event = tx.signals.set_event  # (checked: raises once the region is closed)
 
         def send(data: Any) -> int:
@@ -568,7 +568,7 @@ class DataPath:
                 # read: VPP clears the flag and then reads tail, so one of us sees the other.
                 if region.closed:
                     set_event()  # (raises: the memory may be gone)
-                elif not xchg(address, 1):
+                elif not set_flag():
                     vpp_mq().send_io(E.IO_TX, s.vpp_index)
                 return n
             finally:
