@@ -422,6 +422,8 @@ class Fifo(SignalWords):
             self._tc = None
             _PTR.pack_into(self._view, self._tail_chunk_m, last)
         self._w32[self._tail_i] = (tail + n) & M32  # release: publishes data and chunks
+        if last and self._tc is None:
+            self._tc = self._chunk_cache(last)  # (a chunk just grown into: the next write's)
         return n
 
     def reserve(self, n: int) -> list[memoryview]:
