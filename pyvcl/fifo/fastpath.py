@@ -77,14 +77,19 @@ def make_enqueue(f: Fifo) -> Callable[[Any], int]:
             # Word reads: tail and tail_chunk are ours, head and size the consumer's / VPP's.
             c, key, word, data_m, start, length = tc
             tail = w32[tail_i]
-            idx = (tail - start) & M32
-            if idx + want < length and c == w64[tail_chunk_i] and w64[key] == word:
+            end = ((tail - start) & M32) + want
+            if end <= length and c == w64[tail_chunk_i] and w64[key] == word:
                 size = w32[size_i]
                 if ((tail - head_seen) & M32) + want > size:
                     head_seen = w32[head_i]
                 if ((tail - head_seen) & M32) + want <= size <= max_size:
-                    d = data_m + idx
+                    d = data_m + end - want
                     view[d : d + want] = src
+                    if end == length:
+                        # Up to the chunk's end: tail_chunk moves to the next chunk (0 when
+                        # there is none yet), as VPP's copy leaves it, and is cached anew.
+                        w64[tail_chunk_i] = w64[key + 1]  # (``next``, our own link)
+                        f._tc = None
                     w32[tail_i] = (tail + want) & M32  # release: publishes the data
                     return want
         return slow(src, want)

@@ -63,7 +63,15 @@ _PTR = _F["start_chunk"].codec  # every fs_sptr_t field: plain u64
 _LENGTH = SVM_FIFO_CHUNK.offset("length")
 # The fast paths read these as single words: the chunk pointers and size, and a chunk's
 # (start_byte, length) pair as one 64-bit word (little-endian: start_byte low).
-if _HEAD_CHUNK % 8 or _TAIL_CHUNK % 8 or _SIZE_OFF % 4 or _START_BYTE % 8 or _LENGTH != 4:
+# The word after that pair is the chunk's ``next`` (a write ending at a chunk's end reads it).
+if (
+    _HEAD_CHUNK % 8
+    or _TAIL_CHUNK % 8
+    or _SIZE_OFF % 4
+    or _START_BYTE % 8
+    or _LENGTH != 4
+    or CH_NEXT != _START_BYTE + 8
+):
     raise TypeError("svm_fifo_shared_t / svm_fifo_chunk_t: fast-path fields not word-aligned")
 
 
