@@ -125,6 +125,19 @@ def test_a_scribbled_link_at_a_chunk_end_is_refused(seg: Segment) -> None:
     assert bytes(seg.view) == before
 
 
+def test_the_producers_cached_head_is_a_head_the_fifo_had(seg: Segment) -> None:
+    """Positions wrap at 2**32: a cached head that never was (0, say) could look like one
+    just behind a tail that wrapped, and let a write run over unread bytes."""
+    size = 100_000
+    f = alloc_fifo(seg, size, start=(1 << 32) - 50_000)
+    p, c = Fifo(seg, f), Fifo(seg, f)
+    data = os.urandom(size - 10)
+    assert p.enqueue(data) == size - 10  # tail wraps past 0
+    assert p.enqueue(b"z" * 20) == 10
+    assert p.enqueue(b"z") == 0
+    assert c.dequeue(size) == data + b"z" * 10
+
+
 def test_size_shrunk_under_the_cache_is_honoured(seg: Segment) -> None:
     f = alloc_fifo(seg, 100_000)
     p = Fifo(seg, f)

@@ -60,8 +60,9 @@ def make_enqueue(f: Fifo) -> Callable[[Any], int]:
     slow = f._enqueue_slow
     # The consumer's head as last read: it only moves forward, so the room it gives is a
     # lower bound of the room there is, and head (on the consumer's cache line, written on
-    # every read) is re-read only when that bound is too small for the write.
-    head_seen = 0
+    # every read) is re-read only when that bound is too small for the write.  (It must be a
+    # value head really had: any other could look like a head close behind tail.)
+    head_seen = w32[head_i]
 
     def enqueue(data: Any) -> int:
         """Append as much of ``data`` (any bytes-like object) as fits; the number of bytes
