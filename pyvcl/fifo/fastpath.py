@@ -2,7 +2,7 @@
 
 Each closure holds in cell variables everything that does not change for the fifo's life (the
 mapping's views, word indices, the bound of ``size``), so the common case -- a write or read
-that stays strictly inside the chunk holding ``tail`` / ``head`` -- costs its checks, the
+that stays inside the chunk holding ``tail`` / ``head`` -- costs its checks, the
 word loads, one slice copy and one store, with no attribute look-up beyond the fifo's cached
 chunk.  `Fifo` builds them once and they *are* its methods of those names; anything but the
 common case goes to the fifo's general code (``_enqueue_slow`` and friends), which re-reads
@@ -13,8 +13,13 @@ The cached chunk (``Fifo._tc`` / ``_hc``, see `Fifo`) is used only while ``tail_
 when it was cached.  A hostile or corrupt index can then only move the copy inside that checked
 chunk, never outside it: every offset used to address the mapping comes from the cache.
 
-`session_reader_into` / `session_reader` add what C VCL does after each read of an rx fifo
-(``vppcom_session_read_internal``), for the socket data path (`pyvcl.session.worker.DataPath`).
+The producer also keeps the consumer's ``head`` as last read (a lower bound of the room),
+re-reading it only when that bound does not fit the write, and a write ending exactly at its
+chunk's end moves ``tail_chunk`` on to the chunk's ``next`` itself, as VPP's copy does.
+
+`after_read` is what C VCL does after each read of an rx fifo
+(``vppcom_session_read_internal``); the socket data path (`pyvcl.session.worker.DataPath`)
+builds its own ``dequeue_into`` / ``dequeue`` with it.
 """
 
 from __future__ import annotations

@@ -12,10 +12,10 @@ consumer, its head at that chunk's end, looks past it -- is stored and loaded wi
 atomics; fields owned by one side (``start_chunk``/``head_chunk`` by the consumer,
 ``end_chunk``/``tail_chunk`` by the producer) are plain, as in VPP.
 
-Common operations take a fast path: a read or write that stays strictly inside the chunk
-holding ``head`` / ``tail`` costs two atomics (load the other index, store ours), two header
-reads and one slice copy.  Crossing a chunk boundary walks the chain and allocates or frees
-chunks (protocol.md 4.4-4.5).
+Common operations take a fast path (`pyvcl.fifo.fastpath`: ``enqueue``, ``dequeue_into`` and
+``dequeue`` are closures built there): a read or write that stays inside the chunk holding
+``head`` / ``tail`` costs a few word loads, one slice copy and one release store.  Crossing a
+chunk boundary walks the chain and allocates or frees chunks (protocol.md 4.4-4.5).
 
 The data path never uses construct: every offset and codec is derived once, at import, from the
 declarations in `pyvcl.wire.fifo`, and data moves with memoryview slice assignment.
@@ -64,14 +64,8 @@ _LENGTH = SVM_FIFO_CHUNK.offset("length")
 # The fast paths read these as single words: the chunk pointers and size, and a chunk's
 # (start_byte, length) pair as one 64-bit word (little-endian: start_byte low).
 # The word after that pair is the chunk's ``next`` (a write ending at a chunk's end reads it).
-if (
-    _HEAD_CHUNK % 8
-    or _TAIL_CHUNK % 8
-    or _SIZE_OFF % 4
-    or _START_BYTE % 8
-    or _LENGTH != 4
-    or CH_NEXT != _START_BYTE + 8
-):
+_ALIGNED = not (_HEAD_CHUNK % 8 or _TAIL_CHUNK % 8 or _SIZE_OFF % 4 or _START_BYTE % 8)
+if not _ALIGNED or _LENGTH != 4 or CH_NEXT != _START_BYTE + 8:
     raise TypeError("svm_fifo_shared_t / svm_fifo_chunk_t: fast-path fields not word-aligned")
 
 
