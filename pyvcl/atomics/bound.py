@@ -92,8 +92,8 @@ def bound_xchg32(address: int, value: int) -> Callable[[], int] | None:
         if _used + _STUB > _ARENA:
             try:
                 _arena = _new_arena()
-            except OSError as e:
-                _refused = str(e)
+            except (OSError, AttributeError) as e:  # (AttributeError: no memfd_create)
+                _refused = str(e) or type(e).__name__
                 return None
             _used = 0
         assert _arena is not None
