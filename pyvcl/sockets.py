@@ -395,6 +395,13 @@ class VclSocket:
         if self._fast is None and not self._closed and not self._app.closed:
             self._fast = self._worker.data_path(self._s)
 
+    @property
+    def data_path(self) -> DataPath | None:
+        """The session's `DataPath` once a data call found it connected (None before): for
+        an adapter that calls it first itself (`pyvcl.interpose`).  It answers -1 / None
+        for anything but the common case, including after this socket is closed."""
+        return self._fast
+
     def send(self, data: Any, flags: int = 0) -> int:
         fast = self._fast
         if fast is not None and not flags and not self._closed:

@@ -270,6 +270,52 @@ def test_close_lets_the_mmap_close(backend: str) -> None:
     mm.close()
 
 
+def test_bound_xchg32_exchanges_its_word(shm: tuple[mmap.mmap, AtomicRegion]) -> None:
+    mm, r = shm
+    set_one, set_all = r.bound_xchg32(64, 1), r.bound_xchg32(64, -1)
+    assert set_one() == 0 and set_one() == 1
+    assert set_all() == 1 and r.load32(64) == M32
+    assert r.xchg32(64, 5) == M32 and set_one() == 5
+    assert struct.unpack_from("<4I", mm, 60) == (0, 1, 0, 0)  # its word only
+    assert r.closed is False
+    for off in (-4, 1 << 16, 62):  # checked when bound, as every xchg32 call is
+        with pytest.raises(SharedMemoryError):
+            r.bound_xchg32(off, 1)
+    r.close()
+    assert r.closed is True
+    with pytest.raises(LocalError):
+        r.bound_xchg32(64, 1)
+
+
+def test_bound_stubs_of_a_forked_child_leave_the_parents_alone() -> None:
+    """The stub arena is shared memory: a child binding a stub where its parent binds its
+    next one would run the parent's exchanges on the child's address."""
+    if atomics.backend_name() != "stub-x86_64":
+        pytest.skip("bound stubs are made with the x86-64 stub backend only")
+    mm = shared_map(4096)
+    r = AtomicRegion(mm)
+    r.bound_xchg32(8, 1)()  # an arena exists before the fork
+    go_r, go_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.read(go_r, 1)  # the parent bound its stub first
+            child = r.bound_xchg32(512, 7)
+            code = 0 if child() == 0 and r.load32(512) == 7 else 2
+        finally:
+            os._exit(code)
+    mine = r.bound_xchg32(256, 3)
+    os.write(go_w, b"!")
+    _, status = os.waitpid(pid, 0)
+    os.close(go_r)
+    os.close(go_w)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert mine() == 0 and r.load32(256) == 3 and r.load32(512) == 7
+    r.close()
+    mm.close()
+
+
 def test_readonly_buffer_is_refused(backend: str) -> None:
     with pytest.raises(TypeError):
         AtomicRegion(b"\0" * 16)

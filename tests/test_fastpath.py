@@ -103,6 +103,47 @@ def test_cached_head_chunk_scribbled_is_rechecked(seg: Segment) -> None:
         c.dequeue_into(bytearray(2))
 
 
+def test_write_up_to_a_chunk_end_moves_tail_chunk_on(seg: Segment) -> None:
+    """A write ending exactly at its chunk's end leaves tail_chunk at the next chunk (0 when
+    there is none), as VPP's copy does; the next write grows the chain."""
+    f = alloc_fifo(seg, 100_000)
+    p, c = Fifo(seg, f), Fifo(seg, f)
+    first = p.chunks()[0]
+    p.enqueue(b"a")  # caches the chunk
+    assert p.enqueue(b"b" * (first.length - 1)) == first.length - 1
+    assert _fifo_get(seg, f, "tail_chunk") == 0 and p.tail == first.length
+    assert p.enqueue(b"c" * 10) == 10
+    assert _fifo_get(seg, f, "tail_chunk") == p.chunks()[1].offset
+    assert c.dequeue(first.length + 10) == b"a" + b"b" * (first.length - 1) + b"c" * 10
+
+
+def test_a_scribbled_link_at_a_chunk_end_is_refused(seg: Segment) -> None:
+    f = alloc_fifo(seg, 100_000)
+    p = Fifo(seg, f)
+    first = p.chunks()[0]
+    p.enqueue(b"a")
+    # The chain grown past the first chunk, then its link pointed outside the segment.
+    SVM_FIFO_CHUNK["next"].put(seg.view, seg.fsh + first.offset, seg.size + 4096)
+    p.enqueue(b"b" * (first.length - 1))  # up to the end: tail_chunk takes that link
+    before = bytes(seg.view)
+    with pytest.raises(SharedMemoryError):
+        p.enqueue(b"x")
+    assert bytes(seg.view) == before
+
+
+def test_the_producers_cached_head_is_a_head_the_fifo_had(seg: Segment) -> None:
+    """Positions wrap at 2**32: a cached head that never was (0, say) could look like one
+    just behind a tail that wrapped, and let a write run over unread bytes."""
+    size = 100_000
+    f = alloc_fifo(seg, size, start=(1 << 32) - 50_000)
+    p, c = Fifo(seg, f), Fifo(seg, f)
+    data = os.urandom(size - 10)
+    assert p.enqueue(data) == size - 10  # tail wraps past 0
+    assert p.enqueue(b"z" * 20) == 10
+    assert p.enqueue(b"z") == 0
+    assert c.dequeue(size) == data + b"z" * 10
+
+
 def test_size_shrunk_under_the_cache_is_honoured(seg: Segment) -> None:
     f = alloc_fifo(seg, 100_000)
     p = Fifo(seg, f)

@@ -9,7 +9,7 @@ import select
 import selectors
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -354,6 +354,56 @@ def test_forked_child_gets_a_clear_error_and_the_parent_goes_on(pair: Any) -> No
     os.close(r)
     cli.sendall(b"still here")
     assert conn.recv(10) == b"still here"
+
+
+@pytest.mark.vpp
+def test_the_data_path_a_socket_keeps_ends_with_fork_and_close(pair: Any) -> None:
+    """The data methods call the session's per-call path first, kept on the socket once a
+    call found the session connected: it must not outlive the process that made it or the
+    socket object's close (a duplicate still holding the session)."""
+    _, cli, conn = pair
+    cli.sendall(b"a")
+    assert conn.recv(1) == b"a"  # both now hold their data path
+    conn.sendall(b"b")
+    assert cli.recv_into(bytearray(1)) == 1
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        calls: list[Callable[[], object]] = [
+            lambda: cli.sendall(b"from the child"),
+            lambda: cli.send(b"from the child"),
+            lambda: conn.recv(1),
+            lambda: conn.recv_into(bytearray(1)),
+        ]
+        for i, call in enumerate(calls):
+            try:
+                call()
+                code = code or 10 + i
+            except ForkedSession:
+                pass
+            except BaseException:
+                code = code or 20 + i
+        os.write(w, bytes([code]))
+        os._exit(0)
+    os.close(w)
+    _, status = os.waitpid(pid, 0)
+    assert os.read(r, 1) == b"\0" and status == 0
+    os.close(r)
+    cli.sendall(b"parent")  # (nothing of the child's went into the shared fifo)
+    assert conn.recv(100) == b"parent"
+    cli.sendall(b"zz")
+    dup = conn.dup()
+    conn.close()
+    for call in (lambda: conn.recv(1), lambda: conn.recv_into(bytearray(1))):
+        with pytest.raises(OSError) as info:
+            call()
+        assert info.value.errno == errno.EBADF
+    with pytest.raises(OSError):
+        conn.sendall(b"x")
+    dup.settimeout(5)
+    assert dup.recv(2) == b"zz"
+    dup.close()
 
 
 def test_interposition_leaves_other_kinds_of_socket_alone() -> None:

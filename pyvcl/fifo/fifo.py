@@ -12,10 +12,10 @@ consumer, its head at that chunk's end, looks past it -- is stored and loaded wi
 atomics; fields owned by one side (``start_chunk``/``head_chunk`` by the consumer,
 ``end_chunk``/``tail_chunk`` by the producer) are plain, as in VPP.
 
-Common operations take a fast path: a read or write that stays strictly inside the chunk
-holding ``head`` / ``tail`` costs two atomics (load the other index, store ours), two header
-reads and one slice copy.  Crossing a chunk boundary walks the chain and allocates or frees
-chunks (protocol.md 4.4-4.5).
+Common operations take a fast path (`pyvcl.fifo.fastpath`: ``enqueue``, ``dequeue_into`` and
+``dequeue`` are closures built there): a read or write that stays inside the chunk holding
+``head`` / ``tail`` costs a few word loads, one slice copy and one release store.  Crossing a
+chunk boundary walks the chain and allocates or frees chunks (protocol.md 4.4-4.5).
 
 The data path never uses construct: every offset and codec is derived once, at import, from the
 declarations in `pyvcl.wire.fifo`, and data moves with memoryview slice assignment.
@@ -28,14 +28,15 @@ modified, so a hostile or corrupt header never leads to a corrupting write.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from ..atomics import AtomicRegion, Words
 from ..errors import LocalError, SharedMemoryError
 from ..segment import Segment
-from ..wire.enums import DeqNotify
 from ..wire.fifo import CHUNK_DATA_OFFSET, SVM_FIFO_CHUNK, SVM_FIFO_SHARED
 from .chunks import CH_NEXT, CH_RB, CH_RB_CODEC, ChunkAllocator, ChunkInfo, span_codec
+from .fastpath import make_dequeue, make_dequeue_into, make_enqueue, needs_deq_ntf, writable_bytes
 from .signals import Signals, SignalWords, fifo_header_m
 
 __all__ = ["Fifo"]
@@ -62,18 +63,13 @@ _PTR = _F["start_chunk"].codec  # every fs_sptr_t field: plain u64
 _LENGTH = SVM_FIFO_CHUNK.offset("length")
 # The fast paths read these as single words: the chunk pointers and size, and a chunk's
 # (start_byte, length) pair as one 64-bit word (little-endian: start_byte low).
-if _HEAD_CHUNK % 8 or _TAIL_CHUNK % 8 or _SIZE_OFF % 4 or _START_BYTE % 8 or _LENGTH != 4:
+# The word after that pair is the chunk's ``next`` (a write ending at a chunk's end reads it).
+_ALIGNED = not (_HEAD_CHUNK % 8 or _TAIL_CHUNK % 8 or _SIZE_OFF % 4 or _START_BYTE % 8)
+if not _ALIGNED or _LENGTH != 4 or CH_NEXT != _START_BYTE + 8:
     raise TypeError("svm_fifo_shared_t / svm_fifo_chunk_t: fast-path fields not word-aligned")
 
 
 _ChunkCache = tuple[int, int, int, int, int, int]
-
-
-def _bytes_view(data: Any) -> memoryview:
-    mv = memoryview(data)
-    if mv.format != "B" or mv.ndim != 1:
-        mv = mv.cast("B")
-    return mv
 
 
 class Fifo(SignalWords):
@@ -110,10 +106,18 @@ class Fifo(SignalWords):
         "_w32",
         "_w64",
         "allocator",
+        "dequeue",
+        "dequeue_into",
+        "enqueue",
         "offset",
         "segment",
         "signals",
     )
+
+    # The common operations are closures built per fifo (`pyvcl.fifo.fastpath`).
+    enqueue: Callable[[Any], int]
+    dequeue_into: Callable[[Any], int]
+    dequeue: Callable[[int], bytes]
 
     def __init__(
         self,
@@ -163,6 +167,9 @@ class Fifo(SignalWords):
             self.signals = signals
         else:
             self.signals = Signals(*signals)
+        self.enqueue = make_enqueue(self)
+        self.dequeue_into = make_dequeue_into(self)
+        self.dequeue = make_dequeue(self)
 
     # -- header fields -----------------------------------------------------------------------
     @property
@@ -379,36 +386,20 @@ class Fifo(SignalWords):
         used = (tail - head) & M32
         return head, tail, tail_c, (min(want, size - used) if used < size else 0)
 
-    def enqueue(self, data: Any) -> int:
-        """Append as much of ``data`` (any bytes-like object) as fits; the number of bytes
-        written.  0 means the fifo is full, or -- if `max_enqueue` is not 0 -- that the segment
-        has no chunk memory left (VPP's ``SVM_FIFO_EGROW``); a short write can happen for the
-        same reason.  Call `set_event` afterwards to know whether to send an IO event."""
-        kind = type(data)
-        if kind is bytes or kind is bytearray:
-            src = data  # (sliced into the mapping as it is: no view to make)
-        else:
-            src = data if kind is memoryview else memoryview(data)
-            if src.format != "B" or src.ndim != 1:
-                src = src.cast("B")
-        want = len(src)
+    def _enqueue_slow(self, src: Any, want: int) -> int:
+        """`enqueue` (`pyvcl.fifo.fastpath`) when its common case did not apply: re-check the
+        cached tail chunk, then the general write (the chain walked, grown as needed)."""
         if not want:
             return 0
-        # Fast path: all of it fits and stays strictly inside the chunk holding tail (cached,
-        # checked when cached).  Word reads: tail and tail_chunk are ours, head and size the
-        # consumer's / VPP's; a hostile value can only make the write land elsewhere inside
-        # that checked chunk, never outside it.
         w = self._w32
-        tail = w[self._tail_i]
         tc = self._tc
-        w64 = self._w64
-        if tc is None or tc[0] != w64[self._tail_chunk_i] or w64[tc[1]] != tc[2]:
+        if tc is None or tc[0] != self._w64[self._tail_chunk_i] or self._w64[tc[1]] != tc[2]:
             tc = self._cache_tail_chunk()
-        if tc is not None:
-            idx = (tail - tc[4]) & M32
-            if idx + want < tc[5]:
+            if tc is not None:  # the common case with the fresh chunk
+                tail = w[self._tail_i]
+                idx = (tail - tc[4]) & M32
                 used = (tail - w[self._head_i]) & M32
-                if used + want <= w[self._size_i] <= self._max_size:
+                if idx + want < tc[5] and used + want <= w[self._size_i] <= self._max_size:
                     d = tc[3] + idx
                     self._view[d : d + want] = src
                     w[self._tail_i] = (tail + want) & M32  # release
@@ -433,6 +424,8 @@ class Fifo(SignalWords):
             self._tc = None
             _PTR.pack_into(self._view, self._tail_chunk_m, last)
         self._w32[self._tail_i] = (tail + n) & M32  # release: publishes data and chunks
+        if last and self._tc is None:
+            self._tc = self._chunk_cache(last)  # (a chunk just grown into: the next write's)
         return n
 
     def reserve(self, n: int) -> list[memoryview]:
@@ -554,21 +547,25 @@ class Fifo(SignalWords):
         self.allocator.free_chunks(slice_index, gone)  # freed before head is published
         return c
 
-    def dequeue(self, n: int) -> bytes:
-        """Remove and return up to ``n`` bytes (b"" if the fifo is empty)."""
+    def _fresh_head_chunk(self) -> _ChunkCache | None:
+        """The cached head chunk if it is still valid, else re-read (the slow paths)."""
+        hc = self._hc
+        if hc is None or hc[0] != self._w64[self._head_chunk_i] or self._w64[hc[1]] != hc[2]:
+            hc = self._cache_head_chunk()
+        return hc
+
+    def _dequeue_slow(self, n: int) -> bytes:
+        """`dequeue` when its common case did not apply (`_enqueue_slow`)."""
         w = self._w32
         head = w[self._head_i]
         present = (w[self._tail_i] - head) & M32  # acquire: the producer's index
         if not present or n <= 0:
             return b""
         k = n if n < present else present
-        hc = self._hc
-        w64 = self._w64
-        if hc is None or hc[0] != w64[self._head_chunk_i] or w64[hc[1]] != hc[2]:
-            hc = self._cache_head_chunk()
+        hc = self._fresh_head_chunk()
         if hc is not None:
             idx = (head - hc[4]) & M32
-            if idx + k < hc[5]:  # fast path, as in `dequeue_into`
+            if idx + k < hc[5]:
                 d = hc[3] + idx
                 data = self._view[d : d + k].tobytes()
                 w[self._head_i] = (head + k) & M32  # release
@@ -584,16 +581,9 @@ class Fifo(SignalWords):
         self._advance_head(head, n, head_c, last, hdr)
         return data
 
-    def dequeue_into(self, buffer: Any) -> int:
-        """Remove up to ``len(buffer)`` bytes into the writable ``buffer``; the count (0 if
-        empty).  One copy, straight from the chunks."""
-        kind = type(buffer)
-        if kind is bytearray or (kind is memoryview and buffer.format == "B" and buffer.ndim == 1):
-            dst = buffer  # sliced into as it is
-        else:
-            dst = _bytes_view(buffer)
-        # Fast path: strictly inside the chunk holding head, that chunk being the first (so
-        # nothing to unlink); cached and checked as for `enqueue`.
+    def _dequeue_into_slow(self, dst: Any) -> int:
+        """`dequeue_into` when its common case did not apply (`_enqueue_slow`); ``dst`` a
+        writable 1-D byte buffer."""
         w = self._w32
         head = w[self._head_i]
         present = (w[self._tail_i] - head) & M32  # acquire: the producer's index
@@ -602,10 +592,7 @@ class Fifo(SignalWords):
             return 0
         if present < n:
             n = present
-        hc = self._hc
-        w64 = self._w64
-        if hc is None or hc[0] != w64[self._head_chunk_i] or w64[hc[1]] != hc[2]:
-            hc = self._cache_head_chunk()
+        hc = self._fresh_head_chunk()
         if hc is not None:
             idx = (head - hc[4]) & M32
             if idx + n < hc[5]:
@@ -677,7 +664,7 @@ class Fifo(SignalWords):
 
     def peek_into(self, buffer: Any, offset: int = 0) -> int:
         """Copy up to ``len(buffer)`` bytes at ``head + offset`` into ``buffer``; the count."""
-        dst = _bytes_view(buffer)
+        dst = writable_bytes(buffer)
         done = 0
         for p in self._peek_pieces(len(dst), offset):
             k = len(p)
@@ -694,26 +681,7 @@ class Fifo(SignalWords):
     def needs_deq_ntf(self, n_last_deq: int) -> bool:
         """``svm_fifo_needs_deq_ntf``: after a consumer read of ``n_last_deq`` bytes, must the
         producer be notified?  (Same u32 arithmetic as VPP.)"""
-        s = self.signals
-        want = s.want_deq_ntf
-        if not want:
-            return False
-        if want & DeqNotify.WANT_DEQ_NOTIF:
-            tail = self._w32[self._tail_i]
-            used = (tail - self._w32[self._head_i]) & M32
-            size = int(_SIZE.unpack_from(self._view, self._m + _SIZE_OFF)[0])
-            return (size - used) & M32 >= s.deq_thresh
-        if want & DeqNotify.WANT_DEQ_NOTIF_IF_FULL:
-            head = int(_HEADREC.unpack_from(self._view, self._headrec_m)[1])
-            max_deq = (self._w32[self._tail_i] - head) & M32
-            size = int(_SIZE.unpack_from(self._view, self._m + _SIZE_OFF)[0])
-            if max_deq < size and (max_deq + n_last_deq) & M32 >= size and not s.has_deq_ntf:
-                return True
-        return bool(
-            want & DeqNotify.WANT_DEQ_NOTIF_IF_EMPTY
-            and not s.has_deq_ntf
-            and self.max_dequeue() == 0
-        )
+        return needs_deq_ntf(self, n_last_deq)
 
     def __repr__(self) -> str:
         try:

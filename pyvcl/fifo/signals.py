@@ -11,7 +11,6 @@ acquire-loaded; ``deq_thresh`` and the subscriber list are plain.
 
 from __future__ import annotations
 
-import functools
 import struct
 from collections.abc import Callable
 
@@ -83,11 +82,17 @@ class Signals:
         """Exchange ``has_event`` with 0 (``svm_fifo_unset_event``)."""
         self._a.xchg32(self._has_event_m, 0)
 
-    def exchanger(self, value: int) -> Callable[[], int]:
-        """``set_event`` / ``unset_event`` for a per-call path: a callable exchanging
-        ``has_event`` with ``value`` and returning the old value (one call, checked as
-        `AtomicRegion.xchg32` checks)."""
-        return functools.partial(self._a.xchg32, self._has_event_m, value & M32)
+    def event_exchanger(self, value: int) -> tuple[AtomicRegion, Callable[[], int]]:
+        """For a per-call path: ``(region, fn)``, where ``fn()`` exchanges ``has_event`` with
+        ``value`` and returns the old value, as `set_event` / `unset_event` do but with the
+        address checked once, now (`AtomicRegion.bound_xchg32`).  Look at ``region.closed``
+        before every call: after it is closed the memory may be unmapped."""
+        return self._a, self._a.bound_xchg32(self._has_event_m, value)
+
+    def words(self) -> tuple[Words, int, int]:
+        """For a per-call path: ``(w, has_event_i, want_deq_ntf_i)``, ``w[i]`` being an
+        acquire load of the word (`AtomicRegion.words32`)."""
+        return self._w32, self._has_event_i, self._want_i
 
     # -- dequeue notifications -------------------------------------------------------------------
     @property

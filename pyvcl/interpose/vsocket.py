@@ -33,6 +33,7 @@ from typing import Any
 
 from ..errors import LocalError
 from ..session.core import State
+from ..session.worker import DataPath
 from ..sockets import VclApp, VclSocket, connect_ex_of, sockaddr_for
 from . import sockopts as so
 from .carrier import Carrier, by_inode, listening_ports, note_port
@@ -127,9 +128,12 @@ def _eligible(family: int, type: int, proto: int) -> bool:
 
 
 class InterposedSocket(std_socket, metaclass=_Facade):
-    __slots__ = ("_auto_port", "_carrier", "_generation", "_sockopts")
+    __slots__ = ("_auto_port", "_carrier", "_fast", "_generation", "_sockopts")
 
     _carrier: Carrier | None
+    # The session's per-call path (`VclSocket.data_path`), tried first by the data methods;
+    # taken after a general-path call, dropped when this object lets go of the carrier.
+    _fast: DataPath | None
     _generation: int
     _sockopts: dict[tuple[int, int], int]
     _auto_port: bool
@@ -155,12 +159,14 @@ class InterposedSocket(std_socket, metaclass=_Facade):
             return std_socket(family, type, proto, fileno)
         obj = _c_socket.__new__(cls)
         obj._carrier = None  # a user's subclass in kernel mode: __init__ makes it
+        obj._fast = None
         return obj
 
     @classmethod
     def _over(cls, carrier: Carrier, family: int, fd: int | None = None) -> InterposedSocket:
         obj: InterposedSocket = _c_socket.__new__(cls)
         obj._carrier = carrier
+        obj._fast = None
         if fd is None:  # a new carrier belongs to this process
             carrier.generation = fork_generation
         obj._generation = carrier.generation  # (a duplicate made in a child stays the parent's)
@@ -195,7 +201,7 @@ class InterposedSocket(std_socket, metaclass=_Facade):
     def _real_close(self, _ss: Any = _c_socket) -> None:
         c = self._carrier
         if c is not None and _c_socket.fileno(self) != -1:
-            self._carrier = None
+            self._carrier = self._fast = None
             try:
                 if self._generation == fork_generation:
                     c.release()
@@ -210,7 +216,7 @@ class InterposedSocket(std_socket, metaclass=_Facade):
         c = self._carrier
         if c is not None:  # the descriptor keeps the session: socket(fileno=...) finds it
             c.refs -= 1
-            self._carrier = None
+            self._carrier = self._fast = None
         return int(_c_socket.detach(self))
 
     def __del__(self) -> None:
@@ -437,6 +443,14 @@ class InterposedSocket(std_socket, metaclass=_Facade):
 
     # -- data ---------------------------------------------------------------------------------
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        fast = self._fast
+        if fast is not None and not flags and bufsize > 0 and self._generation == fork_generation:
+            data = fast.recv(bufsize)
+            if data is not None:
+                c = self._carrier
+                if c is not None and c.pump is not None and c.rfd.readable and len(data) < bufsize:
+                    c.sync(write=False)  # (probably) drained: the descriptor must say so
+                return data
         c = self._carrier
         if c is None:
             return std_socket.recv(self, bufsize, flags)
@@ -450,16 +464,28 @@ class InterposedSocket(std_socket, metaclass=_Facade):
         scratch = getattr(_scratch, "buf", None)
         if scratch is None or len(scratch) < bufsize:
             scratch = _scratch.buf = memoryview(bytearray(max(bufsize, _SCRATCH)))
+        vcl = self._vcl()
         try:
-            n = self._vcl().recv_into(scratch[:bufsize])
+            n = vcl.recv_into(scratch[:bufsize])
         except BlockingIOError:
             c.sync(write=False)
             raise
+        self._fast = vcl.data_path
         if c.pump is not None and c.rfd.readable and n < bufsize:
             c.sync(write=False)  # (probably) drained: the descriptor must stop saying readable
         return bytes(scratch[:n])
 
     def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
+        fast = self._fast
+        if fast is not None and not (nbytes or flags) and self._generation == fork_generation:
+            n = fast.recv_into(buffer)
+            if n > 0:
+                c = self._carrier
+                if c is not None and c.pump is not None and c.rfd.readable:
+                    size = len(buffer) if type(buffer) is bytearray else memoryview(buffer).nbytes
+                    if n < size:
+                        c.sync(write=False)
+                return n
         c = self._carrier
         if c is None:
             return std_socket.recv_into(self, buffer, nbytes, flags)
@@ -468,11 +494,13 @@ class InterposedSocket(std_socket, metaclass=_Facade):
             data = self._recv_flags(nbytes or len(view), flags)
             view[: len(data)] = data
             return len(data)
+        vcl = self._vcl()
         try:
-            n = self._vcl().recv_into(buffer, nbytes)
+            n = vcl.recv_into(buffer, nbytes)
         except BlockingIOError:
             c.sync(write=False)
             raise
+        self._fast = vcl.data_path
         if c.pump is not None and c.rfd.readable and n < (nbytes or memoryview(buffer).nbytes):
             c.sync(write=False)
         return n
@@ -547,6 +575,14 @@ class InterposedSocket(std_socket, metaclass=_Facade):
         return len(data), [], 0, None
 
     def send(self, data: Any, flags: int = 0) -> int:
+        fast = self._fast
+        if fast is not None and not flags and self._generation == fork_generation:
+            n = fast.send(data)
+            if n > 0:
+                c = self._carrier
+                if c is not None and c.pump is not None and n < memoryview(data).nbytes:
+                    c.sync(read=False)  # the tx fifo filled: the descriptor must say so
+                return n
         c = self._carrier
         if c is None:
             return std_socket.send(self, data, flags)
@@ -558,6 +594,7 @@ class InterposedSocket(std_socket, metaclass=_Facade):
         except BlockingIOError:
             c.sync(read=False)
             raise
+        self._fast = vcl.data_path
         if c.pump is not None and n < memoryview(data).nbytes:
             c.sync(read=False)  # the tx fifo filled: the descriptor must stop saying writable
         return n
@@ -573,11 +610,22 @@ class InterposedSocket(std_socket, metaclass=_Facade):
             vcl.settimeout(saved)
 
     def sendall(self, data: Any, flags: int = 0) -> None:
+        fast = self._fast
+        if fast is not None and not flags and self._generation == fork_generation:
+            kind = type(data)
+            if kind is bytes or kind is bytearray:
+                n = fast.send(data)
+                if n == len(data):
+                    return  # the usual case: it all fitted at once
+                if n > 0:
+                    data = memoryview(data)[n:]  # the rest as the general path sends it
         if self._carrier is None:
             return std_socket.sendall(self, data, flags)
         if flags & _SEND_UNSUPPORTED:
             raise OSError(errno.EOPNOTSUPP, f"sendall flags {flags:#x} are not supported")
-        self._vcl().sendall(data)
+        vcl = self._vcl()
+        vcl.sendall(data)
+        self._fast = vcl.data_path
 
     def sendto(self, data: Any, flags_or_address: Any, address: Any = None) -> int:
         if self._carrier is None:

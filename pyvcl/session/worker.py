@@ -40,6 +40,7 @@ from ..errors import (
 )
 from ..errors import session_error as _session_error
 from ..fifo import Fifo
+from ..fifo.fastpath import after_read, make_dequeue, make_dequeue_into
 from ..mq.events import Event
 from ..mq.queue import MessageQueue
 from ..wire.enums import DeqNotify
@@ -517,36 +518,39 @@ def session_error(what: str, code: int, connect: bool = False) -> VclError:
 
 class DataPath:
     """The per-call path of one connected session: what `VclSocket` tries first on every
-    send/sendall/recv_into, with everything looked up once (fifos, lock methods, the VPP mq).
+    send/sendall/recv_into/recv, as closures (``send``, ``recv_into``, ``recv``) holding
+    everything they use in cell variables: the session, the worker lock's methods, the
+    fifos' own per-call closures (`pyvcl.fifo.fastpath`) and the raw ``has_event`` exchange.
 
-    It does the common case only -- a write that fits, a read that finds data -- and returns
-    -1 for everything else (not READY, full, empty, closed, an error to raise), so the general
-    path (`SessionWorker.send` / `recv_into`) decides, waits and raises as before.  It holds
-    the worker lock like the general path: the poller changes session state and answers VPP's
-    reset/disconnect (after which VPP frees the fifos) only under that lock, so a state seen
-    READY here stays so until the copy is done.  The fifo side is this process's alone (one
-    thread at a time under the lock), and the IO event follows C VCL
-    (``vppcom_session_write_inline`` / ``read_internal``): sent only when ``has_event`` goes
-    0 -> 1, cleared when a read drains the fifo.
+    They do the common case only -- a write that fits, a read that finds data -- and return
+    -1 (``recv``: None) for everything else (not READY, full, empty, closed, an error to
+    raise), so the general path (`SessionWorker.send` / `recv_into`) decides, waits and
+    raises as before.  They hold the worker lock like the general path: the poller changes
+    session state and answers VPP's reset/disconnect (after which VPP frees the fifos) only
+    under that lock, so a state seen READY here stays so until the copy is done.  The fifo
+    side is this process's alone (one thread at a time under the lock), and the IO event
+    follows C VCL (``vppcom_session_write_inline`` / ``read_internal``): sent only when
+    ``has_event`` goes 0 -> 1, cleared when a read drains the fifo (`fastpath.after_read`).
+    The state is looked at on every call, so a path kept after the session ended (or its
+    app closed, or VPP died) only ever answers -1.
     """
 
-    __slots__ = (
-        "_acquire", "_handle", "_mq", "_release", "_rx", "_rx_signals", "_rx_unset", "_s",
-        "_tx", "_tx_set", "_w",
-    )  # fmt: skip
+    __slots__ = ("_handle", "_mq", "_s", "_w", "recv", "recv_into", "send")
+
+    send: Callable[[Any], int]
+    recv_into: Callable[[Any], int]
+    recv: Callable[[int], bytes | None]
 
     def __init__(self, worker: SessionWorker, s: Session, rx: Fifo, tx: Fifo) -> None:
         self._w = worker
         self._s = s
-        self._rx = rx
-        self._tx = tx
-        self._acquire = worker.lock.acquire
-        self._release = worker.lock.release
-        self._tx_set = tx.signals.exchanger(1)  # 0 returned: the event is ours to send
-        self._rx_signals = rx.signals
-        self._rx_unset = rx.signals.exchanger(0)
         self._handle: int | None = None  # the handle ``_mq`` was looked up for (migration)
         self._mq: MessageQueue | None = None
+        self.send = self._sender(tx)
+        after = after_read(rx, self._rx_notify)
+        self.recv_into, self.recv = self._readers(
+            make_dequeue_into(rx, after), make_dequeue(rx, after)
+        )
 
     def _vpp_mq(self) -> MessageQueue:
         s = self._s
@@ -555,71 +559,73 @@ class DataPath:
             self._handle = s.handle
         return self._mq
 
-    def send(self, data: Any) -> int:
-        """Write what fits of ``data`` now; -1 when nothing was written (the general path
-        then decides: wait, raise, or write)."""
-        s = self._s
-        self._acquire()
-        try:
-            if (
-                s.state is not _READY
-                or s.shut_wr
-                or s.app_closed
-                or s.freed
-                or self._w.dead is not None
-            ):
-                return -1
-            tx = self._tx
-            n = tx.enqueue(data)
-            if n <= 0:
-                return -1
-            # The exchange (a full barrier) orders our tail store before the flag is read:
-            # VPP clears the flag and then reads tail, so one of us sees the other.
-            if not self._tx_set():
-                self._vpp_mq().send_io(E.IO_TX, s.vpp_index)
-            return n
-        finally:
-            self._release()
+    def _rx_notify(self) -> None:
+        """The producer asked for a dequeue notification (`fastpath.after_read`)."""
+        self._vpp_mq().send_io(E.IO_RX, self._s.vpp_index)
 
-    def recv_into(self, view: Any) -> int:
-        """Read what is there into ``view``; -1 when nothing is (the general path then waits,
-        returns EOF or raises)."""
-        s = self._s
-        self._acquire()
-        try:
-            st = s.state
-            if (st is not _READY and st is not _PEER_CLOSED) or s.freed or self._w.dead:
-                return -1
-            n = self._rx.dequeue_into(view)
-            if n > 0:
-                self._after_read(n)
+    def _sender(self, tx: Fifo) -> Callable[[Any], int]:
+        s, w, vpp_mq = self._s, self._w, self._vpp_mq
+        acquire, release = w.lock.acquire, w.lock.release
+        enqueue = tx.enqueue
+        region, set_flag = tx.signals.event_exchanger(1)
+        set_event = tx.signals.set_event  # (checked: raises once the region is closed)
+
+        def send(data: Any) -> int:
+            """Write what fits of ``data`` now; -1 when nothing was written (the general
+            path then decides: wait, raise, or write)."""
+            acquire()
+            try:
+                if (
+                    s.state is not _READY
+                    or s.shut_wr
+                    or s.app_closed
+                    or s.freed
+                    or w.dead is not None
+                ):
+                    return -1
+                n = enqueue(data)
+                if n <= 0:
+                    return -1
+                # The exchange (a full barrier) orders our tail store before the flag is
+                # read: VPP clears the flag and then reads tail, so one of us sees the other.
+                if region.closed:
+                    set_event()  # (raises: the memory may be gone)
+                elif not set_flag():
+                    vpp_mq().send_io(E.IO_TX, s.vpp_index)
                 return n
-            return -1
-        finally:
-            self._release()
+            finally:
+                release()
 
-    def recv(self, bufsize: int) -> bytes | None:
-        """Up to ``bufsize`` bytes that are there now (one copy); None when none are."""
-        s = self._s
-        self._acquire()
-        try:
-            st = s.state
-            if (st is not _READY and st is not _PEER_CLOSED) or s.freed or self._w.dead:
-                return None
-            data = self._rx.dequeue(bufsize)
-            if data:
-                self._after_read(len(data))
-                return data
-            return None
-        finally:
-            self._release()
+        return send
 
-    def _after_read(self, n: int) -> None:
-        """As `SessionWorker._after_read`; the exchange on ``has_event`` is skipped when it
-        is 0 already (only VPP sets it, so the result is the same as exchanging then)."""
-        rx = self._rx
-        if not rx.max_dequeue() and self._rx_signals.has_event:
-            self._rx_unset()  # drained: VPP must tell us about the next bytes
-        if rx.want_deq_ntf and rx.needs_deq_ntf(n):
-            rx.clear_deq_ntf()
-            self._vpp_mq().send_io(E.IO_RX, self._s.vpp_index)
+    def _readers(
+        self, dequeue_into: Callable[[Any], int], dequeue: Callable[[int], bytes]
+    ) -> tuple[Callable[[Any], int], Callable[[int], bytes | None]]:
+        s, w = self._s, self._w
+        acquire, release = w.lock.acquire, w.lock.release
+
+        def recv_into(view: Any) -> int:
+            """Read what is there into ``view``; -1 when nothing is (the general path then
+            waits, returns EOF or raises)."""
+            acquire()
+            try:
+                st = s.state
+                if (st is not _READY and st is not _PEER_CLOSED) or s.freed or w.dead:
+                    return -1
+                n = dequeue_into(view)
+                return n if n > 0 else -1
+            finally:
+                release()
+
+        def recv(bufsize: int) -> bytes | None:
+            """Up to ``bufsize`` bytes that are there now (one copy); None when none are."""
+            acquire()
+            try:
+                st = s.state
+                if (st is not _READY and st is not _PEER_CLOSED) or s.freed or w.dead:
+                    return None
+                return dequeue(bufsize) or None
+            finally:
+                release()
+
+        return recv_into, recv
