@@ -12,7 +12,10 @@ way a user would start them, over one of these stacks (the STACK of ``KIND/STACK
 * ``pyvcl-run-ct`` / ``pyvcl-run-tcp``: ``python -m pyvcl run --vcl-config CONF
   --no-fallback ...`` with the very vcl.conf the LDP case uses.
 * ``pyvcl-run-busy-ct`` / ``pyvcl-run-busy-tcp`` (echo only): the same with
-  ``PYVCL_BUSY_POLL=50`` in the environment of both sides.
+  ``PYVCL_BUSY_POLL=500`` in the environment of both sides: a spin longer than the blocking
+  round trip through VPP's TCP stack on the bench VM (~350 µs), as docs/busy-polling.md
+  says to pick it.  (At 50 µs, the value until 2026-12-05, the TCP case spun out before the
+  reply and measured the blocking path: 353 µs; at 300 or 1000 µs, 155-157 µs.)
 
 The pyvcl stacks report ``{"skipped": "pyvcl run not available"}`` while ``python -m pyvcl run
 --help`` fails (the command is not there yet).  Every process is bounded by a timeout and
@@ -41,7 +44,7 @@ from bench.registry import EXTRA_RATIOS, CaseFn, Config, Record, Skip, register
 PROGRAMS = BENCH_DIR / "programs"
 DOWNLOAD_SIZE = 32 << 20
 AIOHTTP_CONCURRENCY = 32
-BUSY_POLL_ENV = {"PYVCL_BUSY_POLL": "50"}
+BUSY_POLL_ENV = {"PYVCL_BUSY_POLL": "500"}  # µs; see the module notes
 RUN_UNAVAILABLE = "pyvcl run not available"
 PYVCL_RUN: tuple[str, ...] = ("-m", "pyvcl", "run")
 """How the interpreter is told to run a program under `pyvcl run` (after `PYTHON`)."""
