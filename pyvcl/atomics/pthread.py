@@ -643,12 +643,7 @@ class ProcessSharedCond:
         released: a waiter registers (adds to ``__wrefs``) before pthread_cond_wait releases
         the mutex, so none can join meanwhile (only a write from elsewhere, and nobody such a
         write adds is waiting to be woken)."""
-        r = self._region
-        if r._anchor is None:
-            r._fault(0, _COND_SIZE)
-        wrefs = self._w[_CV_WREFS >> 2]
-        if wrefs & 3 != 1:
-            raise self._bad_wrefs(wrefs)
+        wrefs = self._check_wrefs()
         if not wrefs >> 3:
             return False
         self._stuck(True)  # raises for bad words; a wedge is skipped by broadcast, not refused
