@@ -136,17 +136,19 @@ class Carrier:
     def _wake_selectors(self) -> None:
         """The descriptor became ready in virtual mode (worker lock held).  A selector that
         looked at the virtual states and then went to sleep in epoll would miss it: no
-        kernel flip wakes it any more.  So if a selector sleeps on this app's eventfd, set
-        the eventfd: it wakes, pumps (nothing, or what came meanwhile) and looks again.
+        kernel flip wakes it any more.  So set the eventfd of each app a selector sleeps on:
+        it wakes, pumps (nothing, or what came meanwhile) and looks again.
 
-        Why `Pump.inline` is the right test: a selector counts itself in it *before* it
-        looks at the virtual states and until it is out of epoll.  Either this change was
-        made before its look (it sees it and does not sleep) or the count was already up and
-        we signal.  The selector's own inline pumping runs after its count went down, so
-        the common case (the selector thread itself handling the event) costs no signal."""
-        pump = self.pump
-        if pump is not None and pump.inline:
-            pump.wake_sleepers()
+        Why `Pump.inline` is the right test: a selector counts itself in it (for every
+        live pump) *before* it looks at the virtual states, until it is out of epoll.  Either
+        this change was made before its look (it sees it and does not sleep) or the count
+        was already up and we signal.  The selector's own inline pumping runs after its
+        count went down, so the common case (the selector's thread handling the event itself)
+        costs no signal.  Every pump, not only ours: a socket that moved to another app
+        (`move_to`) may be registered in a selector asleep since before that app's pump."""
+        for pump in pumps:
+            if pump.inline:
+                pump.wake_sleepers()
 
     def signature(self) -> object:
         """What a control event may change: each session's state and pending accepts."""

@@ -13,11 +13,16 @@ most libraries), ``EpollSelector`` and ``PollSelector`` (socketserver) are subcl
   touched) and look once more, without sleeping, to report what became ready;
 - count themselves in `Pump.inline` while they sleep, and note when they last looked
   without sleeping, so that the pump thread stands aside instead of racing them for the
-  queue.
+  queue;
+- keep the readiness of the interposed sockets registered in them in user space (the
+  `ReadinessFd` virtual mode: no system call per flip, as C VCL's epoll keeps it): they add
+  the virtually ready ones to what the kernel reports, and do not sleep while one is.
+  Another thread making one ready while they sleep sets the eventfd (`Carrier`).
 
 What ``select`` returns is what the standard class would: (key, events) of registered file
 objects only.  ``SelectSelector``, programs calling ``select.select``/``poll``/``epoll``
-themselves, and C extensions keep the pump thread's service.
+themselves, and C extensions keep the pump thread's service -- but they see a descriptor
+registered in one of these selectors as never ready (docs/run.md, virtual readiness).
 """
 
 from __future__ import annotations
