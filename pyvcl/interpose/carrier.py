@@ -146,7 +146,7 @@ class Carrier:
         count went down, so the common case (the selector's thread handling the event itself)
         costs no signal.  Every pump, not only ours: a socket that moved to another app
         (`move_to`) may be registered in a selector asleep since before that app's pump."""
-        for pump in pumps:
+        for pump in list(pumps):  # (a snapshot: a pump may die meanwhile)
             if pump.inline:
                 pump.wake_sleepers()
 
