@@ -9,13 +9,14 @@ import select
 import selectors
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
 import pyvcl.interpose as interpose
-from pyvcl.interpose import sockopts
+from pyvcl.interpose import readiness, selecting, sockopts
 from pyvcl.interpose.readiness import ReadinessFd
 from pyvcl.interpose.vsocket import ForkedSession, InterposedSocket, socket_over, std_socket
 from pyvcl.sockets import VclApp
@@ -53,6 +54,44 @@ def test_readiness_fd_says_what_it_is_told(readable: bool, writable: bool) -> No
             assert _polled(rfd.fd) == state
             assert (rfd.readable, rfd.writable) == state
     finally:
+        rfd.close_peer()
+        os.close(rfd.fd)
+
+
+def test_readiness_fd_virtual_mode_keeps_the_state_in_user_space() -> None:
+    rfd = ReadinessFd(readable=True, writable=True)
+    wakes: list[int] = []
+    try:
+        rfd.enter_virtual(lambda: wakes.append(1))
+        rfd.enter_virtual(None)  # a second registration: counted, the first waker stays
+        assert _polled(rfd.fd) == (False, False)  # neutral: epoll never reports it
+        assert (rfd.readable, rfd.writable) == (True, True)  # what was asked stays
+        assert rfd in readiness.virtually_readable
+        rfd.set(False, False)
+        assert rfd not in readiness.virtually_readable and not wakes
+        rfd.set(True, False)  # newly ready: the waker is told, once per change to ready
+        rfd.set(True, False)
+        assert rfd in readiness.virtually_readable and len(wakes) == 1
+        rfd.set(True, True)
+        assert len(wakes) == 2
+        rfd.set(False, True)
+        assert _polled(rfd.fd) == (False, False)  # no system call changed the kernel side
+        rfd.leave_virtual()
+        assert _polled(rfd.fd) == (False, False)  # still one registration
+        rfd.leave_virtual()
+        assert _polled(rfd.fd) == (False, True)  # the last one gives the kernel the state
+        assert rfd not in readiness.virtually_readable
+        rfd.set(True, True)  # kernel mode again: no waker
+        assert _polled(rfd.fd) == (True, True) and len(wakes) == 2
+        # VPP's death: the kernel side too, whoever sleeps on it wakes
+        rfd.set(False, False)
+        rfd.enter_virtual(None)
+        rfd.force(True, True)
+        assert _polled(rfd.fd) == (True, True) and rfd in readiness.virtually_readable
+        rfd.close_peer()  # closed: out of the set, for selectors that still hold it
+        assert rfd not in readiness.virtually_readable and not rfd.virtual
+    finally:
+        readiness.virtually_readable.discard(rfd)
         rfd.close_peer()
         os.close(rfd.fd)
 
@@ -451,3 +490,88 @@ def test_a_programs_subclass_stays_its_class_over_vpp(apps: tuple[VclApp, VclApp
         s.bind(("127.0.0.1", 0))
         s.listen()
         assert s.getsockname()[1] != 0
+
+
+# -- virtual readiness in the pumping selectors ---------------------------------------------
+
+
+@pytest.mark.vpp
+@pytest.mark.parametrize("kind", ["EpollSelector", "PollSelector"])
+def test_pumping_selector_reads_readiness_from_user_space(pair: Any, kind: str) -> None:
+    _lst, cli, conn = pair
+    with getattr(selecting, kind)() as sel:
+        sel.register(conn, selectors.EVENT_READ, "conn")
+        sel.register(cli, selectors.EVENT_READ | selectors.EVENT_WRITE, "cli")
+        assert _polled(conn.fileno()) == (False, False)  # virtual: the kernel side is neutral
+        assert {k.data: ev for k, ev in sel.select(5)} == {"cli": selectors.EVENT_WRITE}
+        cli.sendall(b"hello")
+        conn.sendall(b"back")
+        # Re-read both sessions as the pump does after their events (waiting for the events
+        # themselves is the pump's business, tested elsewhere).
+        for s in (cli, conn):
+            s._carrier.sync()
+        ready = sel.select(0)  # level-triggered: still reported, one entry per key
+        assert sorted((k.data, ev) for k, ev in ready) == [
+            ("cli", selectors.EVENT_READ | selectors.EVENT_WRITE),
+            ("conn", selectors.EVENT_READ),
+        ]
+        assert _polled(conn.fileno()) == (False, False)
+        assert conn.recv(100) == b"hello" and cli.recv(100) == b"back"
+        assert {k.data: ev for k, ev in sel.select(0)} == {"cli": selectors.EVENT_WRITE}
+        sel.modify(cli, selectors.EVENT_READ, "cli")
+        assert sel.select(0) == []
+        sel.unregister(conn)  # back to the kernel, with the state it has
+        assert _polled(conn.fileno()) == (False, True)
+        cli.sendall(b"more")
+        assert _wait(conn, selectors.EVENT_READ) == selectors.EVENT_READ
+        assert _polled(conn.fileno()) == (True, True)
+        assert conn.recv(100) == b"more"
+    assert _polled(cli.fileno()) == (False, True)  # closing the selector restored it
+
+
+@pytest.mark.vpp
+def test_pumping_selector_wakes_when_another_thread_makes_a_socket_ready(pair: Any) -> None:
+    """No lost wake-up: a selector sleeping with a long timeout while another thread (the
+    pump, or one polling in a blocked socket call) makes a virtual-mode socket ready."""
+    _lst, _cli, conn = pair
+    c = conn._carrier
+    with selecting.EpollSelector() as sel:
+        sel.register(conn, selectors.EVENT_READ)
+        assert sel.select(0.05) == []  # (takes any signal left by earlier events)
+        got: list[Any] = []
+
+        def sleep() -> None:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:  # (a selector may wake up with nothing)
+                ready = sel.select(30)
+                if ready:
+                    got.append(ready)
+                    return
+
+        sleeper = threading.Thread(target=sleep, daemon=True)
+        sleeper.start()
+        for _ in range(500):  # until it sleeps in epoll
+            if c.pump.inline:
+                break
+            threading.Event().wait(0.01)
+        assert c.pump.inline
+        with c.app.worker.lock:  # what a pump's sync does, without an event to wake it
+            c.rfd.set(True, True)
+        sleeper.join(5)
+        assert not sleeper.is_alive(), "the selector slept through a socket becoming ready"
+        assert [(k.fileobj, ev) for k, ev in got[0]] == [(conn, selectors.EVENT_READ)]
+        with c.app.worker.lock:
+            c.sync_locked()  # (back to what the session says)
+
+
+@pytest.mark.vpp
+def test_pumping_selector_forgets_a_closed_socket(apps: tuple[VclApp, VclApp]) -> None:
+    srv_app, _ = apps
+    s = socket_over(srv_app)
+    with selecting.EpollSelector() as sel:
+        sel.register(s, selectors.EVENT_READ | selectors.EVENT_WRITE)
+        rfd = s._carrier.rfd
+        assert rfd.virtual == 1
+        s.close()  # closed while registered, as a program may do
+        assert rfd not in readiness.virtually_readable
+        assert sel.select(0) == []  # not reported as a ghost (epoll dropped it too)

@@ -123,6 +123,33 @@ class Carrier:
         for i in self.indexes:
             self.pump.add(self, i)
 
+    # -- virtual readiness (pyvcl.interpose.selecting) ------------------------------------
+    def enter_virtual(self) -> None:
+        """A pumping selector registered the descriptor: keep its readiness in user space."""
+        with self.app.worker.lock:  # (against a concurrent `set` by another thread)
+            self.rfd.enter_virtual(self._wake_selectors)
+
+    def leave_virtual(self) -> None:
+        with self.app.worker.lock:
+            self.rfd.leave_virtual()
+
+    def _wake_selectors(self) -> None:
+        """The descriptor became ready in virtual mode (worker lock held).  A selector that
+        looked at the virtual states and then went to sleep in epoll would miss it: no
+        kernel flip wakes it any more.  So set the eventfd of each app a selector sleeps on:
+        it wakes, pumps (nothing, or what came meanwhile) and looks again.
+
+        Why `Pump.inline` is the right test: a selector counts itself in it (for every
+        live pump) *before* it looks at the virtual states, until it is out of epoll.  Either
+        this change was made before its look (it sees it and does not sleep) or the count
+        was already up and we signal.  The selector's own inline pumping runs after its
+        count went down, so the common case (the selector's thread handling the event itself)
+        costs no signal.  Every pump, not only ours: a socket that moved to another app
+        (`move_to`) may be registered in a selector asleep since before that app's pump."""
+        for pump in list(pumps):  # (a snapshot: a pump may die meanwhile)
+            if pump.inline:
+                pump.wake_sleepers()
+
     def signature(self) -> object:
         """What a control event may change: each session's state and pending accepts."""
         return [(v.session.index, v.session.state, len(v.session.accepted)) for v in self.vcls]

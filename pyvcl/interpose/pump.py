@@ -160,6 +160,12 @@ class Pump:
         self.inline -= 1
         self.inline_seen = now
 
+    def wake_sleepers(self) -> None:
+        """Wake the selectors sleeping on the eventfd (a virtually ready descriptor)."""
+        if not self.dead:
+            with contextlib.suppress(OSError):  # (closed by a detach under us)
+                self._mq.resignal()
+
     def pump_inline(self) -> None:
         """Handle the queued events in the calling thread (a selector about to look)."""
         if self.dead:
@@ -180,4 +186,6 @@ class Pump:
         with self.worker.lock:
             for c in set(self._carriers.values()):
                 with contextlib.suppress(OSError):
-                    c.rfd.set(True, True)
+                    # In the kernel too: a selector keeping it virtual sleeps on an eventfd
+                    # that may be gone with the app.
+                    c.rfd.force(True, True)

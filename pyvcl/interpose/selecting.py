@@ -13,22 +13,34 @@ most libraries), ``EpollSelector`` and ``PollSelector`` (socketserver) are subcl
   touched) and look once more, without sleeping, to report what became ready;
 - count themselves in `Pump.inline` while they sleep, and note when they last looked
   without sleeping, so that the pump thread stands aside instead of racing them for the
-  queue.
+  queue;
+- keep the readiness of the interposed sockets registered in them in user space (the
+  `ReadinessFd` virtual mode: no system call per flip, as C VCL's epoll keeps it): they add
+  the virtually ready ones to what the kernel reports, and do not sleep while one is.
+  Another thread making one ready while they sleep sets the eventfd (`Carrier`).
 
 What ``select`` returns is what the standard class would: (key, events) of registered file
 objects only.  ``SelectSelector``, programs calling ``select.select``/``poll``/``epoll``
-themselves, and C extensions keep the pump thread's service.
+themselves, and C extensions keep the pump thread's service -- but they see a descriptor
+registered in one of these selectors as never ready (docs/run.md, virtual readiness).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import select
 import selectors
+import stat
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from . import carrier
+from . import carrier, readiness
+
+if TYPE_CHECKING:
+    from .carrier import Carrier
+    from .readiness import ReadinessFd
 
 _PATCHED = ("DefaultSelector", "EpollSelector", "PollSelector")
 originals: dict[str, Any] = {name: getattr(selectors, name) for name in _PATCHED}
@@ -45,11 +57,77 @@ class _PumpingMixin:
     def __init__(self) -> None:
         super().__init__()
         self._eventfds: dict[int, Any] = {}  # the pumps' eventfds in our set, and their pumps
+        # Registered descriptors of interposed sockets, whose readiness we read from their
+        # ReadinessFd (virtual mode) instead of the kernel: fd -> its Carrier, the
+        # ReadinessFd -> our fds for it (dup'd descriptors share one), and the fds with
+        # write interest (asyncio asks for it only under backpressure: a short list).
+        self._virtual: dict[int, Carrier] = {}
+        self._fds_of: dict[ReadinessFd, list[int]] = {}
+        self._writers: dict[int, ReadinessFd] = {}
 
+    # -- registrations ------------------------------------------------------------------
+    def register(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
+        key: selectors.SelectorKey = super().register(fileobj, events, data)  # type: ignore[misc]
+        c = _carrier_of(key.fd)
+        if c is not None:
+            try:
+                c.enter_virtual()
+            except BaseException:
+                super().unregister(fileobj)  # type: ignore[misc]
+                raise
+            self._virtual[key.fd] = c
+            self._fds_of.setdefault(c.rfd, []).append(key.fd)
+            if events & _WRITE:
+                self._writers[key.fd] = c.rfd
+        return key
+
+    def unregister(self, fileobj: Any) -> selectors.SelectorKey:
+        key: selectors.SelectorKey = super().unregister(fileobj)  # type: ignore[misc]
+        self._forget(key.fd)
+        return key
+
+    def modify(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
+        try:
+            key: selectors.SelectorKey = super().modify(fileobj, events, data)  # type: ignore[misc]
+        except BaseException:
+            # (the standard class unregisters what it failed to modify)
+            for fd in [fd for fd in self._virtual if fd not in self._fd_to_key]:
+                self._forget(fd)
+            raise
+        c = self._virtual.get(key.fd)
+        if c is not None:
+            if events & _WRITE:
+                self._writers[key.fd] = c.rfd
+            else:
+                self._writers.pop(key.fd, None)
+        return key
+
+    def close(self) -> None:
+        try:
+            for fd in list(self._virtual):  # they go back to the kernel's readiness
+                self._forget(fd)
+        finally:
+            super().close()  # type: ignore[misc]
+
+    def _forget(self, fd: int) -> None:
+        c = self._virtual.pop(fd, None)
+        if c is None:
+            return
+        self._writers.pop(fd, None)
+        fds = self._fds_of.get(c.rfd, [])
+        if fd in fds:
+            fds.remove(fd)
+        if not fds:
+            self._fds_of.pop(c.rfd, None)
+        with contextlib.suppress(OSError):  # (a descriptor closed while registered)
+            c.leave_virtual()
+
+    # -- looking ------------------------------------------------------------------------
     def select(self, timeout: float | None = None) -> list[tuple[Any, int]]:
         pumps = carrier.pumps
         if not pumps:
-            return self._ready(self._poll_raw(timeout))
+            virt = self._virtual_events()
+            return self._ready(self._poll_raw(0 if virt else timeout), virt)
         eventfds = self._eventfds
         for p in pumps:
             if eventfds.get(p.eventfd) is not p and not p.dead:
@@ -62,6 +140,7 @@ class _PumpingMixin:
             # aside.  (Left to take over after STAND_ASIDE, it raced this thread for the
             # queue, the worker's lock and the GIL: three futex calls a request.)
             raw = self._poll_raw(0)
+            virt = self._virtual_events()
             now = time.monotonic()
             for p in pumps:
                 p.inline_seen = now
@@ -69,28 +148,58 @@ class _PumpingMixin:
             for p in pumps:
                 p.begin_inline()
             try:
-                raw = self._poll_raw(timeout)
+                # Only now, counted in `Pump.inline`, look at the virtual states: a thread
+                # making one ready from here on sees the count and sets the eventfd
+                # (`Carrier._wake_selectors`), so the sleep below cannot miss it.
+                virt = self._virtual_events()
+                raw = self._poll_raw(0 if virt else timeout)
             finally:
                 now = time.monotonic()
                 for p in pumps:
                     p.end_inline(now)
         woken = [eventfds[fd] for fd, _ in raw if fd in eventfds]
         if not woken:
-            return self._ready(raw)
+            return self._ready(raw, virt)
         for p in woken:
             p.pump_inline()
-        # The events flipped descriptors: look again, without sleeping.
-        return self._ready(self._poll_raw(0))
+        # The events changed readiness: look again, without sleeping.
+        raw = self._poll_raw(0)
+        return self._ready(raw, self._virtual_events())
 
-    def _ready(self, raw: list[tuple[int, int]]) -> list[tuple[Any, int]]:
+    def _virtual_events(self) -> dict[int, int]:
+        """fd -> events, of our virtual-mode descriptors that are ready and wanted."""
+        if not self._virtual:
+            return {}
+        out: dict[int, int] = {}
+        fds_of = self._fds_of
+        fd_to_key = self._fd_to_key
+        # (a snapshot: other threads change the set; list() of a set is one step under the GIL)
+        for rfd in list(readiness.virtually_readable):
+            fds = fds_of.get(rfd)
+            if fds:
+                for fd in fds:
+                    key = fd_to_key.get(fd)
+                    if key is not None and key.events & _READ:
+                        out[fd] = _READ
+        for fd, rfd in self._writers.items():
+            if rfd.writable and not rfd.closed:
+                out[fd] = out.get(fd, 0) | _WRITE
+        return out
+
+    def _ready(self, raw: list[tuple[int, int]], virt: dict[int, int]) -> list[tuple[Any, int]]:
+        """What the kernel reported and what the virtual states say, one entry per key."""
         out = []
         fd_to_key = self._fd_to_key
         for fd, events in raw:
             key = fd_to_key.get(fd)
             if key is not None:
+                if virt:
+                    events |= virt.pop(fd, 0)
                 events &= key.events
                 if events:
                     out.append((key, events))
+        for fd, events in virt.items():
+            out.append((fd_to_key[fd], events))
         return out
 
     def _poll_raw(self, timeout: float | None) -> list[tuple[int, int]]:
@@ -138,6 +247,18 @@ class PollSelector(_PumpingMixin, _StdPoll):  # type: ignore[misc]
 
     def _add_eventfd(self, fd: int) -> None:
         self._selector.register(fd, select.POLLIN)
+
+
+def _carrier_of(fd: int) -> Carrier | None:
+    """The watched carrier behind a descriptor (a dup shares the original's inode), if any."""
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return None
+    if not stat.S_ISSOCK(st.st_mode):
+        return None
+    c = carrier.by_inode.get(st.st_ino)
+    return c if c is not None and c.pump is not None else None
 
 
 def _events_of(ev: int, readable: int, writable: int) -> int:
