@@ -64,7 +64,9 @@ def test_readiness_fd_virtual_mode_keeps_the_state_in_user_space() -> None:
     try:
         rfd.enter_virtual(lambda: wakes.append(1))
         rfd.enter_virtual(None)  # a second registration: counted, the first waker stays
-        assert _polled(rfd.fd) == (False, False)  # neutral: epoll never reports it
+        assert _polled(rfd.fd) == (False, True)  # never readable; writable left alone ...
+        rfd.watch_write(+1)
+        assert _polled(rfd.fd) == (False, False)  # ... until someone watches for it
         assert (rfd.readable, rfd.writable) == (True, True)  # what was asked stays
         assert rfd in readiness.virtually_readable
         rfd.set(False, False)
@@ -502,7 +504,10 @@ def test_pumping_selector_reads_readiness_from_user_space(pair: Any, kind: str) 
     with getattr(selecting, kind)() as sel:
         sel.register(conn, selectors.EVENT_READ, "conn")
         sel.register(cli, selectors.EVENT_READ | selectors.EVENT_WRITE, "cli")
-        assert _polled(conn.fileno()) == (False, False)  # virtual: the kernel side is neutral
+        # virtual: the kernel side never polls readable, and not writable where the
+        # selector asks the kernel for writability (write interest)
+        assert _polled(conn.fileno()) == (False, True)
+        assert _polled(cli.fileno()) == (False, False)
         assert {k.data: ev for k, ev in sel.select(5)} == {"cli": selectors.EVENT_WRITE}
         cli.sendall(b"hello")
         conn.sendall(b"back")
@@ -515,7 +520,7 @@ def test_pumping_selector_reads_readiness_from_user_space(pair: Any, kind: str) 
             ("cli", selectors.EVENT_READ | selectors.EVENT_WRITE),
             ("conn", selectors.EVENT_READ),
         ]
-        assert _polled(conn.fileno()) == (False, False)
+        assert _polled(conn.fileno()) == (False, True)  # (no system call flipped it)
         assert conn.recv(100) == b"hello" and cli.recv(100) == b"back"
         assert {k.data: ev for k, ev in sel.select(0)} == {"cli": selectors.EVENT_WRITE}
         sel.modify(cli, selectors.EVENT_READ, "cli")

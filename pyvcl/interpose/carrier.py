@@ -133,6 +133,11 @@ class Carrier:
         with self.app.worker.lock:
             self.rfd.leave_virtual()
 
+    def watch_write(self, delta: int) -> None:
+        """A pumping selector starts (+1) or stops (-1) watching it for writability."""
+        with self.app.worker.lock:
+            self.rfd.watch_write(delta)
+
     def _wake_selectors(self) -> None:
         """The descriptor became ready in virtual mode (worker lock held).  A selector that
         looked at the virtual states and then went to sleep in epoll would miss it: no

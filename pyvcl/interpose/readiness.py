@@ -55,6 +55,7 @@ class ReadinessFd:
         "virtual",
         "waker",
         "writable",
+        "write_watchers",
     )
 
     def __init__(self, readable: bool = False, writable: bool = False) -> None:
@@ -72,6 +73,7 @@ class ReadinessFd:
         self.readable = self.kernel_readable = False
         self.writable = self.kernel_writable = True
         self.virtual = 0  # registrations in pumping selectors
+        self.write_watchers = 0  # ... of which with write interest (see `watch_write`)
         # Called (in virtual mode only) when `set` makes the state newly ready: a selector
         # may sleep in epoll waiting for exactly that, and no kernel flip wakes it any more.
         self.waker: Callable[[], None] | None = None
@@ -118,9 +120,22 @@ class ReadinessFd:
         if self.virtual > 1:
             return
         self.waker = waker
-        self._apply(False, False)
+        # Only "not readable" is needed: the selectors ask the kernel about writability only
+        # for descriptors with write interest, and `watch_write` makes it false for those.
+        # (Unwritable means filling the send buffer, several writes and as many reads to
+        # undo: asyncio re-registers a reader at every pause/resume of a busy stream.)
+        self._apply(False, self.kernel_writable and not self.write_watchers)
         if self.readable:
             virtually_readable.add(self)
+
+    def watch_write(self, delta: int) -> None:
+        """A pumping selector starts (+1) or stops (-1) watching writability.  In virtual
+        mode the kernel side must then not poll writable (epoll would report it at every
+        look whatever the tx fifo says): the first watcher makes it so; it stays so until
+        virtual mode ends."""
+        self.write_watchers = max(0, self.write_watchers + delta)
+        if self.virtual and self.write_watchers and self.kernel_writable and not self.closed:
+            self._apply(False, False)
 
     def leave_virtual(self) -> None:
         """One registration fewer; the last gives the kernel the intended state again."""
@@ -129,6 +144,7 @@ class ReadinessFd:
         self.virtual -= 1
         if self.virtual:
             return
+        self.write_watchers = 0
         self.waker = None
         virtually_readable.discard(self)
         if not self.closed:

@@ -77,8 +77,7 @@ class _PumpingMixin:
                 raise
             self._virtual[key.fd] = c
             self._fds_of.setdefault(c.rfd, []).append(key.fd)
-            if events & _WRITE:
-                self._writers[key.fd] = c.rfd
+            self._watch_write(key.fd, c, bool(events & _WRITE))
         return key
 
     def unregister(self, fileobj: Any) -> selectors.SelectorKey:
@@ -96,11 +95,16 @@ class _PumpingMixin:
             raise
         c = self._virtual.get(key.fd)
         if c is not None:
-            if events & _WRITE:
-                self._writers[key.fd] = c.rfd
-            else:
-                self._writers.pop(key.fd, None)
+            self._watch_write(key.fd, c, bool(events & _WRITE))
         return key
+
+    def _watch_write(self, fd: int, c: Carrier, want: bool) -> None:
+        """Note whether ``fd`` (of ``c``) has write interest now."""
+        had = self._writers.pop(fd, None) is not None
+        if want:
+            self._writers[fd] = c.rfd
+        if want != had:
+            c.watch_write(+1 if want else -1)
 
     def close(self) -> None:
         try:
@@ -113,7 +117,7 @@ class _PumpingMixin:
         c = self._virtual.pop(fd, None)
         if c is None:
             return
-        self._writers.pop(fd, None)
+        self._watch_write(fd, c, False)
         fds = self._fds_of.get(c.rfd, [])
         if fd in fds:
             fds.remove(fd)
