@@ -27,6 +27,7 @@ from . import events
 from .layout import Ring
 
 _HANDLE = SVM_MSG_Q_MSG.codec  # {ring_index u32, elt_index u32}
+_HANDLE_SIZE = _HANDLE.size  # one entry of the queue's handle array
 # head/tail words are written by one side only (the consumer, or producers under the lock) and
 # read by nobody else on the hot path, so plain accesses suffice; the release/acquire ordering
 # comes from the atomic read-modify-write of cursize that follows/precedes them.
@@ -249,7 +250,7 @@ class Producer:
             if n < rg.elsize:
                 view[slot : slot + rg.elsize] = rg.zero
             view[slot : slot + n] = data
-        _HANDLE.pack_into(view, self._q_data + qt * 8, rg.index, t)
+        _HANDLE.pack_into(view, self._q_data + qt * _HANDLE_SIZE, rg.index, t)
         self._publish(rg, t, qt)
 
     def _publish(self, rg: Ring, t: int, qt: int) -> None:
@@ -329,7 +330,7 @@ class Producer:
             _IO_SLOT.pack_into(view, slots + t * elsize, event_type, 0, session_index, b"")
         except struct.error:
             raise ValueError(f"session index {session_index} is not a u32") from None
-        _HANDLE.pack_into(view, self._q_data + qt * 8, _IO_RING, t)
+        _HANDLE.pack_into(view, self._q_data + qt * _HANDLE_SIZE, _IO_RING, t)
         # Publish: the tails, then the ring's cursize and last the queue's, in one call.  VPP
         # (svm_msg_q_add_raw) moves the queue tail after the ring cursize; nothing orders
         # them: producers read neither tail outside the mutex, and a consumer reads nothing of

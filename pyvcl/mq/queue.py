@@ -50,7 +50,7 @@ from ..wire.mq import (
 from . import events
 from .events import Event
 from .layout import Ring, read_layout
-from .producer import _HANDLE, _U32, Producer
+from .producer import _HANDLE, _HANDLE_SIZE, _U32, Producer
 from .waiting import Waiter, WaitResult, poll_fds
 
 __all__ = ["CONDVAR", "EVENTFD", "MessageQueue", "PeerStalled", "WaitResult"]
@@ -447,7 +447,7 @@ class MessageQueue(Producer):
         head = w[self._qh_word]
         if head >= maxsize:
             raise self._bad(f"queue head {head} >= maxsize {maxsize}")
-        r, e = _HANDLE.unpack_from(view, self._q_data + head * 8)
+        r, e = _HANDLE.unpack_from(view, self._q_data + head * _HANDLE_SIZE)
         if r >= self.n_rings:
             raise self._bad(f"handle names ring {r} of {self.n_rings}")
         head_word, cursize_word, cursize_addr, slots, elsize, nitems = self._ring_fast[r]
@@ -493,10 +493,10 @@ class MessageQueue(Producer):
     def _read_handles(self, head: int, n: int) -> list[tuple[int, int]]:
         view, data = self._view, self._q_data
         first = min(n, self.maxsize - head)
-        start = data + head * 8
-        handles = list(_HANDLE.iter_unpack(view[start : start + first * 8]))
+        start = data + head * _HANDLE_SIZE
+        handles = list(_HANDLE.iter_unpack(view[start : start + first * _HANDLE_SIZE]))
         if first < n:
-            handles += _HANDLE.iter_unpack(view[data : data + (n - first) * 8])
+            handles += _HANDLE.iter_unpack(view[data : data + (n - first) * _HANDLE_SIZE])
         return handles
 
     def wait(self, timeout: float | None = None, also_fds: Iterable[int] = ()) -> WaitResult:
