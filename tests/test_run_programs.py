@@ -322,20 +322,15 @@ def test_threading_tcp_server_echoes_to_20_client_threads(where: Placement, prog
     assert last_json(client.finish()) == {"threads_ok": 20}
 
 
-@pytest.mark.parametrize(
-    "where",
-    [
-        pytest.param(
-            "ct",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="VPP v26.06 passes no half-close on cut-through sessions: the server "
-                "never sees the client's shutdown(SHUT_WR) (docs/async.md)",
-            ),
-        ),
-        "tcp",
-    ],
-    indirect=True,
+def _known_on_cut_through(reason: str) -> Any:
+    """Parametrize ``where`` over both placements, cut-through a known (strict) failure."""
+    ct = pytest.param("ct", marks=pytest.mark.xfail(strict=True, reason=reason))
+    return pytest.mark.parametrize("where", [ct, "tcp"], indirect=True)
+
+
+@_known_on_cut_through(
+    "VPP v26.06 passes no half-close on cut-through sessions: the server never sees the "
+    "client's shutdown(SHUT_WR) (docs/async.md)"
 )
 def test_half_close_reaches_the_server(where: Placement, programs: Any) -> None:
     """The client's shutdown(SHUT_WR) is the server's EOF: its echo loop ends, it closes, and
@@ -406,20 +401,9 @@ with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=20) as s:
 """
 
 
-@pytest.mark.parametrize(
-    "where",
-    [
-        pytest.param(
-            "ct",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="cut-through sessions have no local endpoint in VPP v26.06: a client's "
-                "getsockname() and the server's accept() peer are ('0.0.0.0', 0)",
-            ),
-        ),
-        "tcp",
-    ],
-    indirect=True,
+@_known_on_cut_through(
+    "cut-through sessions have no local endpoint in VPP v26.06: a client's getsockname() and "
+    "the server's accept() peer are ('0.0.0.0', 0)"
 )
 def test_accept_names_the_clients_address(where: Placement, programs: Any) -> None:
     """accept()'s peer address is the client's getsockname(), a real address and port."""
