@@ -363,12 +363,31 @@ def test_ipv6_listener_on_any_hears_ipv4_too(apps: tuple[VclApp, VclApp]) -> Non
                 assert conn.recv(2) == b"v4"
 
 
+def _in_forked_child(check: Callable[[], int]) -> int:
+    """Run ``check`` in a forked child; its result (a byte), once the child exited cleanly."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 99
+        try:
+            code = check()
+        finally:
+            os.write(w, bytes([code]))
+            os._exit(0)
+    os.close(w)
+    try:
+        _, status = os.waitpid(pid, 0)
+        assert status == 0
+        return os.read(r, 1)[0]
+    finally:
+        os.close(r)
+
+
 @pytest.mark.vpp
 def test_forked_child_gets_a_clear_error_and_the_parent_goes_on(pair: Any) -> None:
     _, cli, conn = pair
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: report what using the parent's session does, then close it
+
+    def child() -> int:  # what using the parent's session does, then close it
         code = 1
         try:
             conn.recv(1)
@@ -387,12 +406,9 @@ def test_forked_child_gets_a_clear_error_and_the_parent_goes_on(pair: Any) -> No
             code = code or 5
         dup.close()
         conn.close()
-        os.write(w, bytes([code]))
-        os._exit(0)
-    os.close(w)
-    _, status = os.waitpid(pid, 0)
-    assert os.read(r, 1) == b"\0" and status == 0
-    os.close(r)
+        return code
+
+    assert _in_forked_child(child) == 0
     cli.sendall(b"still here")
     assert conn.recv(10) == b"still here"
 
@@ -407,9 +423,8 @@ def test_the_data_path_a_socket_keeps_ends_with_fork_and_close(pair: Any) -> Non
     assert conn.recv(1) == b"a"  # both now hold their data path
     conn.sendall(b"b")
     assert cli.recv_into(bytearray(1)) == 1
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
+
+    def child() -> int:
         code = 0
         calls: list[Callable[[], object]] = [
             lambda: cli.sendall(b"from the child"),
@@ -425,12 +440,9 @@ def test_the_data_path_a_socket_keeps_ends_with_fork_and_close(pair: Any) -> Non
                 pass
             except BaseException:
                 code = code or 20 + i
-        os.write(w, bytes([code]))
-        os._exit(0)
-    os.close(w)
-    _, status = os.waitpid(pid, 0)
-    assert os.read(r, 1) == b"\0" and status == 0
-    os.close(r)
+        return code
+
+    assert _in_forked_child(child) == 0
     cli.sendall(b"parent")  # (nothing of the child's went into the shared fifo)
     assert conn.recv(100) == b"parent"
     cli.sendall(b"zz")
