@@ -17,6 +17,7 @@ import pytest
 from pyvcl.errors import LocalError, SharedMemoryError
 from pyvcl.fifo import ChunkAllocator, Fifo, Signals, fl_index_for_size, fl_index_to_size
 from pyvcl.fifo.chunks import CHUNK_HDR_SIZE, FIFO_SEGMENT_ALLOC_BATCH_SIZE
+from pyvcl.fifo.fifo import grow_step
 from pyvcl.segment import Segment
 from pyvcl.wire.enums import DeqNotify
 from pyvcl.wire.fifo import SVM_FIFO_CHUNK, SVM_FIFO_SHARED
@@ -331,7 +332,7 @@ def test_write_exactly_to_the_end_of_the_chain(seg: Segment) -> None:
     audit(seg, [f])
     assert p.enqueue(b"y") == 1
     chunks = p.chunks()
-    assert [ch.length for ch in chunks] == [4096, 65536]  # grown by min_alloc
+    assert [ch.length for ch in chunks] == [4096, 1 << 20]  # grown by grow_step(), 1 MiB
     assert p.tail_chunk == chunks[1].offset == p.end_chunk
     assert chunks[1].start_byte == 4096
     # The reader ends exactly at the first chunk's end: head_chunk moves to the next one.
@@ -368,15 +369,46 @@ def test_whole_size_and_full(seg: Segment) -> None:
     audit(seg, [f])
 
 
-def test_growth_follows_vpp_rules(seg: Segment) -> None:
+def test_growth_steps(seg: Segment) -> None:
     f = alloc_fifo(seg, 4_000_000)
     p = Fifo(seg, f)
     assert p.enqueue(bytes(200_000)) == 200_000
-    # request = max(min(min_alloc, free), len - allocated) = 200000 - 4096 -> a 256 KiB chunk
-    assert [ch.length for ch in p.chunks()] == [4096, 256 * KB]
+    # request = max(min(grow_step, free), len - allocated): a quarter of the fifo, 1 MiB
+    assert [ch.length for ch in p.chunks()] == [4096, 1 << 20]
     for ch in p.chunks():
         assert ch.enq_rb_index == ch.deq_rb_index == 0
     audit(seg, [f])
+
+
+@pytest.mark.parametrize(
+    ("min_alloc", "size", "step"),
+    [(4096, 16 * KB, 4096), (8 * KB, 64 * KB, 16 * KB), (64 * KB, 4_000_000, 1_000_000),
+     (64 * KB, 64 << 20, 1 << 20)],
+)  # fmt: skip
+def test_grow_step(min_alloc: int, size: int, step: int) -> None:
+    assert grow_step(min_alloc, size) == step
+
+
+def test_growth_falls_back_to_vpps_request_when_the_segment_is_short(seg: Segment) -> None:
+    f = alloc_fifo(seg, 4_000_000)
+    p = Fifo(seg, f)
+    a = ChunkAllocator(seg)
+    a.alloc_aligned(a.n_free_bytes() - 512 * KB)  # the segment keeps 512 KiB: not a 1 MiB step
+    assert p.enqueue(bytes(4096 + 100)) == 4096 + 100
+    # The 1 MiB step did not fit the segment: VPP's own request, min_alloc (64 KiB), did.
+    assert [ch.length for ch in p.chunks()] == [4096, 64 * KB]
+    audit(seg, [f], complete=False)
+
+
+def test_chunks_above_64k_are_carved_one_at_a_time(seg: Segment) -> None:
+    a = ChunkAllocator(seg)
+    start = fsh_get(seg, "byte_index")
+    c = a.alloc(0, 1 << 20)
+    assert c == start and a.read_chunk(c).length == 1 << 20
+    assert fsh_get(seg, "byte_index") == start + CHUNK_HDR_SIZE + (1 << 20)  # no batch
+    assert a.fl_chunk_bytes(0) == 0
+    a.free(0, c)
+    assert a.alloc(0, 1 << 20) == c  # reused from its free list
 
 
 def test_growth_across_many_chunks_and_reuse(seg: Segment) -> None:
@@ -386,8 +418,9 @@ def test_growth_across_many_chunks_and_reuse(seg: Segment) -> None:
     for i in range(0, len(data), 1000):
         assert p.enqueue(data[i : i + 1000]) == 1000
     chunks = p.chunks()
-    assert len(chunks) == 1 + (2_000_000 - 4096 + 65535) // 65536
-    assert all(ch.length == 65536 for ch in chunks[1:])
+    step = 1 << 20  # grow_step(64 KiB, 4_000_000), rounded up to a free list's size
+    assert len(chunks) == 1 + (2_000_000 - 4096 + step - 1) // step
+    assert all(ch.length == step for ch in chunks[1:])
     carved = list(slice_get(seg, "num_chunks"))
     audit(seg, [f])
     got = bytearray()
@@ -398,9 +431,11 @@ def test_growth_across_many_chunks_and_reuse(seg: Segment) -> None:
     a = ChunkAllocator(seg)
     assert a.fl_chunk_bytes(0) == a.n_cached_bytes()
     audit(seg, [f])
-    # Writing again reuses freed chunks: nothing new is carved.
+    # Writing again reuses the freed 1 MiB chunk; the chain kept its last one (partly read),
+    # so the second 2 MB reach one step further and exactly one more is carved.
     for i in range(0, len(data), 1000):
         assert p.enqueue(data[i : i + 1000]) == 1000
+    carved[8] += 1  # (list 8: 1 MiB)
     assert list(slice_get(seg, "num_chunks")) == carved
     assert c.dequeue(len(data)) == data
     audit(seg, [f])

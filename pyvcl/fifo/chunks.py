@@ -62,6 +62,11 @@ M64 = 0xFFFFFFFFFFFFFFFF
 MIN_CHUNK_SIZE = 1 << FS_MIN_LOG2_CHUNK_SZ  # FIFO_SEGMENT_MIN_FIFO_SIZE, list 0
 MAX_CHUNK_SIZE = MIN_CHUNK_SIZE << (FS_CHUNK_VEC_LEN - 1)  # 1 << FS_MAX_LOG2_CHUNK_SZ, list 10
 FIFO_SEGMENT_ALLOC_BATCH_SIZE = 32  # src/svm/fifo_segment.h: chunks carved per batch
+BATCH_CARVE_MAX_CHUNK = 64 << 10
+"""Chunks larger than this (the largest ``min_alloc``, ``svm_fifo_init``) are carved one at a
+time: VPP carves a batch of 32 of any size, but pyvcl's fifos grow by steps of up to 1 MiB
+(`pyvcl.fifo.fifo.grow_step`), and 32 of those would tie up 32 MiB of the segment in one free
+list that smaller requests cannot use."""
 CHUNK_ALIGN = 8  # fsh_alloc(): chunks are carved 8-aligned (the header is 24 bytes)
 CHUNK_HDR_SIZE = SVM_FIFO_CHUNK.size  # data follows the header
 _CAS_LIMIT = 1 << 20  # a CAS that keeps failing this often means the word is being scribbled on
@@ -400,7 +405,7 @@ class ChunkAllocator:
                 return c
         if chunk_sz <= n_free:
             batch = FIFO_SEGMENT_ALLOC_BATCH_SIZE
-            if chunk_sz * batch > n_free:
+            if chunk_sz * batch > n_free or chunk_sz > BATCH_CARVE_MAX_CHUNK:
                 batch = 1
             if self.carve_batch(slice_index, fl, batch) and data_bytes <= chunk_sz:
                 c = self.pop(slice_index, fl)

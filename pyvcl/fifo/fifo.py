@@ -43,6 +43,8 @@ __all__ = ["Fifo"]
 
 M32 = 0xFFFFFFFF
 _HALF = 1 << 31  # positions compare by signed 32-bit difference (f_pos_lt and friends)
+GROW_STEP_MAX = 1 << 20
+"""The largest chunk a producer asks for to grow a fifo by (see `Fifo.grow_step`)."""
 
 _F = SVM_FIFO_SHARED
 _SHR_OFF, _SHR = span_codec(_F, "start_chunk", "slice_index")  # start, end, min_alloc, size, slice
@@ -70,6 +72,24 @@ if not _ALIGNED or _LENGTH != 4 or CH_NEXT != _START_BYTE + 8:
 
 
 _ChunkCache = tuple[int, int, int, int, int, int]
+
+
+def grow_step(min_alloc: int, size: int) -> int:
+    """How much a producer asks the segment for when a write runs past the chain's end (before
+    the room left in ``size`` caps it): a quarter of the fifo, at most `GROW_STEP_MAX`, at
+    least ``min_alloc``.
+
+    VPP asks for ``min_alloc`` (``f_try_chunk_alloc``; at most 64 KiB, ``svm_fifo_init``), so a
+    busy 4 MB fifo takes a chunk from the segment every 64 KiB written and its consumer gives
+    one back every 64 KiB read.  That costs C a few hundred nanoseconds; in Python, with the
+    allocator's atomics, a chain link and a free, 7-10 us on each side (measured with both
+    sides in one process, 64 KiB writes and reads) -- more than the copy of the 64 KiB.
+    Any chunk length is valid to the other side (it follows the chain), so pyvcl grows by
+    larger steps; the fifo then holds at most ``size`` plus one step of chunk memory instead
+    of ``size`` plus 64 KiB.  Chunks larger than VPP's largest step are carved
+    from the segment one at a time (`ChunkAllocator.alloc`), so the steps never take segment
+    memory they do not use.  When the segment cannot give a step, VPP's own request is tried."""
+    return max(min_alloc, min(size >> 2, GROW_STEP_MAX))
 
 
 class Fifo(SignalWords):
@@ -351,8 +371,11 @@ class Fifo(SignalWords):
         if n <= avail:
             return n, tail_c
         used = (tail - head) & M32
-        alloc_size = max(min(min_alloc, size - used), n - avail)
-        first = self.allocator.alloc(slice_index, alloc_size)
+        need = n - avail
+        step = grow_step(min_alloc, size)
+        first = self.allocator.alloc(slice_index, max(min(step, size - used), need))
+        if not first:  # short of memory for our step: VPP's own request (f_try_chunk_alloc)
+            first = self.allocator.alloc(slice_index, max(min(min_alloc, size - used), need))
         if not first:
             return avail, tail_c  # short write
         # f_try_chunk_alloc: number the new chunks, then append them after end_chunk
