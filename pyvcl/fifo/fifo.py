@@ -44,7 +44,7 @@ __all__ = ["Fifo"]
 M32 = 0xFFFFFFFF
 _HALF = 1 << 31  # positions compare by signed 32-bit difference (f_pos_lt and friends)
 GROW_STEP_MAX = 1 << 20
-"""The largest chunk a producer asks for to grow a fifo by (see `Fifo.grow_step`)."""
+"""The largest chunk a producer asks for to grow a fifo by (see `grow_step`)."""
 
 _F = SVM_FIFO_SHARED
 _SHR_OFF, _SHR = span_codec(_F, "start_chunk", "slice_index")  # start, end, min_alloc, size, slice
@@ -85,10 +85,11 @@ def grow_step(min_alloc: int, size: int) -> int:
     allocator's atomics, a chain link and a free, 7-10 us on each side (measured with both
     sides in one process, 64 KiB writes and reads) -- more than the copy of the 64 KiB.
     Any chunk length is valid to the other side (it follows the chain), so pyvcl grows by
-    larger steps; the fifo then holds at most ``size`` plus one step of chunk memory instead
-    of ``size`` plus 64 KiB.  Chunks larger than VPP's largest step are carved
-    from the segment one at a time (`ChunkAllocator.alloc`), so the steps never take segment
-    memory they do not use.  When the segment cannot give a step, VPP's own request is tried."""
+    larger steps; the chain then spans at most ``size`` plus about one step instead of
+    ``size`` plus 64 KiB.  Chunks larger than VPP's largest step are carved from the segment
+    one at a time (`ChunkAllocator.alloc`), so the segment gives steps only for what fifos
+    use or have used (a freed step waits on its free list for the next one, as every freed
+    chunk does).  When the segment cannot give a step, VPP's own request is tried."""
     return max(min_alloc, min(size >> 2, GROW_STEP_MAX))
 
 
