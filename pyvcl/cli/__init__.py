@@ -1,5 +1,5 @@
 """The ``pyvcl`` command: attach and show, decode recordings, check for VPP, netcat, look
-into a running VCL app, run a program over VPP.
+into a running VCL app, an interactive shell, run a program over VPP.
 
 Subcommands live in their own modules; each has ``add_parser(subparsers)`` and ``run(args)``,
 except ``run``, whose arguments go to `pyvcl.cli.run.main` untouched (they end with the
@@ -17,13 +17,13 @@ from ..errors import VclError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import attach, decode, nc, procview, run, status  # (`pyvcl run` needs none)
+    from . import attach, decode, nc, procview, repl, run, status  # (`pyvcl run`: none)
 
     parser = argparse.ArgumentParser(
         prog="pyvcl", description="A pure-Python client for VPP's host stack."
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (status, attach, decode, nc, procview, run):
+    for module in (status, attach, decode, nc, procview, repl, run):
         module.add_parser(sub)
     return parser
 

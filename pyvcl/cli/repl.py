@@ -1,0 +1,67 @@
+"""``pyvcl repl``: an interactive shell attached to VPP (`pyvcl.repl`).
+
+Takes the attach options of ``pyvcl nc``.  Built on the standard library's `code` and
+`rlcompleter` (tab completes names and attributes where `readline` exists).  ``-c CODE``
+runs CODE in the shell's namespace and exits (for scripts and tests).  ``exit()``, Ctrl-D
+or the end of input detach and end with status 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .common import add_attach_options, add_stack_options, stack_choice
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("repl", help="an interactive shell attached to VPP's session layer")
+    add_stack_options(p)
+    add_attach_options(p)
+    p.add_argument("-c", dest="code", metavar="CODE", help="run CODE in the shell and exit")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..repl import BANNER, Console, Prompt, Shell
+    from ..sockets import VclApp
+
+    if args.kernel:
+        raise ValueError("the shell needs VPP: --kernel does not apply")
+    choice = stack_choice(args)
+    vcl = VclApp(choice.app_socket_path(), choice.attach_options(), timeout=args.timeout)
+    try:
+        shell = Shell(vcl)
+        console = Console(shell.namespace())
+        if args.code is not None:
+            console.runsource(args.code, "<-c>", "exec")
+            shell.pump()
+            return 0
+        _completion(console.locals)
+        saved = getattr(sys, "ps1", None)
+        sys.ps1 = Prompt(shell.pump)
+        try:
+            console.interact(
+                banner=BANNER.format(index=vcl.app.app_index, version=vcl.app.vpp_version),
+                exitmsg="detached",
+            )
+        except SystemExit as e:  # exit() / quit(): a code other than 0/None is the user's
+            return e.code if isinstance(e.code, int) else 0
+        finally:
+            if saved is None:
+                del sys.ps1
+            else:
+                sys.ps1 = saved
+        return 0
+    finally:
+        vcl.close()
+
+
+def _completion(namespace: dict[str, object]) -> None:
+    try:
+        import readline
+        import rlcompleter
+    except ImportError:  # (no readline on this build: no completion, the rest works)
+        return
+    readline.set_completer(rlcompleter.Completer(namespace).complete)
+    readline.parse_and_bind("tab: complete")

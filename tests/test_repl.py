@@ -1,0 +1,183 @@
+"""``pyvcl repl`` (`pyvcl.repl`): the shell attached to VPP.
+
+The VPP test is the newcomer's walk: in the shell, listen; accept a connection from
+``pyvcl nc``; look at the rx fifo and take its bytes out by hand; see each event decoded; exit
+with status 0 -- typed into a real terminal (a pty), as a person would.  The others check the
+pieces that need no VPP: the fifo drawing, the hexdump, one-line errors, and message names.
+"""
+
+from __future__ import annotations
+
+import os
+import pty
+import re
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pyvcl.fifo import Fifo
+from pyvcl.repl import Console, FifoView, _event_type, hexdump
+from pyvcl.testing.vpp import VppInstance
+from pyvcl.wire.enums import SessionEvent
+
+from .fifo_fixtures import alloc_fifo
+from .segment_fixtures import make_segment
+
+TIMEOUT = 20.0
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+# -- without VPP ------------------------------------------------------------------------------
+def test_a_fifo_is_drawn_with_head_tail_and_unread_bytes() -> None:
+    seg = make_segment(16 << 20)
+    f = Fifo(seg, alloc_fifo(seg, 64 << 10))
+    f.enqueue(b"x" * 3000)
+    f.dequeue(1000)
+    text = FifoView(f, "rx").render()
+    assert "2000 bytes unread" in text and "head 1000  tail 3000" in text
+    bar = re.search(r"\|([^|]*)\|", text)
+    assert bar is not None
+    cells = bar.group(1)
+    assert cells.index("H") < cells.index("T") and "#" in cells[cells.index("H") :]
+    assert cells.endswith(".")  # room after the tail
+    assert repr(FifoView(f, "rx")) == f"<rx fifo @{f.offset:#x}: 2000 bytes unread>"
+
+
+def test_hexdump(capsys: pytest.CaptureFixture[str]) -> None:
+    hexdump(b"GET / HTTP/1.0\r\n\x00\x01")
+    assert capsys.readouterr().out.splitlines() == [
+        "0000  47 45 54 20 2f 20 48 54 54 50 2f 31 2e 30 0d 0a  GET / HTTP/1.0..",
+        "0010  00 01                                            ..",
+    ]
+
+
+def test_bad_input_gets_one_line_and_the_session_goes_on(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    console = Console({"f": FifoView})
+    console.push("int('x')")
+    console.push("1 + 1")
+    err = capsys.readouterr()
+    assert "! ValueError: invalid literal for int()" in err.err
+    assert "Traceback" not in err.err and err.out.strip() == "2"
+
+
+def test_message_names() -> None:
+    assert _event_type("listen") == _event_type("CTRL_LISTEN") == SessionEvent.CTRL_LISTEN
+    with pytest.raises(ValueError, match="no session event named 'LISTNE'"):
+        _event_type("LISTNE")
+
+
+# -- against VPP, through a terminal -----------------------------------------------------------
+class Terminal:
+    """A program on a pty: `type` a line, `expect` a pattern in what it printed since."""
+
+    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
+        self.pid, self.fd = pty.fork()
+        if self.pid == 0:  # the child
+            os.execvpe(argv[0], argv, env)
+        self.seen = ""
+
+    def expect(self, pattern: str, timeout: float = TIMEOUT) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        while True:
+            m = re.search(pattern, self.seen)
+            if m:
+                self.seen = self.seen[m.end() :]
+                return m
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no {pattern!r} within {timeout} s; the screen:\n{self.seen}")
+            ready, _, _ = select.select([self.fd], [], [], left)
+            if ready:
+                try:
+                    chunk = os.read(self.fd, 65536)
+                except OSError:  # EIO: the child is gone
+                    chunk = b""
+                if not chunk:
+                    raise AssertionError(f"ended before {pattern!r}; the screen:\n{self.seen}")
+                self.seen += _ANSI.sub("", chunk.decode(errors="replace").replace("\r", ""))
+
+    def type(self, line: str) -> None:
+        os.write(self.fd, line.encode() + b"\n")
+
+    def wait(self, timeout: float = TIMEOUT) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                return os.waitstatus_to_exitcode(status)
+            try:  # (keep the pty drained, or the child can block writing)
+                if select.select([self.fd], [], [], 0.05)[0]:
+                    os.read(self.fd, 65536)
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError("the shell did not end")
+
+    def close(self) -> None:
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+            os.waitpid(self.pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+        os.close(self.fd)
+
+
+@pytest.mark.vpp
+def test_listen_accept_and_read_the_rx_fifo_by_hand(vpp: VppInstance, tmp_path: Path) -> None:
+    sock = str(vpp.app_socket())
+    attach = ["--app-socket", sock, "--scope", "local"]
+    env = dict(os.environ, VCL_CONFIG="", TERM="dumb")
+    shell = Terminal([sys.executable, "-m", "pyvcl", "repl", *attach], env)
+    nc = None
+    try:
+        shell.expect(r"attached to VPP as app \d+")
+        shell.expect(">>> ")
+        shell.type('l = listen("127.0.0.1", 18790)')
+        shell.expect(r">> CTRL_LISTEN .*port=18790 .*ip='127.0.0.1'")
+        shell.expect(r"<< CTRL_BOUND .*retval=0 .*lcl_port=18790")
+        nc = subprocess.Popen(
+            [sys.executable, "-m", "pyvcl", "nc", *attach, "127.0.0.1", "18790"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=dict(os.environ, VCL_CONFIG=""),
+        )
+        assert nc.stdin is not None
+        nc.stdin.write(b"hello from nc\n")
+        nc.stdin.flush()  # (left open: nc stays connected)
+        shell.type("c = accept(l)")
+        shell.expect(r"<< CTRL_ACCEPTED .*server_rx_fifo=\d+")
+        shell.expect(r">> CTRL_ACCEPTED_REPLY .*retval=0")
+        shell.type("rx = fifo(c)")
+        for _ in range(50):  # until the 14 bytes are in
+            shell.type("rx")
+            got = shell.expect(r"<rx fifo @0x[0-9a-f]+: (\d+) bytes unread>")
+            if got.group(1) == "14":
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError("the 14 bytes never reached the rx fifo")
+        shell.type("rx.show()")
+        shell.expect(r"14 bytes unread")
+        shell.expect(r"chunk @0x[0-9a-f]+ \[0, \+\d+\) \|H#*T?\.*")
+        shell.type("rx.read(100)")
+        shell.expect(re.escape(r"b'hello from nc\n'"))
+        shell.type("rx")
+        shell.expect(r": 0 bytes unread>")
+        shell.type('msg("LISTEN", prot=6)')  # a typo: one line, and the shell goes on
+        shell.expect(r"! ValueError: session_listen_msg_t has no field prot")
+        shell.type("len(history) >= 4")
+        shell.expect("True")
+        shell.type("exit()")
+        assert shell.wait() == 0
+    finally:
+        shell.close()
+        if nc is not None:
+            nc.kill()
+            nc.wait()
