@@ -20,7 +20,10 @@ from __future__ import annotations
 
 import code
 import json
+import os
+import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -36,11 +39,11 @@ from .sockets import VclApp, VclSocket
 from .wire.enums import SessionEvent
 from .wire.session import CTRL_PAYLOADS
 
-__all__ = ["Console", "Shell"]
+__all__ = ["Console", "Peer", "Shell"]
 
 BANNER = """pyvcl repl: attached to VPP as app {index} ({version}).
-Names: app vcl listen connect accept send read close fifo segment msg wait show hexdump
-       history export events E.  help(listen) and friends say more; exit() detaches.
+Names: app vcl listen connect accept send read close fifo segment msg wait peer show
+       hexdump history export events E.  help(listen) and friends say more; exit() detaches.
 Every event VPP sends is printed (<<), and every control message sent (>>)."""
 
 _BAR = 40  # characters of a chunk's bar in `FifoView.show`
@@ -50,11 +53,15 @@ class Shell:
     """The REPL's state: the attached ``vcl`` (a `pyvcl.sockets.VclApp`), what was exchanged
     (``history``, ``events``) and the helpers of `namespace`."""
 
-    def __init__(self, vcl: VclApp, out: IO[str] | None = None) -> None:
+    def __init__(
+        self, vcl: VclApp, out: IO[str] | None = None, peer_args: list[str] | None = None
+    ) -> None:
         self.vcl = vcl
         self.app = vcl.app
         self.worker = vcl.worker
-        self.out = out or sys.stdout
+        self._out = out  # None: sys.stdout at the time of printing
+        self.peer_args = peer_args  # how `peer` attaches its ``pyvcl nc`` (None: no peers)
+        self.peers: list[Peer] = []
         self.events: list[Event] = []
         self.history: list[dict[str, Any]] = []
         self._t0 = time.monotonic()
@@ -67,6 +74,10 @@ class Shell:
             execute(actions)
 
         self.worker.execute = execute_and_show  # type: ignore[method-assign]
+
+    @property
+    def out(self) -> IO[str]:
+        return self._out or sys.stdout
 
     # -- what goes by ------------------------------------------------------------------------
     def _stamp(self) -> float:
@@ -164,6 +175,24 @@ class Shell:
         self._sent(event_type, fields)
         self.app.send_ctrl(event_type, **fields)
 
+    def peer(self, ip: str, port: int, data: bytes | str = b"", *, listen: bool = False) -> Peer:
+        """Another app to talk to: ``pyvcl nc`` in the background, attached as this shell
+        is, connecting to (or with ``listen``, listening on) ``ip``:``port``, sending
+        ``data`` first.  ``.send(data)`` sends more, ``.output()`` is what it received."""
+        if self.peer_args is None:
+            raise ValueError("this shell was not told how a peer attaches (peer_args)")
+        argv = [sys.executable, "-m", "pyvcl", "nc", *self.peer_args]
+        p = Peer([*argv, *(["-l"] if listen else []), ip, str(port)])
+        self.peers.append(p)
+        if data:
+            p.send(data)
+        return p
+
+    def close_peers(self) -> None:
+        for p in self.peers:
+            p.close()
+        self.peers.clear()
+
     def wait(self, timeout: float = 1.0) -> list[Event]:
         """Wait up to ``timeout`` s for events (printed as they come); the new ones."""
         n = len(self.events)
@@ -192,6 +221,7 @@ class Shell:
             "segment": self.segment,
             "msg": self.msg,
             "wait": self.wait,
+            "peer": self.peer,
             "show": show,
             "hexdump": hexdump,
             "history": self.history,
@@ -199,6 +229,53 @@ class Shell:
             "events": self.events,
             "E": SessionEvent,
         }
+
+
+class Peer:
+    """A ``pyvcl nc`` started by `Shell.peer`: its stdin is what it sends, its stdout what
+    it received (read in a thread, so it never blocks on a full pipe)."""
+
+    def __init__(self, argv: list[str]) -> None:
+        self.proc = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+        )
+        self._got = bytearray()
+        self._lock = threading.Lock()
+        self._reader = threading.Thread(target=self._read, name="pyvcl-repl-peer", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        while chunk := os.read(fd, 65536):
+            with self._lock:
+                self._got += chunk
+
+    def send(self, data: bytes | str) -> None:
+        stdin = self.proc.stdin
+        assert stdin is not None
+        stdin.write(data.encode() if isinstance(data, str) else bytes(data))
+        stdin.flush()
+
+    def output(self, wait: float = 0.5) -> bytes:
+        """What it received so far, after up to ``wait`` s for something to come."""
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and not self._got:
+            time.sleep(0.01)
+        with self._lock:
+            return bytes(self._got)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        for f in (self.proc.stdin, self.proc.stdout):
+            if f is not None:
+                f.close()
+
+    def __repr__(self) -> str:
+        state = "running" if self.proc.poll() is None else f"exited {self.proc.returncode}"
+        return f"<peer pyvcl nc, {state}, {len(self._got)} bytes received>"
 
 
 # -- looking at things -------------------------------------------------------------------------

@@ -30,8 +30,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("the shell needs VPP: --kernel does not apply")
     choice = stack_choice(args)
     vcl = VclApp(choice.app_socket_path(), choice.attach_options(), timeout=args.timeout)
+    shell = None
     try:
-        shell = Shell(vcl)
+        shell = Shell(vcl, peer_args=_peer_args(args))
         console = Console(shell.namespace())
         if args.code is not None:
             console.runsource(args.code, "<-c>", "exec")
@@ -54,7 +55,28 @@ def run(args: argparse.Namespace) -> int:
                 sys.ps1 = saved
         return 0
     finally:
-        vcl.close()
+        try:
+            if shell is not None:
+                shell.close_peers()
+        finally:
+            vcl.close()
+
+
+def _peer_args(args: argparse.Namespace) -> list[str]:
+    """The options a ``pyvcl nc`` started by ``peer()`` attaches with: this shell's."""
+    out = []
+    for flag, value in (
+        ("--vcl-config", args.vcl_config),
+        ("--app-socket", args.app_socket),
+        ("--runtime-dir", args.runtime_dir),
+        ("--namespace-id", args.namespace_id),
+        ("--scope", args.scope),
+    ):
+        if value:
+            out += [flag, str(value)]
+    if args.secret:
+        out += ["--secret", str(args.secret)]
+    return out
 
 
 def _completion(namespace: dict[str, object]) -> None:

@@ -1,0 +1,47 @@
+"""The tour (``docs/tour/``): every listing runs against a private VPP and prints what the book
+says (`pyvcl.testing.tour`); and the runner's own pieces, without VPP."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pyvcl.testing.tour import normalise, parse
+from pyvcl.testing.vpp import VppInstance
+
+TOUR = Path(__file__).resolve().parent.parent / "docs" / "tour"
+CHAPTERS = sorted(TOUR.glob("[0-9]*.md"))
+
+
+def test_there_are_chapters_and_each_has_listings_and_an_exercise() -> None:
+    assert CHAPTERS
+    for ch in CHAPTERS:
+        text = ch.read_text()
+        assert parse(text), f"{ch.name} has no pycon listing"
+        assert "## Exercise" in text and "**Answer.**" in text, ch.name
+
+
+def test_parse_and_normalise() -> None:
+    text = "intro\n```pycon\n>>> x = 1\n>>> def f():\n...     return 2\n>>> f()\n2\n```\n"
+    [listing] = parse(text)
+    assert [(s.source, s.expected, s.line) for s in listing] == [
+        ("x = 1", "", 3),
+        ("def f():\n    return 2", "", 4),
+        ("f()", "2", 6),
+    ]
+    a = "<< CTRL_BOUND context=0 handle=3 retval=0 lcl_port=7000 segment_name='seg-6-6-30'"
+    b = "<< CTRL_BOUND context=9 handle=51 retval=0 lcl_port=7000 segment_name='seg-1-1-2'"
+    assert normalise(a) == normalise(b)
+    assert normalise(a) != normalise(a.replace("retval=0", "retval=-1"))
+    assert normalise(a) != normalise(a.replace("7000", "7001"))
+    assert normalise("<rx fifo @0x1880: 15 bytes>") == normalise("<rx fifo @0x20: 15 bytes>")
+
+
+@pytest.mark.vpp
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda p: p.stem)
+def test_the_chapter_runs_as_printed(vpp: VppInstance, chapter: Path) -> None:
+    from pyvcl.testing.tour import check_chapter
+
+    problems = check_chapter(chapter, str(vpp.app_socket()))
+    assert not problems, "\n\n".join(problems)
