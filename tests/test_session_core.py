@@ -14,7 +14,15 @@ from typing import Any
 import pytest
 
 from pyvcl.mq.events import Event, decode, encode_ctrl, encode_io
-from pyvcl.session.core import NO_PARENT, Action, FifoRef, Session, SessionLayer, State
+from pyvcl.session.core import (
+    NO_PARENT,
+    ORPHANS_KEPT,
+    Action,
+    FifoRef,
+    Session,
+    SessionLayer,
+    State,
+)
 from pyvcl.wire.addr import ip_to_wire, port_to_wire
 from pyvcl.wire.enums import CleanupType, MqRing, SessionError
 from pyvcl.wire.enums import SessionEvent as E
@@ -610,6 +618,19 @@ def test_strangers_are_ignored(layer: SessionLayer, event: Event) -> None:
     assert layer.handle_event(event) == []
     assert (dict(layer.sessions), dict(layer.by_handle), s.state, listener.state) == before
     assert s.handle == 0x90 and listener.handle == 3
+
+
+def test_orphans_are_bounded(layer: SessionLayer) -> None:
+    """Unmatched events are kept for debugging, but only the latest: a stream of them (a
+    confused peer or VPP) must not grow the layer without bound."""
+    extra = 10
+    for context in range(ORPHANS_KEPT + extra):
+        assert layer.handle_event(bound(context=10_000 + context)) == []
+    assert len(layer.orphans) == ORPHANS_KEPT
+    assert layer.orphans_dropped == extra
+    assert [ev.msg.context for ev in layer.orphans] == list(
+        range(10_000 + extra, 10_000 + extra + ORPHANS_KEPT)
+    )
 
 
 def test_bound_for_a_connecting_session_is_ignored(layer: SessionLayer) -> None:
