@@ -114,6 +114,19 @@ def test_condvar_declaration_matches_layouts() -> None:
         assert fields[f"condvar.__data.{name}"] == cond + field.offset
 
 
+# -- the events' repr ---------------------------------------------------------------------------
+def test_event_repr_is_short_and_keeps_the_bytes() -> None:
+    """A ctrl event prints its type and key fields on one short line, not its 256-byte slot;
+    the slot is still in ``raw`` and every field in `fields()`."""
+    slot = events.encode_ctrl(E.CTRL_DISCONNECTED, client_index=3, context=9, handle=0xABC)
+    slot += b"\xee" * (256 - len(slot))
+    ev = events.decode(MqRing.CTRL_EVT, slot)
+    assert repr(ev) == "Event(CTRL_DISCONNECTED, handle=0xabc, context=9, raw=256 B)"
+    assert ev.raw == slot and ev.fields()["client_index"] == 3
+    io = events.decode(MqRing.IO_EVT, events.encode_io(E.IO_RX, 7))
+    assert repr(io) == "Event(IO_RX, session_index=7, raw=18 B)"
+
+
 # -- round trips -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("mode", MODES)
 def test_round_trip_io(new_mq: Factory, mode: str) -> None:
