@@ -4,6 +4,9 @@ The split follows h11's: `LocalError` means the caller misused pyvcl (fix your c
 `RemoteError` means VPP, the app socket or shared memory written by another process said
 something impossible (fix or restart VPP).  Both carry an errno a socket user expects, so
 ``except OSError`` keeps working for code written against kernel sockets.
+
+This is the bottom layer: it imports nothing of pyvcl when imported, so every layer, the wire
+declarations included, raises these exceptions (tests/test_layers.py).
 """
 
 from __future__ import annotations
@@ -140,7 +143,9 @@ class SessionRefused(SessionLayerError, ConnectionRefusedError):
 
 def session_error(message: str, retval: int) -> SessionLayerError:
     """The exception for a non-zero ``session_error_t`` ``retval`` VPP answered with."""
-    from .wire.enums import SessionError  # late: the wire layer does not depend on errors
+    # At call time: session_error_t is declared in wire, which sits above this module (the one
+    # upward import, listed in tests/test_layers.py).
+    from .wire.enums import SessionError
 
     try:
         name = SessionError(retval).name

@@ -13,6 +13,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import pytest
 import pyvcl.testing
 from pyvcl.testing import vpp as harness
 from pyvcl.testing.plugin import VppFactory
+from pyvcl.testing.streams import CheckedThread
 from pyvcl.testing.vpp import (
     DEFAULT_PLUGINS,
     STARVED_START_RETRIES,
@@ -80,6 +82,44 @@ def no_vpp_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     monkeypatch.delenv(harness.ENV_PREFIX, raising=False)
     monkeypatch.setenv("PATH", str(empty))
     return empty
+
+
+# -- threads whose checks reach the test ---------------------------------------------------------
+def test_checked_thread_returns_the_value() -> None:
+    assert CheckedThread(lambda a, b: a + b, 2, 3).result(5) == 5
+
+
+def test_checked_thread_hands_a_failed_assert_to_the_test() -> None:
+    def check() -> None:
+        assert 1 + 1 == 3, "the server saw something wrong"
+
+    with pytest.raises(AssertionError, match="the server saw something wrong"):
+        CheckedThread(check).result(5)
+
+
+def test_checked_thread_error_wins_over_the_blocks() -> None:
+    """A client that times out because its server failed a check shows the server's assert."""
+
+    def serve() -> None:
+        seen = 1
+        assert seen == 2, "server check failed"
+
+    with (
+        pytest.raises(AssertionError, match="server check failed") as caught,
+        CheckedThread(serve, timeout=5) as t,
+    ):
+        t.join(5)
+        raise TimeoutError("client gave up")
+    assert isinstance(caught.value.__context__, TimeoutError)
+
+
+def test_checked_thread_that_hangs_fails_the_test() -> None:
+    stop = threading.Event()
+    t = CheckedThread(stop.wait, 30, name="sleeper")
+    with pytest.raises(AssertionError, match="sleeper still running"):
+        t.result(0.05)
+    stop.set()
+    assert t.result(5) is True
 
 
 @pytest.fixture

@@ -435,7 +435,7 @@ def test_queue_describe_reports_words_it_would_refuse() -> None:
     d = mq.describe()
     assert any("__kind 0xb0" in p for p in d["problems"])
     assert any("__wrefs" in p for p in d["problems"])
-    assert d["pending_handles"] == [{"ring_index": 0, "elt_index": 0}]
+    assert d["queue"]["pending_handles"] == [{"ring_index": 0, "elt_index": 0}]
 
 
 # -- 4. events of the wrong ring -------------------------------------------------------------------

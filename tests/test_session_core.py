@@ -9,12 +9,24 @@ was kept as a strict xfail until fixed; none remain.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from pyvcl.mq.events import Event, decode, encode_ctrl, encode_io
-from pyvcl.session.core import NO_PARENT, Action, FifoRef, Session, SessionLayer, State
+from pyvcl.session.core import (
+    NO_PARENT,
+    ORPHANS_KEPT,
+    Action,
+    FifoRef,
+    Session,
+    SessionLayer,
+    State,
+)
+from pyvcl.session.transitions import TRANSITIONS, Transition
 from pyvcl.wire.addr import ip_to_wire, port_to_wire
 from pyvcl.wire.enums import CleanupType, MqRing, SessionError
 from pyvcl.wire.enums import SessionEvent as E
@@ -612,6 +624,19 @@ def test_strangers_are_ignored(layer: SessionLayer, event: Event) -> None:
     assert s.handle == 0x90 and listener.handle == 3
 
 
+def test_orphans_are_bounded(layer: SessionLayer) -> None:
+    """Unmatched events are kept for debugging, but only the latest: a stream of them (a
+    confused peer or VPP) must not grow the layer without bound."""
+    extra = 10
+    for context in range(ORPHANS_KEPT + extra):
+        assert layer.handle_event(bound(context=10_000 + context)) == []
+    assert len(layer.orphans) == ORPHANS_KEPT
+    assert layer.orphans_dropped == extra
+    assert [ev.msg.context for ev in layer.orphans] == list(
+        range(10_000 + extra, 10_000 + extra + ORPHANS_KEPT)
+    )
+
+
 def test_bound_for_a_connecting_session_is_ignored(layer: SessionLayer) -> None:
     s = layer.new_session()
     layer.connect(s, "127.0.0.1", PORT)
@@ -647,3 +672,99 @@ def test_sessions_are_independent(layer: SessionLayer) -> None:
         layer.handle_event(cleanup(h, CleanupType.SESSION))
     layer.handle_event(unlisten_reply(listener.index))
     assert layer.sessions == {} and layer.by_handle == {}
+
+
+# -- the transition table (pyvcl.session.transitions) ----------------------------------------
+CONN_HANDLE = 0x100
+ACC_HANDLE = 0x20
+
+# How a row's starting state is reached from CREATED, by machine (triggers as in the table).
+REACH: dict[tuple[str, State], tuple[str, ...]] = {
+    ("listener", State.CREATED): (),
+    ("listener", State.LISTEN_PENDING): ("listen()",),
+    ("listener", State.LISTENING): ("listen()", "BOUND"),
+    ("listener", State.FAILED): ("listen()", "BOUND(error)"),
+    ("listener", State.CLOSING): ("listen()", "BOUND", "close()"),
+    ("connection", State.CREATED): (),
+    ("connection", State.CONNECTING): ("connect()",),
+    ("connection", State.READY): ("connect()", "CONNECTED"),
+    ("connection", State.FAILED): ("connect()", "CONNECTED(error)"),
+    ("connection", State.PEER_CLOSED): ("connect()", "CONNECTED", "DISCONNECTED"),
+    ("connection", State.RESET): ("connect()", "CONNECTED", "RESET"),
+    ("connection", State.CLOSING): ("connect()", "CONNECTED", "close()"),
+}
+# Rows about a session closed before VPP answered: reached by closing while pending.
+REACH_FOR_ROW = {
+    ("listener", State.CLOSING, "BOUND"): ("listen()", "close()"),
+    ("listener", State.CLOSING, "BOUND(error)"): ("listen()", "close()"),
+    ("connection", State.CLOSING, "CONNECTED"): ("connect()", "close()"),
+}
+
+
+def fire(layer: SessionLayer, s: Session, trigger: str) -> tuple[Session, list[Action]]:
+    """Apply one trigger of the table to ``s``: the session the row is about, and the actions."""
+    handle = s.handle if s.handle is not None else CONN_HANDLE
+    calls: dict[str, Any] = {
+        "listen()": lambda: layer.listen(s, "127.0.0.1", PORT),
+        "connect()": lambda: layer.connect(s, "127.0.0.1", PORT),
+        "close()": lambda: layer.close(s),
+        "shutdown()": lambda: layer.shutdown(s),
+        "BOUND": lambda: layer.handle_event(bound(s.index)),
+        "BOUND(error)": lambda: layer.handle_event(bound(s.index, retval=SessionError.PORTINUSE)),
+        "UNLISTEN_REPLY": lambda: layer.handle_event(unlisten_reply(s.index)),
+        "ACCEPTED": lambda: layer.handle_event(accepted(ACC_HANDLE)),
+        "CONNECTED": lambda: layer.handle_event(connected(s.index, CONN_HANDLE)),
+        "CONNECTED(error)": lambda: layer.handle_event(
+            connected(s.index, retval=SessionError.REFUSED)
+        ),
+        "DISCONNECTED": lambda: layer.handle_event(disconnected(handle)),
+        "RESET": lambda: layer.handle_event(reset(handle)),
+        "CLEANUP(TRANSPORT)": lambda: layer.handle_event(cleanup(handle, CleanupType.TRANSPORT)),
+        "CLEANUP(SESSION)": lambda: layer.handle_event(cleanup(handle, CleanupType.SESSION)),
+    }
+    if trigger == "accept()":  # an ACCEPTED queued on a listener, taken by the app
+        listener = s if s.is_listener else make_listener(layer)
+        layer.handle_event(accepted(ACC_HANDLE))
+        new, actions = layer.accept(listener)
+        assert new is not None and new.state == State.READY
+        return (listener if s.is_listener else new), actions
+    return s, calls[trigger]()
+
+
+@pytest.mark.parametrize(
+    "row", TRANSITIONS, ids=lambda t: f"{t.machine}-{t.state.value}-{t.trigger}"
+)
+def test_the_transition_table_is_what_the_core_does(layer: SessionLayer, row: Transition) -> None:
+    s = layer.new_session()
+    path = REACH_FOR_ROW.get((row.machine, row.state, row.trigger), REACH[row.machine, row.state])
+    for step in path:
+        fire(layer, s, step)
+    assert s.state == row.state, path
+    subject, actions = fire(layer, s, row.trigger)
+    assert subject.state == row.next
+    assert [E(t).name for t, _, _ in sent(actions)] == list(row.sends)
+    if row.next == State.CLOSED:
+        gone(layer, subject, None)
+
+
+def test_the_table_covers_every_state_a_session_reaches() -> None:
+    seen = {t.state for t in TRANSITIONS} | {t.next for t in TRANSITIONS}
+    # ACCEPTING is never a session's state: an ACCEPTED waits on its listener (as an event)
+    # until accept() makes a READY session of it.
+    assert set(State) - seen == {State.ACCEPTING}
+
+
+def test_docs_carry_the_current_diagram() -> None:
+    root = Path(__file__).resolve().parents[1]
+    tool = subprocess.run(
+        [sys.executable, str(root / "tools" / "session_diagram.py"), "--markdown"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert tool.stdout.strip() in (root / "docs" / "sessions.md").read_text(), (
+        "docs/sessions.md is out of date: paste `python3 tools/session_diagram.py --markdown`"
+    )
+    for t in TRANSITIONS:  # one edge per row
+        assert f": {t.trigger}" in tool.stdout

@@ -1,8 +1,10 @@
-"""Two pyvcl apps exchange bytes through a real VPP, cut-through, driving the session layer by
-hand with the foundation layer only (no session API yet): LISTEN/CONNECT, APP_ADD_SEGMENT with
-its SEND_FDS fd, ACCEPTED/ACCEPTED_REPLY, CONNECTED, fifo writes with TX events, RX events,
-has_event re-arming, DISCONNECT and CLEANUP.  This proves the fifos and queues interoperate with
-VPP; the session state machines of issue 4 are built on exactly these steps."""
+"""Two pyvcl apps exchange bytes through a real VPP, cut-through, driving VPP's session layer
+by hand with the foundation layer only (`App`, `MessageQueue`, `Fifo`), below pyvcl's session
+API (`pyvcl.session`, `pyvcl.sockets`): LISTEN/CONNECT, APP_ADD_SEGMENT with its SEND_FDS fd,
+ACCEPTED/ACCEPTED_REPLY, CONNECTED, fifo writes with TX events, RX events, has_event
+re-arming, DISCONNECT and CLEANUP.  This proves the fifos and queues interoperate with VPP on
+their own, so a failure here points below the session state machines
+(`pyvcl.session.core`), which take these same steps."""
 
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from pyvcl.wire.addr import ip_to_wire, port_to_wire
 from pyvcl.wire.enums import SessionEvent as E
 
 PORT = 17300
-NO_PARENT = 0xFFFFFFFFFFFFFFFF
+NO_PARENT = 0xFFFFFFFFFFFFFFFF  # parent_handle of a CONNECT opening no stream (as session.core)
 
 
 def vpp_mq(app: App, offset: int) -> MessageQueue:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import socket
-import threading
 from typing import Any
 
 from pyvcl.sockets import VclApp
+from pyvcl.testing.streams import CheckedThread
 
 
 def test_ipv6_cut_through_echo(vpp: Any) -> None:
@@ -24,11 +24,12 @@ def test_ipv6_cut_through_echo(vpp: Any) -> None:
             with conn:
                 conn.sendall(conn.recv(10))
 
-        t = threading.Thread(target=serve)
-        t.start()
-        with b.create_connection(("::1", 18600), timeout=5) as c:
+        # Leaving the block joins the server and raises what it raised (its asserts included).
+        with (
+            CheckedThread(serve, name="v6-serve", timeout=5),
+            b.create_connection(("::1", 18600), timeout=5) as c,
+        ):
             c.sendall(b"v6!")
             assert c.recv(10) == b"v6!"
             assert c.getpeername() == ("::1", 18600, 0, 0)
-        t.join(5)
         srv.close()

@@ -18,9 +18,7 @@ import errno
 import os
 import select
 import socket
-import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from ..errors import AppSocketError, Timeout, VppDisconnected, VppUnreachable
@@ -282,15 +280,3 @@ def _fds_from(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
             arr.frombytes(data[:usable])
             fds.extend(arr)
     return fds
-
-
-def wait_for_socket(path: str | os.PathLike[str], timeout: float) -> None:
-    """Wait until a filesystem socket exists (VPP creates namespace sockets asynchronously)."""
-    text = os.fspath(path)
-    if text.startswith(ABSTRACT_PREFIX):
-        return
-    deadline = time.monotonic() + timeout
-    while not Path(text).exists():
-        if time.monotonic() >= deadline:
-            raise VppUnreachable(f"{text} did not appear within {timeout} s", errno.ENOENT)
-        time.sleep(0.02)

@@ -118,7 +118,7 @@ def _mq_line(role: str, mq: dict[str, Any]) -> str:
     mode = (
         f"eventfd {mq['eventfd']}"
         if mq["mode"] == "eventfd"
-        else (f"mutex/condvar (kind {mq['mutex']['__kind']})")
+        else (f"mutex/condvar (kind {q['mutex']['__kind']})")
     )
     rings = "  ".join(
         f"ring{rg['index']} {rg['cursize']}/{rg['nitems']}x{rg['elsize']}B"

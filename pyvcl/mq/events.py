@@ -30,10 +30,29 @@ _SESSION_INDEX = SESSION_EVENT["session_index"]
 _PAYLOAD = SESSION_EVENT_PAYLOAD_OFFSET
 
 
+# The payload fields `Event`'s repr shows: those that say which session and what became of the
+# request.  The rest (fifo offsets, addresses, the slot's stale tail) is in `fields()` and
+# ``raw``.
+_REPR_FIELDS = (
+    "handle",
+    "listener_handle",
+    "session_handle",
+    "new_handle",
+    "segment_handle",
+    "context",
+    "retval",
+    "type",
+)
+_HEX_REPR_FIELDS = frozenset(n for n in _REPR_FIELDS if n.endswith("handle"))
+
+
 class Event(NamedTuple):
     """One decoded event.  ``msg`` is the payload's named tuple (ctrl events) or None;
     ``session_index`` is set for IO events; ``raw`` keeps the slot bytes that were read.
-    (A named tuple: immutable, and cheap to make -- one per event on the data path.)"""
+    (A named tuple: immutable, and cheap to make -- one per event on the data path.)
+
+    The repr is one short line (type, session, the payload's key fields, the raw size);
+    every field is in `fields()`, the slot's bytes in ``raw``."""
 
     type: int
     ring: int
@@ -47,6 +66,23 @@ class Event(NamedTuple):
             return SessionEvent(self.type).name
         except ValueError:
             return f"UNKNOWN_{self.type}"
+
+    def __repr__(self) -> str:
+        parts = [self.name]
+        if self.session_index is not None:
+            parts.append(f"session_index={self.session_index}")
+        if self.msg is not None:
+            payload = self.msg._asdict()
+            for name in _REPR_FIELDS:
+                value = payload.get(name)
+                if isinstance(value, int):
+                    parts.append(
+                        f"{name}={value:#x}" if name in _HEX_REPR_FIELDS else f"{name}={value}"
+                    )
+        elif self.session_index is None:  # a VPP-internal event: only its bytes
+            parts.append(f"ring={self.ring}")
+        parts.append(f"raw={len(self.raw)} B")
+        return f"Event({', '.join(parts)})"
 
     def fields(self) -> dict[str, Any]:
         """The payload as a plain dict (for printing and JSON)."""

@@ -12,6 +12,7 @@ checks them on every use (`pyvcl.mq.queue`).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from ..errors import SharedMemoryError
 from ..segment import Segment
@@ -20,7 +21,7 @@ from ..wire.mq import SVM_MSG_Q_MSG, SVM_MSG_Q_RING_SHARED, SVM_MSG_Q_SHARED, SV
 from ..wire.segment import FIFO_SEGMENT_HEADER, FIFO_SEGMENT_SLICE
 from ..wire.session import CTRL_EVENT_SLOT_SIZE, SESSION_EVENT_SIZE
 
-__all__ = ["SLOT_SIZES", "QueueLayout", "Ring", "read_layout"]
+__all__ = ["SLOT_SIZES", "QueueLayout", "QueueState", "Ring", "RingState", "read_layout"]
 
 _SMQ = SVM_MSG_Q_SHARED
 _Q = SVM_MSG_Q_SHARED_QUEUE
@@ -59,6 +60,39 @@ class QueueLayout:
     handles: int
     rings: list[Ring]
     size: int
+
+
+@dataclass(frozen=True)
+class RingState:
+    """One ring's words as read at one moment (`MessageQueue.read_state`); offsets are
+    fsh-relative.  Not checked: the indices may be anything another process wrote."""
+
+    index: int
+    fsh_offset: int  # the ring header
+    data_fsh_offset: int  # its first slot
+    nitems: int
+    elsize: int
+    head: int
+    tail: int
+    cursize: int
+
+
+@dataclass(frozen=True)
+class QueueState:
+    """A queue's header words as read at one moment (`MessageQueue.read_state`), as plain data:
+    fsh-relative offsets of the queue header and its handles, the indices (not checked), the
+    glibc mutex and condvar words by C name, and each ring's `RingState`."""
+
+    fsh_offset: int  # svm_msg_q_shared_queue_t
+    handles_fsh_offset: int  # its maxsize handles
+    head: int
+    tail: int
+    cursize: int
+    maxsize: int
+    elsize: int
+    mutex: dict[str, Any]
+    condvar: dict[str, Any]
+    rings: tuple[RingState, ...]
 
 
 def header_end(segment: Segment) -> int:

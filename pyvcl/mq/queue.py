@@ -43,13 +43,14 @@ from ..errors import LocalError, SharedMemoryError, Timeout, VclError
 from ..segment import Segment
 from ..wire.enums import MqRing
 from ..wire.mq import (
+    PTHREAD_COND_FIELDS,
     PTHREAD_MUTEX_FIELDS,
     SVM_MSG_Q_SHARED,
     SVM_MSG_Q_SHARED_QUEUE,
 )
 from . import events
 from .events import Event
-from .layout import Ring, read_layout
+from .layout import QueueState, Ring, RingState, read_layout
 from .producer import _HANDLE, _HANDLE_SIZE, _U32, Producer
 from .waiting import Waiter, WaitResult, poll_fds
 
@@ -532,6 +533,44 @@ class MessageQueue(Producer):
             self.wait(left)
 
     # -- inspection (pyvcl.mq.describe) ---------------------------------------------------------
+    def read_state(self) -> QueueState:
+        """The queue's header and ring words as they are now, as plain data: reads only, and
+        never raises for bad indices (reporting them is the caller's business: `describe`).
+        Racy against live peers by nature."""
+        get, view, a, seg = _U32.unpack_from, self._view, self._a, self.segment
+        rings = tuple(
+            RingState(
+                index=rg.index,
+                fsh_offset=seg.offset_of(rg.hdr),
+                data_fsh_offset=seg.offset_of(rg.data),
+                nitems=rg.nitems,
+                elsize=rg.elsize,
+                head=get(view, rg.head)[0],
+                tail=get(view, rg.tail)[0],
+                cursize=a.load32(rg.cursize),
+            )
+            for rg in self._rings
+        )
+        return QueueState(
+            fsh_offset=seg.offset_of(self._q),
+            handles_fsh_offset=seg.offset_of(self._q_data),
+            head=get(view, self._q_head)[0],
+            tail=get(view, self._q_tail)[0],
+            cursize=a.load32(self._q_cursize),
+            maxsize=self.maxsize,
+            elsize=_HANDLE_SIZE,
+            mutex=_words(PTHREAD_MUTEX_FIELDS, view, self._q + _Q.offset("mutex")),
+            condvar=_words(PTHREAD_COND_FIELDS, view, self._q + _Q.offset("condvar")),
+            rings=rings,
+        )
+
+    def read_handles(self, head: int, n: int) -> list[tuple[int, int]]:
+        """``n`` handles ``(ring_index, elt_index)`` from queue position ``head`` on (wrapping),
+        as they are now; what they point at is not checked."""
+        if not (0 <= head < self.maxsize and 0 <= n <= self.maxsize):
+            raise LocalError(f"{self.name}: no {n} handles from {head} in {self.maxsize}")
+        return self._read_handles(head, n) if n else []
+
     def describe(self) -> dict[str, Any]:
         """Everything the inspector shows, read now (racy against live peers by nature).
         Never raises for bad indices: they are reported under ``problems``."""
@@ -555,3 +594,12 @@ class MessageQueue(Producer):
             raise self._bad(f"element {elt} beyond ring {ring}'s {rg.nitems} items")
         slot = rg.data + elt * rg.elsize
         return events.decode(ring, bytes(self._view[slot : slot + rg.elsize]))
+
+
+def _words(decl: Any, view: memoryview, off: int) -> dict[str, Any]:
+    """Every field of ``decl`` at mapping offset ``off`` by its C name (arrays as lists)."""
+    out: dict[str, Any] = {}
+    for name, f in decl.fields.items():
+        v = f.get(view, off)
+        out[name] = list(v) if isinstance(v, tuple) else v
+    return out

@@ -29,6 +29,7 @@ from ..wire.enums import CleanupType, SessionError, TransportCfgFlags, Transport
 from ..wire.enums import SessionEvent as E
 
 NO_PARENT = 0xFFFFFFFFFFFFFFFF  # parent_handle of a CONNECT that opens no stream
+ORPHANS_KEPT = 64  # unmatched events a SessionLayer keeps for debugging (the latest ones)
 
 
 class State(enum.Enum):
@@ -124,7 +125,10 @@ class SessionLayer:
         self.sessions: dict[int, Session] = {}
         self.by_handle: dict[int, int] = {}
         self._next = 0
-        self.orphans: list[Event] = []  # events for sessions we do not know (kept for debug)
+        # Events for sessions we do not know, kept for debugging: only the latest few, since a
+        # peer (or a confused VPP) can send them forever; `orphans_dropped` counts the rest.
+        self.orphans: deque[Event] = deque(maxlen=ORPHANS_KEPT)
+        self.orphans_dropped = 0
 
     # -- requests ---------------------------------------------------------------------------
     def new_session(self, proto: int = TransportProto.TCP) -> Session:
@@ -281,7 +285,7 @@ class SessionLayer:
     def _bound(self, ev: Event, m: Any) -> list[Action]:
         s = self.sessions.get(m.context)
         if s is None or s.state not in (State.LISTEN_PENDING, State.CLOSING):
-            self.orphans.append(ev)
+            self._orphan(ev)
             return []
         if m.retval:
             s.state, s.error = State.FAILED, m.retval
@@ -320,7 +324,7 @@ class SessionLayer:
     def _connected(self, ev: Event, m: Any) -> list[Action]:
         s = self.sessions.get(m.context)
         if s is None or s.state not in (State.CONNECTING, State.CLOSING):
-            self.orphans.append(ev)
+            self._orphan(ev)
             return []
         if m.retval:
             s.state, s.error = State.FAILED, m.retval
@@ -410,9 +414,14 @@ class SessionLayer:
                         self.by_handle[handle] = placeholder.index
                         return None
             if ev is not None:
-                self.orphans.append(ev)
+                self._orphan(ev)
             return None
         return self.sessions.get(idx)
+
+    def _orphan(self, ev: Event) -> None:
+        if len(self.orphans) == self.orphans.maxlen:
+            self.orphans_dropped += 1
+        self.orphans.append(ev)
 
     def _msg(self, s: Session, event_type: int) -> Action:
         return Action(event_type, dict(client_index=self.client_index, handle=s.handle), s.vpp_mq)

@@ -128,10 +128,6 @@ class SessionEvent(enum.IntEnum):
     CTRL_CONNECT_STREAM = 37
     CTRL_TERMINATE = 38
 
-    @property
-    def is_io(self) -> bool:
-        return self < SessionEvent.CTRL_RPC
-
 
 class MqRing(enum.IntEnum):
     """session_mq_rings_e: ring 0 holds 18-byte IO events, ring 1 256-byte ctrl events."""
