@@ -25,10 +25,10 @@ LAYERS: list[set[str]] = [
     {"segment"},
     {"fifo", "mq"},
     {"api", "inspect", "vppversion"},
-    {"app", "config", "snapshot"},
+    {"app", "config", "snapshot", "procview"},  # procview: another process's segments
     {"session"},
     {"sockets"},
-    {"selector", "fallback"},
+    {"selector", "fallback", "repl"},
     {"socket", "aio", "stack"},
     {"interpose"},
     {"cli", "_boot"},
