@@ -22,13 +22,20 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p = sub.add_parser("decode", help="decode a recorded app-socket trace or a memory snapshot")
     p.add_argument("file", type=Path, help="trace .json, or snapshot .bin/.json")
     p.add_argument("--json", action="store_true", help="JSON instead of text")
+    p.add_argument(
+        "--session",
+        type=int,
+        metavar="N",
+        help="live traces: only what concerns the app's session N (its frames, messages, "
+        "core calls)",
+    )
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     path: Path = args.file
     try:
-        text = _decode(path, args.json)
+        text = _decode(path, args.json, args.session)
     except VclError:
         raise  # a RecordingError names the file; the CLI prints it as one line
     except OSError as e:  # unreadable: missing, a directory, no permission...
@@ -38,9 +45,19 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _decode(path: Path, as_json: bool) -> str:
+def _decode(path: Path, as_json: bool, session: int | None = None) -> str:
     """The decoded recording as text (or JSON text)."""
     data: Any
+    from ..api.timeline import is_live_trace
+
+    if is_live_trace(path):
+        from ..api.timeline import load_timeline
+        from .timeline import format_timeline, timeline_json
+
+        timeline = load_timeline(path)
+        if as_json:
+            return json.dumps(timeline_json(timeline, session), indent=1)
+        return format_timeline(timeline, session)
     if path.suffix == ".bin" or _is_snapshot(path):
         from ..snapshot import describe_snapshot
 
