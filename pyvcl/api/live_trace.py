@@ -35,7 +35,7 @@ from ..wire.enums import MqRing, SessionEvent, ring_for_event
 from ..wire.session import SESSION_EVENT_SIZE
 
 ENV = "PYVCL_TRACE"
-OWNER_ENV = "PYVCL_TRACE_PID"  # the pid that writes PYVCL_TRACE itself; others add .PID
+OWNER_ENV = "PYVCL_TRACE_PID"  # "PID:FILE": the process writing FILE; others write FILE.PID
 FORMAT = "pyvcl-trace"
 VERSION = 1
 KINDS = ("sapi", "mq", "core", "note")
@@ -102,7 +102,9 @@ class Tracer:
     cannot be written is a `LocalError` at attach, not a surprise later); a write that fails
     later stops the trace (``error`` says why) rather than the program."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, claim: bool = False) -> None:
+        """``claim``: the process's own tracer (`active`): mark ``path`` as this process's in
+        the environment, or write ``path.PID`` if a parent process claimed it."""
         self.base = path
         self._lock = threading.Lock()
         self._fd: int | None = None
@@ -113,12 +115,13 @@ class Tracer:
         self._io_prefixes: dict[tuple[str, str, int], str] = {}
         self.closed = False
         self.error: OSError | None = None
-        owner = os.environ.get(OWNER_ENV)
-        if owner in (None, "", str(os.getpid())):
-            os.environ[OWNER_ENV] = str(os.getpid())
-            self.path = path
-        else:  # an exec'd child of the process that writes the named file
-            self.path = f"{path}.{os.getpid()}"
+        self.path = path
+        if claim:
+            owner, _, owned = os.environ.get(OWNER_ENV, "").partition(":")
+            if owned == path and owner != str(os.getpid()):
+                self.path = f"{path}.{os.getpid()}"  # an exec'd child of the file's writer
+            else:
+                os.environ[OWNER_ENV] = f"{os.getpid()}:{path}"
         self._t0 = self._last_flush = time.monotonic()
         self._start()
         try:
@@ -348,7 +351,7 @@ def active() -> Tracer | None:
         if not _looked:
             path = os.environ.get(ENV, "")
             if path:
-                _tracer = Tracer(path)
+                _tracer = Tracer(path, claim=True)
                 atexit.register(_tracer.close)
                 os.register_at_fork(after_in_child=_tracer._forked)
             _looked = True
