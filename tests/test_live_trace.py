@@ -363,3 +363,58 @@ def test_vpp_nc_1mib_trace(vpp: Any, nc: Any, tmp_path: Path) -> None:
     doc = json.loads(as_json.stdout)
     assert doc["header"]["pid"] == srv.proc.pid
     assert doc["records"] and all(1 in r["sessions"] for r in doc["records"])
+
+
+def test_vpp_run_trace(vpp: Any, nc: Any, tmp_path: Path) -> None:
+    """``pyvcl run --trace``: an unmodified program's connection, interposed (its pump thread
+    polls the app mq too), recorded and replayed."""
+    sock, trace = str(vpp.app_socket()), tmp_path / "run.trace"
+    srv = nc("-v", "--app-socket", sock, "-l", "127.0.0.1", "25012")
+    srv.wait_for("listening on 127.0.0.1:25012")
+    code = (
+        "import socket\n"
+        "s = socket.create_connection(('127.0.0.1', 25012))\n"
+        "s.sendall(b'hello')\n"
+        "s.close()\n"
+    )
+    p = subprocess.run(
+        [sys.executable, "-m", "pyvcl", "run", "--trace", str(trace), "--app-socket", sock,
+         "--no-fallback", "-c", code],
+        capture_output=True, text=True, timeout=60, cwd=ROOT,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert srv.wait(30) == 0, srv.err()
+    assert srv.proc.stdout.read() == b"hello"
+    timeline = load_timeline(trace)
+    names = [r.type_name for r in timeline.records if isinstance(r, TraceMessage)]
+    assert names[:2] == ["ATTACH", "ATTACH_REPLY"]
+    assert names.index("CTRL_CONNECT") < names.index("CTRL_CONNECTED") < names.index("IO_TX")
+    result = replay(timeline)
+    assert result.mismatches == [] and result.events >= 1
+
+
+def test_vpp_attach_wraps_only_when_tracing(vpp: Any, monkeypatch: pytest.MonkeyPatch,
+                                            tmp_path: Path) -> None:  # fmt: skip
+    """Untraced, an attached app's socket and queues keep their own methods; traced, the
+    recording wrappers are on that app's objects alone."""
+    from pyvcl.app import App
+
+    monkeypatch.delenv(live_trace.ENV, raising=False)
+    monkeypatch.setattr(live_trace, "_looked", False)
+    monkeypatch.setattr(live_trace, "_tracer", None)
+    with App.attach(vpp.app_socket()) as plain:
+        objects = [plain.sapi, plain.app_mq, *plain.vpp_mqs]
+        assert not any({"recv", "send_raw", "send_io", "drain"} & set(vars(o)) for o in objects)
+    monkeypatch.setenv(live_trace.ENV, str(tmp_path / "t"))
+    monkeypatch.delenv(live_trace.OWNER_ENV, raising=False)
+    monkeypatch.setattr(live_trace, "_looked", False)
+    with App.attach(vpp.app_socket()) as traced:
+        assert {"recv", "send_raw"} <= set(vars(traced.sapi))
+        assert all({"send", "send_io", "drain"} <= set(vars(q)) for q in traced.vpp_mqs)
+        assert {"drain"} <= set(vars(traced.app_mq))
+    tracer = live_trace.active()
+    assert tracer is not None
+    tracer.close()
+    types = [r.type_name for r in load_timeline(tmp_path / "t").records
+             if isinstance(r, TraceMessage)]  # fmt: skip
+    assert types[:2] == ["ATTACH", "ATTACH_REPLY"] and "CTRL_APP_DETACH" in types

@@ -1,8 +1,10 @@
 """``pyvcl decode FILE``: decode a recording, message by message.
 
 A trace (JSON with ``events``: a recorded app-socket exchange) prints each frame decoded; a
-shared-memory snapshot (``NAME.bin`` + ``NAME.json`` with ``regions``) prints its segments,
-message queues with every event, and fifos.  A malformed or unreadable file is one line on
+live trace (``PYVCL_TRACE``, docs/traces.md) prints as a timeline, one line per record
+(``--session N``: what concerns the app's session N; ``--json``); a shared-memory snapshot
+(``NAME.bin`` + ``NAME.json`` with ``regions``) prints its segments, message queues with every
+event, and fifos.  A malformed or unreadable file is one line on
 stderr, ``pyvcl decode: FILE: what is wrong``, and exit status 1.
 """
 

@@ -82,6 +82,7 @@ def format_timeline(timeline: Timeline, session: int | None = None) -> str:
     )
     argv = h.get("argv")
     command = shlex.join(map(str, argv)) if isinstance(argv, list) else "?"
+    command = command.replace("\n", "\\n")  # (one line, even for ``run -c CODE``)
     lines = [f"# pid {h.get('pid', '?')} started {when}: {command}"]
     if session is not None:
         lines.append(f"# session {session} only")
