@@ -22,7 +22,7 @@ from .trace import DIRECTIONS, TraceMessage, _message
 
 CORE_CALLS = ("init", "handle_event", "new_session", "listen", "connect", "accept", "shutdown",
               "close")  # fmt: skip
-_HEAD_MAX = 1 << 16  # a header line longer than this is not ours
+_HEAD_MAX = 1 << 20  # a header line longer than this (argv and all) is not ours
 _N_RINGS = len(MqRing)
 
 

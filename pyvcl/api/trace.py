@@ -1,13 +1,12 @@
 """Recorded app-socket exchanges and live traces: load a trace file, decode it message by message.
 
-Two containers hold the same event objects.  A recorded trace (``shared/vpp-v26.06/traces/``)
-is one JSON object whose ``events`` each have ``dir`` ("app->vpp" / "vpp->app"), ``len``,
-``hex`` (the frame), ``fds`` (the descriptor numbers the process received with it) and
-optionally ``mmaps`` (how those fds were then mapped).  A live trace (`pyvcl.api.live_trace`,
-docs/traces.md) is JSON Lines: a header object, then one event per line, each with ``seq``,
-``t`` and ``kind`` added -- ``sapi`` events are the recorded ones, ``mq`` events carry a
-message-queue message, ``core`` events a call of the session core, ``note`` events a remark.
-`load_trace` gives the app-socket frames of either; `load_timeline` everything.
+A recorded trace (``shared/vpp-v26.06/traces/``) is one JSON object whose ``events`` each have
+``dir`` ("app->vpp" / "vpp->app"), ``len``, ``hex`` (the frame), ``fds`` (the descriptor
+numbers the process received with it) and optionally ``mmaps`` (how those fds were then
+mapped).  A live trace (`pyvcl.api.live_trace`, docs/traces.md) is JSON Lines: a header, then
+one record per line; its ``sapi`` records are such events with ``seq``, ``t`` and ``kind``
+added, beside ``mq``, ``core`` and ``note`` records.  `load_trace` gives the app-socket frames
+of either; `pyvcl.api.timeline.load_timeline` every record of a live trace.
 """
 
 from __future__ import annotations
