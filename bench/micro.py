@@ -3,9 +3,10 @@
     python -m bench.micro [--quick]
 
 Cases: atomics per backend, fifo enqueue+dequeue (64 B, 1 KiB, 64 KiB), message-queue send+drain in
-both signalling modes, and — when a VPP is installed (PYVCL_VPP_PREFIX or `vpp` on PATH) —
-attach+detach against a private instance.  Figures are per operation, best of several rounds
-(the machine is shared and noisy: compare cases within one run, not across days).
+both signalling modes, a live trace's cost (off and on), and — when a VPP is installed
+(PYVCL_VPP_PREFIX or `vpp` on PATH) — attach+detach against a private instance.  Figures are
+per operation, best of several rounds (the machine is shared and noisy: compare cases within
+one run, not across days).
 """
 
 from __future__ import annotations
@@ -100,6 +101,55 @@ def bench_mq(n: int) -> None:
             os.close(fd)
 
 
+def bench_trace(n: int) -> None:
+    """A live trace's cost (pyvcl.api.live_trace): one step of a writer's data path -- 1 KiB
+    into a fifo, its IO event sent, drained and handed to the session core, the 1 KiB read
+    back -- untraced and traced into a file.  Untraced it is the same code as without tracing
+    (the wrappers are installed only on traced objects), so "off" is the plain cost."""
+    import tempfile
+
+    from pyvcl.api.live_trace import Tracer
+    from pyvcl.fifo import Fifo
+    from pyvcl.session.core import SessionLayer
+    from pyvcl.session.replay import watch_layer
+    from pyvcl.wire.enums import SessionEvent
+    from tests.fifo_fixtures import alloc_fifo
+    from tests.mq_fixtures import build_mq
+    from tests.segment_fixtures import make_segment
+
+    data, buf = os.urandom(1 << 10), bytearray(1 << 10)
+    with tempfile.TemporaryDirectory() as tmp:
+        for mode in ("off", "on"):
+            seg = make_segment(16 << 20)
+            off = alloc_fifo(seg, 1 << 20)
+            prod, cons = Fifo(seg, off), Fifo(seg, off)
+            fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+            _, _, mq = build_mq(2048, eventfd=fd)
+            layer = SessionLayer(1)
+            tracer = None
+            if mode == "on":
+                tracer = Tracer(os.path.join(tmp, "trace"))
+                tracer.watch_queue(mq, "vpp0")
+                watch_layer(layer, tracer)
+
+            def step(
+                mq: Any = mq, layer: Any = layer, prod: Fifo = prod, cons: Fifo = cons
+            ) -> None:
+                prod.enqueue(data)
+                mq.send_io(SessionEvent.IO_TX, 1)
+                for ev in mq.drain():
+                    layer.handle_event(ev)
+                cons.dequeue_into(buf)
+
+            secs = best_of(step, n)
+            extra = {}
+            if tracer is not None:
+                tracer.close()
+                extra["trace_bytes_per_op"] = round(os.path.getsize(tracer.path) / (n * ROUNDS))
+            emit(f"trace.1KiB+send_io+drain+core[{mode}]", secs, **extra)
+            os.close(fd)
+
+
 def bench_attach(n: int) -> None:
     from pyvcl.app import App
     from pyvcl.testing.vpp import VppInstance, find_vpp
@@ -129,6 +179,7 @@ def main() -> int:
     bench_atomics(n * 5)
     bench_fifo(n)
     bench_mq(n)
+    bench_trace(n)
     bench_attach(max(20, n // 100))
     return 0
 

@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from .api import live_trace
 from .api.messages import (
     AttachOptions,
     AttachReply,
@@ -378,6 +379,11 @@ class App(_AppWorker):
         path = app_socket if app_socket is not None else default_app_socket(opts.namespace_id)
         sapi = SapiSocket.connect(path, timeout)
         app = cls(sapi, opts)
+        # Tracing (PYVCL_TRACE) wraps this app's own socket and queue objects, and only then:
+        # an untraced app runs the same code as ever (pyvcl.api.live_trace).
+        tracer = live_trace.active()
+        if tracer is not None:
+            tracer.watch_sapi(sapi)
         try:
             app.vpp_version = check_peer_version(sapi.fileno(), vpp_version)
             sapi.send(SapiMsgType.ATTACH, payload)
@@ -387,6 +393,11 @@ class App(_AppWorker):
             if reply.retval:
                 raise session_error("VPP refused the attach", reply.retval)
             app._setup(reply, assign_fds(reply.fd_flags, reply.n_fds, msg.fds))
+            if tracer is not None:
+                assert app.app_mq is not None
+                tracer.watch_queue(app.app_mq, "app")
+                for i, mq in enumerate(app.vpp_mqs):
+                    tracer.watch_queue(mq, f"vpp{i}")
         except BaseException:
             with contextlib.suppress(Exception):  # it releases everything; the cause matters
                 app.close()
@@ -581,6 +592,10 @@ class App(_AppWorker):
             self.vpp_segment = None
         self._release_segments(cleanup)
         cleanup(self.sapi.close)
+        tracer = live_trace.active()
+        if tracer is not None:
+            tracer.record("note", what="app closed")
+            tracer.flush()
         cleanup.done(f"closing {self!r}")
 
     def __enter__(self) -> App:
@@ -615,6 +630,9 @@ class Worker(_AppWorker):
     def add(cls, app: App, timeout: float) -> Worker:
         sapi = SapiSocket.connect(app.sapi.path, timeout)
         worker = cls(app, sapi)
+        tracer = live_trace.active()
+        if tracer is not None:
+            tracer.watch_sapi(sapi)
         try:
             sapi.send(SapiMsgType.ADD_DEL_WORKER, encode_worker_add_del(app.app_index, 0, True))
             msg = sapi.recv_expect(SapiMsgType.ADD_DEL_WORKER_REPLY)
@@ -639,6 +657,8 @@ class Worker(_AppWorker):
             if evfd is not None:
                 os.set_blocking(evfd, False)
             worker.mq = MessageQueue(worker.segment, reply.app_event_queue_address, eventfd=evfd)
+            if tracer is not None:
+                tracer.watch_queue(worker.mq, f"wrk{reply.wrk_index}")
         except BaseException:
             with contextlib.suppress(Exception):  # it releases everything; the cause matters
                 worker.close(notify=False)

@@ -1,8 +1,12 @@
-"""Recorded app-socket exchanges: load a trace file and decode it message by message.
+"""Recorded app-socket exchanges and live traces: load a trace file, decode it message by message.
 
-The format is the one in ``shared/vpp-v26.06/traces/``: a JSON object whose ``events`` each have
-``dir`` ("app->vpp" / "vpp->app"), ``len``, ``hex`` (the frame), ``fds`` (the descriptor numbers
-the process received with it) and optionally ``mmaps`` (how those fds were then mapped).
+A recorded trace (``shared/vpp-v26.06/traces/``) is one JSON object whose ``events`` each have
+``dir`` ("app->vpp" / "vpp->app"), ``len``, ``hex`` (the frame), ``fds`` (the descriptor
+numbers the process received with it) and optionally ``mmaps`` (how those fds were then
+mapped).  A live trace (`pyvcl.api.live_trace`, docs/traces.md) is JSON Lines: a header, then
+one record per line; its ``sapi`` records are such events with ``seq``, ``t`` and ``kind``
+added, beside ``mq``, ``core`` and ``note`` records.  `load_trace` gives the app-socket frames
+of either; `pyvcl.api.timeline.load_timeline` every record of a live trace.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from typing import Any
 from ..errors import AppSocketError, RecordingError, VclError
 from ..recording import field as json_field
 from ..recording import int_field, integer, need, read_json, typed
-from ..wire.enums import SapiMsgType
+from ..wire.enums import SapiMsgType, SessionEvent
 from ..wire.sapi import PAYLOADS, SAPI_MSG_SIZE, SAPI_PAYLOAD_OFFSET
 from .messages import (
     AttachReply,
@@ -31,6 +35,9 @@ FD_MAX = (1 << 31) - 1  # a descriptor number is a non-negative C int
 
 @dataclass
 class TraceMessage:
+    """One app-socket frame (``kind`` "sapi") or message-queue message ("mq").  ``t``, the
+    queue, ring, raw bytes and the session named are those of live traces."""
+
     index: int
     direction: str
     type: int
@@ -38,11 +45,18 @@ class TraceMessage:
     fds: list[int] = field(default_factory=list)
     fd_roles: dict[str, list[int]] = field(default_factory=dict)
     mmaps: list[dict[str, Any]] = field(default_factory=list)
+    t: float | None = None
+    kind: str = "sapi"
+    queue: str | None = None
+    ring: int | None = None
+    raw: bytes = b""
+    session: dict[str, int] = field(default_factory=dict)
 
     @property
     def type_name(self) -> str:
+        names: type[enum.IntEnum] = SessionEvent if self.kind == "mq" else SapiMsgType
         try:
-            return SapiMsgType(self.type).name
+            return names(self.type).name
         except ValueError:
             return f"UNKNOWN_{self.type}"
 
@@ -87,6 +101,10 @@ def decode_frame(
 def load_trace(path: str | Path) -> list[TraceMessage]:
     """The messages of a trace file, decoded.  A file that is not a well-formed trace raises
     `RecordingError` naming the file and what is wrong; an unreadable one the usual `OSError`."""
+    from .timeline import is_live_trace, load_timeline
+
+    if is_live_trace(path):
+        return [r for r in load_timeline(path).records if isinstance(r, TraceMessage)]
     try:
         return _messages(read_json(path))
     except RecordingError as e:
@@ -100,8 +118,9 @@ def _messages(data: Any) -> list[TraceMessage]:
     return [_message(i, typed(ev, dict, f"event {i}")) for i, ev in enumerate(events)]
 
 
-def _message(i: int, ev: dict[str, Any]) -> TraceMessage:
-    where = f"event {i}"
+def _message(i: int, ev: dict[str, Any], where: str = "") -> TraceMessage:
+    """One app-socket frame (``where`` names it in errors: "event 3", "line 5")."""
+    where = where or f"event {i}"
     direction = json_field(ev, "dir", where, str)
     need(direction in DIRECTIONS, f"{where}: 'dir' is {direction!r}, not one of {DIRECTIONS}")
     text = json_field(ev, "hex", where, str)

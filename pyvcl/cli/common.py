@@ -54,6 +54,12 @@ def add_stack_options(p: argparse.ArgumentParser) -> None:
         help="session scope: local (cut-through to apps on the same VPP), global (VPP's "
         "TCP stack) or both (default; from the VCL config when one is used)",
     )
+    stack.add_argument(
+        "--trace",
+        metavar="FILE",
+        help="record every app-socket frame and message-queue message to FILE (as "
+        "PYVCL_TRACE=FILE does; read it with pyvcl decode FILE)",
+    )
 
 
 def stack_choice(args: argparse.Namespace) -> StackChoice:
@@ -95,3 +101,12 @@ def _size(text: str) -> int:
         return int(number, 0) * mult
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a size: {text!r}") from None
+
+
+def start_tracing(args: argparse.Namespace) -> None:
+    """``--trace FILE``: trace this process (before it attaches)."""
+    path = getattr(args, "trace", None)
+    if path:
+        from ..api.live_trace import trace_to
+
+        trace_to(path)

@@ -1,8 +1,10 @@
 """``pyvcl decode FILE``: decode a recording, message by message.
 
 A trace (JSON with ``events``: a recorded app-socket exchange) prints each frame decoded; a
-shared-memory snapshot (``NAME.bin`` + ``NAME.json`` with ``regions``) prints its segments,
-message queues with every event, and fifos.  A malformed or unreadable file is one line on
+live trace (``PYVCL_TRACE``, docs/traces.md) prints as a timeline, one line per record
+(``--session N``: what concerns the app's session N; ``--json``); a shared-memory snapshot
+(``NAME.bin`` + ``NAME.json`` with ``regions``) prints its segments, message queues with every
+event, and fifos.  A malformed or unreadable file is one line on
 stderr, ``pyvcl decode: FILE: what is wrong``, and exit status 1.
 """
 
@@ -22,13 +24,20 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p = sub.add_parser("decode", help="decode a recorded app-socket trace or a memory snapshot")
     p.add_argument("file", type=Path, help="trace .json, or snapshot .bin/.json")
     p.add_argument("--json", action="store_true", help="JSON instead of text")
+    p.add_argument(
+        "--session",
+        type=int,
+        metavar="N",
+        help="live traces: only what concerns the app's session N (its frames, messages, "
+        "core calls)",
+    )
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     path: Path = args.file
     try:
-        text = _decode(path, args.json)
+        text = _decode(path, args.json, args.session)
     except VclError:
         raise  # a RecordingError names the file; the CLI prints it as one line
     except OSError as e:  # unreadable: missing, a directory, no permission...
@@ -38,9 +47,19 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _decode(path: Path, as_json: bool) -> str:
+def _decode(path: Path, as_json: bool, session: int | None = None) -> str:
     """The decoded recording as text (or JSON text)."""
     data: Any
+    from ..api.timeline import is_live_trace
+
+    if is_live_trace(path):
+        from ..api.timeline import load_timeline
+        from .timeline import format_timeline, timeline_json
+
+        timeline = load_timeline(path)
+        if as_json:
+            return json.dumps(timeline_json(timeline, session), indent=1)
+        return format_timeline(timeline, session)
     if path.suffix == ".bin" or _is_snapshot(path):
         from ..snapshot import describe_snapshot
 

@@ -49,7 +49,7 @@ import time
 from typing import Any
 
 from ..errors import VppUnreachable
-from .common import add_attach_options, add_stack_options, stack_choice
+from .common import add_attach_options, add_stack_options, stack_choice, start_tracing
 
 # Bytes per read of stdin or of the connection.  Small against the fifos (1 MiB by default):
 # a cut-through writer whose chunk does not fit waits for a dequeue notification, and
@@ -318,6 +318,7 @@ def run(args: argparse.Namespace) -> int:
     if args.vcl_config and (args.app_socket or args.namespace_id or args.runtime_dir):
         _err("--vcl-config names the VPP: no --app-socket, --ns or --runtime-dir with it")
         return 2
+    start_tracing(args)
     try:
         app = _open(args)
     except VppUnreachable as e:

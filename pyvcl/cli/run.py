@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, NoReturn
 
-from .common import add_attach_options, add_stack_options, stack_choice
+from .common import add_attach_options, add_stack_options, stack_choice, start_tracing
 
 PROG = "pyvcl run"
 USAGE = f"{PROG} [OPTIONS] (-m MODULE | -c CODE | SCRIPT | -) [ARGS...]"
@@ -139,6 +139,7 @@ def main(argv: Sequence[str]) -> int:
         boot.say(f"can't open file {os.path.abspath(program.target)!r}: no such file")
         return 2
     boot.hand_down(choice)
+    start_tracing(args)
     try:
         app = boot.from_environment(strict=True)
     except Exception as e:

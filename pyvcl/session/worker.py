@@ -46,6 +46,7 @@ from ..mq.queue import MessageQueue
 from ..wire.enums import DeqNotify
 from ..wire.enums import SessionEvent as E
 from .core import Action, Session, SessionLayer, State
+from .replay import watch_layer
 
 POLL_SLICE = 0.05  # longest single wait of the poller, so new waiters' deadlines are honoured
 _READY = State.READY
@@ -72,6 +73,7 @@ class SessionWorker:
     def __init__(self, app: App) -> None:
         self.app = app
         self.layer = SessionLayer(app.api_client_handle)
+        watch_layer(self.layer)  # records the core's calls when tracing is on (else nothing)
         self.lock = threading.RLock()
         self.cond = _Condition(self.lock)
         self._polling = False
