@@ -21,6 +21,7 @@ from __future__ import annotations
 import code
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from . import inspect as decode
+from .api import live_trace
 from .errors import VclError
 from .fifo import Fifo
 from .mq.events import Event
@@ -200,10 +202,17 @@ class Shell:
         return self.events[n:]
 
     def export(self, path: str | Path) -> Path:
-        """Write ``history`` as JSON to ``path``."""
+        """Write the session as a trace to ``path``: every app-socket frame and message-queue
+        message since attach (docs/traces.md; ``pyvcl decode PATH`` renders it).  When this
+        process is not traced (a `Shell` made by hand), ``history`` as JSON instead."""
         out = Path(path)
-        doc = {"format": "pyvcl-repl-history", "version": 1, "history": self.history}
-        out.write_text(json.dumps(doc, indent=1) + "\n")
+        tracer = live_trace.active()
+        if tracer is None:
+            doc = {"format": "pyvcl-repl-history", "version": 1, "history": self.history}
+            out.write_text(json.dumps(doc, indent=1) + "\n")
+        else:
+            tracer.flush()
+            shutil.copyfile(tracer.path, out)
         return out
 
     def namespace(self) -> dict[str, Any]:

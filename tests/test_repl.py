@@ -174,8 +174,21 @@ def test_listen_accept_and_read_the_rx_fifo_by_hand(vpp: VppInstance, tmp_path: 
         shell.expect(r"! ValueError: session_listen_msg_t has no field prot")
         shell.type("len(history) >= 4")
         shell.expect("True")
+        trace = tmp_path / "session.trace"
+        shell.type(f"export({str(trace)!r})")
+        shell.expect(r"PosixPath\(.*session.trace'\)")
         shell.type("exit()")
         assert shell.wait() == 0
+        # The export is a real trace: pyvcl decode renders the walk, in order.
+        timeline = subprocess.run(
+            [sys.executable, "-m", "pyvcl", "decode", str(trace)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        order = ["CTRL_LISTEN", "CTRL_BOUND", "CTRL_ACCEPTED", "CTRL_ACCEPTED_REPLY", "IO_RX"]
+        at = [timeline.find(name) for name in order]
+        assert -1 not in at and at == sorted(at), timeline
     finally:
         shell.close()
         if nc is not None:

@@ -2,16 +2,21 @@
 
 Takes the attach options of ``pyvcl nc``.  Built on the standard library's `code` and
 `rlcompleter` (tab completes names and attributes where `readline` exists).  ``-c CODE``
-runs CODE in the shell's namespace and exits (for scripts and tests).  ``exit()``, Ctrl-D
+runs CODE in the shell's namespace and exits (for scripts and tests).  The session is always
+traced (`pyvcl.api.live_trace`): into ``--trace FILE`` when given, else into a temporary
+file that ``export(path)`` copies and that goes away with the shell.  ``exit()``, Ctrl-D
 or the end of input detach and end with status 0.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import sys
+import tempfile
 
-from .common import add_attach_options, add_stack_options, stack_choice
+from .common import add_attach_options, add_stack_options, stack_choice, start_tracing
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -23,11 +28,27 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.kernel:
+        raise ValueError("the shell needs VPP: --kernel does not apply")
+    temp = None
+    if args.trace:
+        start_tracing(args)
+    else:  # traced anyway, into a file of our own, so that export() can give a real trace
+        from ..api.live_trace import trace_to
+
+        temp = tempfile.mkdtemp(prefix="pyvcl-repl-")
+        trace_to(os.path.join(temp, "session.trace"))
+    try:
+        return _run(args)
+    finally:
+        if temp is not None:
+            shutil.rmtree(temp, ignore_errors=True)
+
+
+def _run(args: argparse.Namespace) -> int:
     from ..repl import BANNER, Console, Prompt, Shell
     from ..sockets import VclApp
 
-    if args.kernel:
-        raise ValueError("the shell needs VPP: --kernel does not apply")
     choice = stack_choice(args)
     vcl = VclApp(choice.app_socket_path(), choice.attach_options(), timeout=args.timeout)
     shell = None
