@@ -168,7 +168,7 @@ class VclTransport(asyncio.Transport):
         super().__init__(extra)
         sock.setblocking(False)
         self._loop, self._sock, self._protocol, self._server = loop, sock, protocol, server
-        self._driver = _Driver.get(sock._app)
+        self._driver = _Driver.get(sock.app)
         self._driver.acquire()
         self._buffer = bytearray()
         self._high, self._low = 64 * 1024, 16 * 1024
@@ -340,7 +340,7 @@ class VclServer:
         factory: Callable[[], asyncio.Protocol],
     ) -> None:
         self._loop, self._listener, self._factory = loop, listener, factory
-        self._driver = _Driver.get(listener._app)
+        self._driver = _Driver.get(listener.app)
         self._driver.acquire()
         self._active = 0
         self._closed = False

@@ -96,7 +96,7 @@ class VclSelector(selectors.BaseSelector):
                 raise KeyError(f"{fileobj!r} is already registered")
             if fileobj.closed:
                 raise ValueError(f"{fileobj!r} is closed")
-            self._bind(fileobj._app)
+            self._bind(fileobj.app)
             key = SelectorKey(fileobj, -1, events, data)
             self._vcl[fileobj] = key
             return key

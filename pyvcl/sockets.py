@@ -238,6 +238,11 @@ class VclSocket:
         """The app worker that carries this socket's session."""
         return self._worker
 
+    @property
+    def app(self) -> VclApp:
+        """The app this socket belongs to."""
+        return self._app
+
     def readiness(self, read: bool = True, write: bool = True) -> tuple[bool, bool]:
         """(readable, writable) as poll(2) would say of a kernel TCP socket, re-arming VPP's
         wake-ups for what is not ready (`SessionWorker.readiness`).  A closed socket, or one
