@@ -31,7 +31,7 @@ from .api.messages import AttachOptions
 from .app import App
 from .errors import LocalError, NotConnected, Timeout, VclError, WouldBlock
 from .session.core import Session, State
-from .session.worker import DataPath, SessionWorker, session_error
+from .session.worker import DataPath, SessionWorker, listen_connect_error
 from .wire.enums import TransportProto
 
 _DEFAULT_SESSION_TIMEOUT = 600.0  # VCL's session-timeout: bound on blocking connect/listen
@@ -312,7 +312,7 @@ class VclSocket:
         if s.state != State.FAILED or not self._connect_pending:
             return None
         self._connect_pending = False
-        return session_error(f"connect to {s.peer}", s.error, connect=True)
+        return listen_connect_error(f"connect to {s.peer}", s.error, connect=True)
 
     def _reset_failed(self) -> None:
         """After a failed connect the socket is unconnected again: a fresh session."""

@@ -37,8 +37,8 @@ from ..errors import (
     VclError,
     VppDisconnected,
     WouldBlock,
+    session_error,
 )
-from ..errors import session_error as _session_error
 from ..fifo import Fifo
 from ..fifo.fastpath import after_read, make_dequeue, make_dequeue_into
 from ..mq.events import Event
@@ -231,7 +231,7 @@ class SessionWorker:
         if not self.wait_until(lambda: s.state in states or s.state == State.FAILED, timeout):
             raise Timeout(f"{what} timed out after {timeout} s")
         if s.state == State.FAILED:
-            raise session_error(what, s.error, connect=s.is_listener is False)
+            raise listen_connect_error(what, s.error, connect=s.is_listener is False)
 
     # -- data path ---------------------------------------------------------------------------
     def recv_into(self, s: Session, buf: Any, timeout: float | None) -> int:
@@ -507,11 +507,11 @@ class SessionWorker:
             return False
 
 
-def session_error(what: str, code: int, connect: bool = False) -> VclError:
+def listen_connect_error(what: str, code: int, connect: bool = False) -> VclError:
     """The error for a failed listen/connect.  Like VCL (vppcom_wait_for_session_state_change),
     every connect failure but "address in use" is reported as ECONNREFUSED; the exception
     keeps VPP's own code (``.code``, ``.name``) for the curious."""
-    err = _session_error(f"{what} failed", code)
+    err = session_error(f"{what} failed", code)
     if connect and err.errno != errno.EADDRINUSE and not isinstance(err, ConnectionRefusedError):
         assert isinstance(err, SessionLayerError)
         return SessionRefused(f"{what} failed", err.code, err.name, errno.ECONNREFUSED)
