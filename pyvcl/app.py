@@ -4,7 +4,7 @@
 socket, send ATTACH, receive the reply and its fds, map the vpp-mq segment and the app's first
 segment, attach the app worker's mq and every VPP worker mq.  `App.poll` then delivers the
 session events VPP queues for us, handling segment add/del itself (7.13).  Closing the app (or
-the process dying) detaches it: VPP frees everything bound to the socket.  `Worker` is an extra
+the process dying) detaches it: VPP frees everything bound to the socket.  `AppWorker` is an extra
 app worker (7.11) with its own socket, mq and segments; it polls and maps segments the same way.
 
 An `App` belongs to the process that attached: a forked child must attach anew (8.5).
@@ -98,8 +98,8 @@ class _ForkCount:
 os.register_at_fork(after_in_child=_ForkCount.forked)
 
 
-class _AppWorker:
-    """What worker 0 (`App`) and an extra `Worker` share: an app socket, the mq VPP posts this
+class _WorkerBase:
+    """What worker 0 (`App`) and an extra `AppWorker` share: an app socket, the mq VPP posts this
     worker's events to, and the segments VPP sends over that socket.
 
     VPP sends a segment's fd on the socket of the app worker the segment is for
@@ -340,7 +340,7 @@ class _AppWorker:
         self._ready, self._backlog, self._poll_error = [], [], None
 
 
-class App(_AppWorker):
+class App(_WorkerBase):
     """Worker 0 of an attached app.  Create with `App.attach`; use as a context manager."""
 
     def __init__(self, sapi: SapiSocket, options: AttachOptions) -> None:
@@ -510,10 +510,10 @@ class App(_AppWorker):
         if reply.retval:
             raise session_error(f"VPP refused to delete ckpair {index}", reply.retval)
 
-    def add_worker(self, timeout: float = DEFAULT_TIMEOUT) -> Worker:
+    def add_worker(self, timeout: float = DEFAULT_TIMEOUT) -> AppWorker:
         """Register another app worker over a new app socket connection (protocol.md 7.11)."""
         self._check_usable()
-        return Worker.add(self, timeout)
+        return AppWorker.add(self, timeout)
 
     # -- teardown -------------------------------------------------------------------------------
     def detach(self) -> None:
@@ -609,7 +609,7 @@ class App(_AppWorker):
         return f"<App {self.options.app_name()!r} {state} via {self.sapi.path}>"
 
 
-class Worker(_AppWorker):
+class AppWorker(_WorkerBase):
     """An additional app worker: its own app socket connection, first segment and mq.
 
     VPP posts this worker's events to `mq` and sends the fds of its new segments over its own
@@ -627,7 +627,7 @@ class Worker(_AppWorker):
         self.mq: MessageQueue | None = None
 
     @classmethod
-    def add(cls, app: App, timeout: float) -> Worker:
+    def add(cls, app: App, timeout: float) -> AppWorker:
         sapi = SapiSocket.connect(app.sapi.path, timeout)
         worker = cls(app, sapi)
         tracer = live_trace.active()
@@ -709,7 +709,7 @@ class Worker(_AppWorker):
         cleanup(self.sapi.close)
         cleanup.done(f"closing {self!r}")
 
-    def __enter__(self) -> Worker:
+    def __enter__(self) -> AppWorker:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -717,7 +717,7 @@ class Worker(_AppWorker):
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"wrk_index={self.reply and self.reply.wrk_index}"
-        return f"<Worker of app {self.app.options.app_name()!r} {state} via {self.sapi.path}>"
+        return f"<AppWorker of app {self.app.options.app_name()!r} {state} via {self.sapi.path}>"
 
 
 def _close_all(fds: Iterable[int]) -> None:
@@ -789,4 +789,4 @@ def _check_fd_kinds(fds: dict[SessionFdFlag, list[int]], what: str) -> None:
             _check_fd_kind(fd, _FD_KINDS[flag], f"{what}: {flag.name} fd")
 
 
-__all__ = ["App", "AttachOptions", "SessionError", "SessionLayerError", "Worker"]
+__all__ = ["App", "AppWorker", "AttachOptions", "SessionError", "SessionLayerError"]

@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 import pytest
 
 from pyvcl.api.messages import FD_ORDER
-from pyvcl.app import App, Worker
+from pyvcl.app import App, AppWorker
 from pyvcl.errors import (
     AppSocketError,
     LocalError,
@@ -180,7 +180,7 @@ def _worker_fakes(
     return [*app_script, SILENT], [worker_script], fds
 
 
-def _announce(w: Worker, seg_fd: int | None, **fields: object) -> None:
+def _announce(w: AppWorker, seg_fd: int | None, **fields: object) -> None:
     """Queue APP_ADD_SEGMENT on the worker's mq, as VPP does after sending the fd."""
     values: dict[str, object] = {
         "fd_flags": int(SessionFdFlag.MEMFD_SEGMENT),

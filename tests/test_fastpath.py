@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from pyvcl.app import _AppWorker
+from pyvcl.app import _WorkerBase
 from pyvcl.errors import SharedMemoryError, VppDisconnected
 from pyvcl.fifo import Fifo
 from pyvcl.segment import Segment
@@ -335,7 +335,7 @@ def test_a_waiter_ready_at_the_signal_goes_on_before_taking_the_events() -> None
 # The poller's sleep (App.nap) and the eventfd's signal
 
 
-class _MqApp(_AppWorker):
+class _MqApp(_WorkerBase):
     """An app worker over one in-process eventfd-mode queue, its app socket a socketpair."""
 
     def __init__(self, mq: Any, sapi: Any) -> None:

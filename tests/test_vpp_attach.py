@@ -11,7 +11,7 @@ from typing import Any
 import psutil
 import pytest
 
-from pyvcl.app import App, Worker
+from pyvcl.app import App, AppWorker
 from pyvcl.errors import SessionLayerError, VppDisconnected, VppUnreachable
 from pyvcl.wire.addr import ip_to_wire, port_from_wire, port_to_wire
 from pyvcl.wire.enums import SessionEvent, SessionFdFlag, TransportProto
@@ -266,9 +266,9 @@ def test_vpp_with_workers_has_one_mq_per_thread(vpp_factory: Any) -> None:
 NO_PARENT = 0xFFFFFFFFFFFFFFFF
 
 
-def _vpp_mq(who: App | Worker, offset: int) -> Any:
+def _vpp_mq(who: App | AppWorker, offset: int) -> Any:
     """The VPP mq at ``offset``, as mapped by ``who`` (a worker uses its app's)."""
-    app = who.app if isinstance(who, Worker) else who
+    app = who.app if isinstance(who, AppWorker) else who
     return next(mq for mq in app.vpp_mqs if mq.offset == offset)
 
 
@@ -284,7 +284,7 @@ def _memfds_named(name: str) -> int:
 @pytest.mark.parametrize("worker_is", ["server", "client"])
 def test_worker_maps_and_unmaps_its_own_segments(vpp: Any, worker_is: str) -> None:
     """A cut-through session on an extra worker: VPP sends the segment's fd on the *worker's*
-    socket and APP_ADD_SEGMENT on its mq (app_wrk_send_ctrl_evt_fd); Worker.poll maps it, and
+    socket and APP_ADD_SEGMENT on its mq (app_wrk_send_ctrl_evt_fd); AppWorker.poll maps it, and
     unmaps it on APP_DEL_SEGMENT once the session is gone.  Worker 0 never sees it."""
     opts = {**SMALL, "scope_global": False}
     port = 17400 + (worker_is == "client")
@@ -296,8 +296,8 @@ def test_worker_maps_and_unmaps_its_own_segments(vpp: Any, worker_is: str) -> No
         app.add_worker() as w,
     ):
         app_segments = set(app.segments)
-        srv: App | Worker
-        cli: App | Worker
+        srv: App | AppWorker
+        cli: App | AppWorker
         if worker_is == "server":
             srv, cli = w, peer
             app.send_ctrl(E.CTRL_LISTEN, client_index=w.api_client_handle, wrk_index=w.wrk_index,
