@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..streams import recv_all, recv_exactly
+from ..streams import CheckedThread, recv_all, recv_exactly
 from .stacks import Stack, pair
 
 
@@ -253,6 +253,30 @@ def check_send_after_peer_close_is_broken_pipe(stack: Stack) -> None:
 
 
 SOCKET_CHECKS.append(check_send_after_peer_close_is_broken_pipe)
+
+
+def check_listen_again(stack: Stack) -> None:
+    """listen() on a listener changes nothing but the backlog (asyncio's
+    ``start_server(sock=...)`` calls it on the socket it is given); on a connected socket
+    it is EINVAL."""
+    with pair(stack) as (srv, cli, _conn):
+        srv.listen(5)
+        # (accepting in a thread: a cut-through connect completes only once accepted)
+        accepting = CheckedThread(srv.accept, name="accept after the second listen()")
+        with stack.connect(srv.getsockname(), timeout=10) as again:
+            accepted, _ = accepting.result()
+            with accepted:
+                again.sendall(b"still listening")
+                assert recv_exactly(accepted, 15) == b"still listening"
+        try:
+            cli.listen()
+        except OSError as e:
+            assert e.errno == errno.EINVAL, e
+        else:
+            raise AssertionError("listen() on a connected socket succeeded")
+
+
+SOCKET_CHECKS.append(check_listen_again)
 
 
 # -- non-blocking sockets and selectors ---------------------------------------------------------
