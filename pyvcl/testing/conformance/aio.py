@@ -8,6 +8,7 @@ like the socket checks; back-pressure is ``drain()``, half-close is ``write_eof(
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any, Protocol, TypeAlias
@@ -114,11 +115,12 @@ async def stream_pair(streams: Streams) -> AsyncIterator[tuple[Reader, Writer, R
         finished.set()
         for w in writers:
             w.close()
-        for w in writers:
-            # (a check may have closed it already, or its peer reset it)
-            await asyncio.wait_for(asyncio.gather(w.wait_closed(), return_exceptions=True), 10)
         server.close()
-        await asyncio.wait_for(server.wait_closed(), 10)
+        # Bounded, and quiet: a cleanup that hangs or fails must not hide the check's error
+        # (a check may have closed a writer already, or its peer reset it).
+        waits = [*(w.wait_closed() for w in writers), server.wait_closed()]
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*waits, return_exceptions=True), 10)
 
 
 def _run(check: Callable[[Streams], Coroutine[Any, Any, None]], streams: Streams) -> None:

@@ -34,8 +34,9 @@ def expect_same(got: bytes, sent: bytes, what: str) -> None:
     """Fail, naming ``what`` (the direction) and the first differing offset, unless equal."""
     if got == sent:
         return
-    common = min(len(got), len(sent))
-    first = next((i for i in range(common) if got[i] != sent[i]), None)
+    common, step = min(len(got), len(sent)), 1 << 16
+    block = next((b for b in range(0, common, step) if got[b : b + step] != sent[b : b + step]), 0)
+    first = next((i for i in range(block, common) if got[i] != sent[i]), None)
     if first is not None:
         raise AssertionError(
             f"{what}: byte {first} of {len(sent)} differs "
