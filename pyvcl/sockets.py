@@ -358,8 +358,16 @@ class VclSocket:
         self._bound = (ip, port)
 
     def listen(self, backlog: int | None = None) -> None:
-        """Start listening (VPP has no backlog: pending sessions queue in our app)."""
+        """Start listening (VPP has no backlog: pending sessions queue in our app).  Again on
+        a listener does nothing, as the kernel's only changes the backlog (asyncio's
+        ``start_server(sock=...)`` listens on the socket it is given)."""
         self._check_open()
+        if self._s.is_listener and self._s.state == State.LISTENING:
+            return
+        if self._s.state != State.CREATED:
+            raise OSError(
+                errno.EINVAL, f"Invalid argument: cannot listen when {self._s.state.value}"
+            )
         if self._bound is None:
             self._bound = ("0.0.0.0" if self.family == socket.AF_INET else "::", 0)
         s, w = self._s, self._worker

@@ -1,12 +1,26 @@
-"""The socket-like behaviour suite (pyvcl.testing.conformance) over the kernel and pyvcl."""
+"""The socket-like behaviour suite (pyvcl.testing.conformance) over the kernel and pyvcl: the
+socket and two-way stream checks over each stack's sockets, and the stream checks again over
+asyncio streams (pyvcl.aio for pyvcl's socket API, asyncio's own for the others)."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
-from pyvcl.testing.conformance import CHECKS, InterposedStack, KernelStack, Stack, VclStack
+from pyvcl.testing.conformance import (
+    ASYNC_CHECKS,
+    CHECKS,
+    InterposedStack,
+    KernelStack,
+    Stack,
+    Streams,
+    VclStack,
+    streams_over,
+)
+from pyvcl.testing.conformance.two_way import check_clogged_stream, check_duplex_random_chunks
 
 
 @pytest.fixture(scope="module")
@@ -52,12 +66,26 @@ DIFFERENCES = {
         "pyvcl, like C VCL, keeps sending allowed (request/response over a half-closed "
         "connection must work) and VPP v26.06 sends no reset for data to a closed peer"
     ),
+    **{
+        (check, "pyvcl-ct"): (
+            "VPP v26.06 passes no half-close on cut-through sessions: the peer never sees "
+            "shutdown(SHUT_WR) / write_eof() as EOF, only the close (docs/async.md)"
+        )
+        for check in ("half_close_then_reply", "aio_half_close_then_reply")
+    },
 }
 
 
 @pytest.mark.parametrize("check", CHECKS, ids=[c.__name__.removeprefix("check_") for c in CHECKS])
 def test_socket_like(check: Callable[[Stack], None], stack: Stack) -> None:
     check(stack)
+
+
+@pytest.mark.parametrize(
+    "check", ASYNC_CHECKS, ids=[c.__name__.removeprefix("check_") for c in ASYNC_CHECKS]
+)
+def test_stream_like(check: Callable[[Streams], None], stack: Stack) -> None:
+    check(streams_over(stack))
 
 
 @pytest.fixture(autouse=True)
@@ -72,3 +100,46 @@ def _known_differences(request: pytest.FixtureRequest) -> None:
     reason = DIFFERENCES.get((name, stack_name))
     if reason:
         request.applymarker(pytest.mark.xfail(reason=reason, strict=True))
+
+
+# -- the suite catches what it is for ------------------------------------------------------------
+class _Tampered:
+    """A kernel socket whose ``recv`` flips the byte at stream offset ``flip_at``, or whose
+    ``send`` swallows everything at once (no back-pressure)."""
+
+    def __init__(self, sock: socket.socket, flip_at: int | None, swallow: bool) -> None:
+        self._sock, self._flip_at, self._swallow, self._received = sock, flip_at, swallow, 0
+
+    def recv(self, n: int) -> bytes:
+        data = bytearray(self._sock.recv(n))
+        at = None if self._flip_at is None else self._flip_at - self._received
+        if at is not None and 0 <= at < len(data):
+            data[at] ^= 0xFF
+        self._received += len(data)
+        return bytes(data)
+
+    def send(self, data: bytes) -> int:
+        return len(data) if self._swallow else self._sock.send(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+class _TamperedStack(KernelStack):
+    def __init__(self, flip_at: int | None = None, swallow: bool = False) -> None:
+        self.flip_at, self.swallow = flip_at, swallow
+
+    def connect(self, address: Any, timeout: float | None = None) -> Any:
+        return _Tampered(super().connect(address, timeout), self.flip_at, self.swallow)
+
+
+def test_duplex_names_the_direction_and_offset_of_a_corrupted_byte() -> None:
+    with pytest.raises(
+        AssertionError, match=r"^accepting -> connecting: byte 123457 of \d+ differs"
+    ):
+        check_duplex_random_chunks(_TamperedStack(flip_at=123457))
+
+
+def test_clogged_stream_fails_without_back_pressure() -> None:
+    with pytest.raises(AssertionError, match=r"connecting -> accepting: .* without EAGAIN"):
+        check_clogged_stream(_TamperedStack(swallow=True))
