@@ -53,7 +53,6 @@ PORT = 18790
 UNREAD = 123_457
 FIFO_SIZE = 4_000_000  # vcl_conf's default rx and tx fifo size
 EVENT_QUEUE_SIZE = 64  # the app's mq: 64 IO slots (18 B) and 16 ctrl slots (256 B)
-VPP_SESSION_OPTIONS: list[str] = []  # VPP refuses a worker mq shorter than 2048 (315 KB)
 
 HOLDER = """
 import sys, time
@@ -327,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unknown fixtures {sorted(unknown)} (known: {', '.join(FIXTURES)})")
     with (
         tempfile.TemporaryDirectory() as work,
-        VppInstance(session_options=VPP_SESSION_OPTIONS) as vpp,
+        VppInstance() as vpp,
     ):
         for topo in args.topology or list(PLAN):
             r = Recorder(vpp, args.out, Path(work), topo)
