@@ -195,6 +195,7 @@ class ProcessView:
                     found[key] = {
                         "segment": m.name,
                         "session_handle": ref["session_handle"],
+                        "segment_handle": ref["segment_handle"],
                         "role": ref["field"],
                         **_fifo_summary(f),
                         "named_by": [_ref_brief(ref)],

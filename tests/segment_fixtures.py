@@ -5,8 +5,9 @@ share.
 - `make_segment` formats a buffer (an anonymous MAP_SHARED mmap, so a forked child shares it;
   or a bytearray) the way ``ssvm_server_init`` + ``fifo_segment_init`` leave a fresh memfd
   (`pyvcl.testing.vppshm.format_segment`).
-- `load_snapshot` loads a snapshot of the shared data with `pyvcl.snapshot.Snapshot.load`
-  (segments rebuilt sparsely; bytes that were not captured raise ``NotCapturedError``).
+- `load_snapshot` loads a snapshot of the shared data, `load_own_snapshot` one of the
+  project's own fixtures, with `pyvcl.snapshot.Snapshot.load` (segments rebuilt sparsely;
+  bytes that were not captured raise ``NotCapturedError``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pyvcl.segment import Segment
 from pyvcl.snapshot import Snapshot, find_snapshots
 from pyvcl.testing.vppshm import format_segment
 
-from .shared_data import SHARED, shared_path
+from .shared_data import OWN, SHARED, shared_path
 
 
 def make_segment(
@@ -42,10 +43,22 @@ SNAPSHOTS = "vpp-v26.06", "snapshots"
 
 
 def snapshot_names() -> list[str]:
-    """Names of the snapshots present (none if the shared data is absent: nothing to test)."""
+    """Names of the shared data's snapshots (none if it is absent)."""
     return [p.name for p in find_snapshots(SHARED.joinpath(*SNAPSHOTS))]
+
+
+def own_snapshot_names() -> list[str]:
+    """Names of the project's own snapshots (tests/fixtures), in every clone."""
+    names = [p.name for p in find_snapshots(OWN.joinpath(*SNAPSHOTS))]
+    assert names, "tests/fixtures holds no snapshot: re-record with tools/record_fixtures.py"
+    return names
 
 
 def load_snapshot(name: str) -> Snapshot:
     """Snapshot ``name`` of the shared data (the test is skipped when it is absent)."""
     return Snapshot.load(shared_path(*SNAPSHOTS, f"{name}.json"))
+
+
+def load_own_snapshot(name: str) -> Snapshot:
+    """Snapshot ``name`` of the project's own fixtures."""
+    return Snapshot.load(OWN.joinpath(*SNAPSHOTS, f"{name}.json"))

@@ -12,7 +12,7 @@ import pytest
 
 from pyvcl.cli import main
 
-from .shared_data import shared_path
+from .shared_data import cross_check, has_shared, own_path, shared_path
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -34,6 +34,7 @@ def test_attach_without_vpp_is_one_clear_line(tmp_path: Path) -> None:
     assert p.stderr.startswith("pyvcl attach: no VPP app socket at") and "Traceback" not in p.stderr
 
 
+@cross_check("vpp-v26.06", "traces")
 def test_decode_trace(capsys: pytest.CaptureFixture[str]) -> None:
     trace = shared_path("vpp-v26.06", "traces", "sapi-client-noevfd.json")
     assert main(["decode", str(trace)]) == 0
@@ -44,8 +45,25 @@ def test_decode_trace(capsys: pytest.CaptureFixture[str]) -> None:
     assert data[1]["fields"]["fd_flags"]["names"] == ["VPP_MQ_SEGMENT", "MEMFD_SEGMENT"]
 
 
-def test_decode_snapshot(capsys: pytest.CaptureFixture[str]) -> None:
-    snap = shared_path("vpp-v26.06", "snapshots", "ct-server-connected.bin")
+def test_decode_own_trace(capsys: pytest.CaptureFixture[str]) -> None:
+    trace = own_path("vpp-v26.06", "traces", "ct-nc-client-noevfd.jsonl")
+    assert main(["decode", str(trace)]) == 0
+    out = capsys.readouterr().out
+    assert "ATTACH_REPLY" in out and "CTRL_CONNECTED" in out and "SEND_FDS" in out
+    assert main(["decode", "--json", str(trace)]) == 0
+    data = json.loads(capsys.readouterr().out)["records"]
+    assert data[1]["fields"]["fd_flags"]["names"] == ["VPP_MQ_SEGMENT", "MEMFD_SEGMENT"]
+
+
+@pytest.mark.parametrize(
+    "where",
+    [("own", "ct-pyvcl-server-unread.bin")]
+    + ([("shared", "ct-server-connected.bin")] if has_shared("vpp-v26.06", "snapshots") else []),
+    ids=lambda w: w[0],
+)
+def test_decode_snapshot(capsys: pytest.CaptureFixture[str], where: tuple[str, str]) -> None:
+    find = own_path if where[0] == "own" else shared_path
+    snap = find("vpp-v26.06", "snapshots", where[1])
     assert main(["decode", "--json", str(snap)]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["segments"] and data["mqs"] and data["fifos"]

@@ -24,7 +24,8 @@ from pyvcl.wire.fifo import SVM_FIFO_CHUNK, SVM_FIFO_SHARED
 from pyvcl.wire.segment import FIFO_SEGMENT_HEADER, FIFO_SEGMENT_SLICE
 
 from .fifo_fixtures import alloc_fifo, audit, carve
-from .segment_fixtures import load_snapshot, make_segment
+from .segment_fixtures import load_own_snapshot, load_snapshot, make_segment
+from .shared_data import cross_check
 
 M32 = 0xFFFFFFFF
 KB = 1024
@@ -933,6 +934,36 @@ def test_two_processes_stream(piece: int) -> None:
 # Real data
 
 
+def test_own_snapshot_full_fifo() -> None:
+    """A pyvcl server's full rx fifo (tests/fixtures, tools/record_fixtures.py) read as a
+    `Fifo`: positions and chunks as the live process showed them, full, the bytes at head
+    those recorded."""
+    with load_own_snapshot("ct-pyvcl-server-full") as snap:
+        segs = {s.index: s for s in snap.segments}
+        lives = snap.meta["live"]["fifos"]
+        for fj in lives:
+            fifo = Fifo(segs[fj["segment"]], fj["fsh_offset"])
+            assert (fifo.head, fifo.tail, fifo.size) == (fj["head"], fj["tail"], fj["size"])
+            assert fifo.max_dequeue() == fj["unread"] and len(fifo.chunks()) == fj["chunks"]
+            assert fifo.max_enqueue() == fj["size"] - fj["unread"]
+        (fj,) = [fj for fj in lives if fj["unread"] == fj["size"]]
+        fifo = Fifo(segs[fj["segment"]], fj["fsh_offset"])
+        assert fifo.is_full() and fifo.enqueue(b"x") == 0 and len(fifo.chunks()) > 2
+        # The recorder labels a fifo's regions (header, chunks, data at head) alike.
+        (header,) = [
+            r
+            for r in snap.fifo_regions()
+            if (r.segment, r.fsh_offset) == (fj["segment"], fifo.offset)
+        ]
+        [sample] = [
+            r for r in snap.regions_of("fifo-data-at-head") if r.info["fifo"] == header.info["fifo"]
+        ]
+        blob = snap.bin_path.read_bytes()
+        at_head = blob[sample.bin_offset : sample.bin_offset + sample.length]
+        assert fifo.peek(len(at_head)) == at_head and any(at_head)
+
+
+@cross_check("vpp-v26.06", "snapshots")
 def test_snapshot_ct_full_server_stalled() -> None:
     snap = load_snapshot("ct-full-server-stalled")
     meta, segs = snap.meta, {s.index: s for s in snap.segments}

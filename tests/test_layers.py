@@ -26,6 +26,7 @@ LAYERS: list[set[str]] = [
     {"fifo", "mq"},
     {"api", "inspect", "vppversion"},
     {"app", "config", "snapshot", "procview"},  # procview: another process's segments
+    {"snapshot_record"},  # a snapshot of what procview maps
     {"session"},
     {"sockets"},
     {"selector", "fallback", "repl"},

@@ -1,10 +1,13 @@
 """Every declaration against the layouts extracted from real VPP builds (sizes, offsets, enums).
 
-The ground truth is read from ../shared/vpp-<version>/layouts.json; nothing is copied from it.
+The ground truth is vpp-<version>/layouts.json, extracted from VPP's headers: the project's
+copy in tests/fixtures, checked equal to ../shared's when that is present.  No number in the
+declarations is copied from it.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -14,7 +17,7 @@ from pyvcl.wire import declarations, enums
 from pyvcl.wire.mq import PTHREAD_MUTEX_FIELDS
 from pyvcl.wire.sapi import ATTACH_N_OPTIONS, SAPI_MSG_SIZE
 
-from .shared_data import load_json
+from .shared_data import has_shared, load_json, own_path
 
 VERSIONS = ["v26.06", "v26.02"]
 
@@ -61,7 +64,10 @@ def c_type_size(c_type: str) -> int | None:
 
 
 def layouts(version: str) -> dict[str, Any]:
-    data: dict[str, Any] = load_json(f"vpp-{version}", "layouts.json")
+    where = f"vpp-{version}", "layouts.json"
+    data: dict[str, Any] = json.loads(own_path(*where).read_text())
+    if has_shared(*where):  # the copy must not drift from the extracted original
+        assert data == load_json(*where), f"tests/fixtures/{'/'.join(where)} differs from ../shared"
     return data
 
 

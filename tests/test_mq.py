@@ -27,8 +27,14 @@ from pyvcl.wire.mq import SVM_MSG_Q_RING_SHARED, SVM_MSG_Q_SHARED, SVM_MSG_Q_SHA
 from pyvcl.wire.session import CTRL_PAYLOADS, SESSION_EVENT_PAYLOAD_OFFSET
 
 from .mq_fixtures import alloc_mq, app_mq_rings, build_mq, mq_size, vpp_mq_rings
-from .segment_fixtures import load_snapshot, make_segment, snapshot_names
-from .shared_data import load_json
+from .segment_fixtures import (
+    load_own_snapshot,
+    load_snapshot,
+    make_segment,
+    own_snapshot_names,
+    snapshot_names,
+)
+from .shared_data import cross_check, load_json
 
 MODES = [CONDVAR, EVENTFD]
 _Q_OFF = SVM_MSG_Q_SHARED.size  # queue header within the mq
@@ -828,6 +834,7 @@ def _agree(m: dict[str, Any], mq: MessageQueue) -> None:
         assert ev == _check_slot(mq, h["ring_index"], slot)
 
 
+@cross_check("vpp-v26.06", "snapshots")
 def test_ct_server_connected_snapshot() -> None:
     mqs = dict((m["role"], (m, mq)) for m, mq in _snapshot_mqs("ct-server-connected"))
     m, app = mqs["app worker mq"]
@@ -859,6 +866,7 @@ def test_ct_server_connected_snapshot() -> None:
     assert [vpp.peek_slot(0, e).type for e in range(10)] == [5, 5, 5, 1, 1, 1, 1, 5, 5, 5]
 
 
+@cross_check("vpp-v26.06", "snapshots")
 def test_snapshot_pending_messages_are_consumed_like_vcl() -> None:
     # mutex/condvar mode client at vppcom_app_destroy: RX then APP_DEL_SEGMENT still queued.
     mqs = dict((m["role"], (m, mq)) for m, mq in _snapshot_mqs("ct-noevfd-client-closing"))
@@ -873,12 +881,33 @@ def test_snapshot_pending_messages_are_consumed_like_vcl() -> None:
     assert [(r["head"], r["cursize"]) for r in d["rings"]] == [(4, 0), (7, 0)]
 
 
+@cross_check("vpp-v26.06", "snapshots")
 @pytest.mark.parametrize("name", snapshot_names())
 def test_every_snapshot_agrees(name: str) -> None:
     for m, mq in _snapshot_mqs(name):
         _agree(m, mq)
 
 
+@pytest.mark.parametrize("name", own_snapshot_names())
+def test_own_snapshot_queues_consumed_like_vcl(name: str) -> None:
+    """Each queue of the project's own snapshots (tools/record_fixtures.py), attached as a
+    `MessageQueue`: no problem, the pending events the live process showed (the recording's
+    ``live``), consumed in that order, leaving the queue empty."""
+    with load_own_snapshot(name) as snap:
+        live = {m["role"]: m for m in snap.meta["live"]["mqs"]}
+        for region in snap.mq_regions():
+            role = region.info["role"]
+            mq = MessageQueue(snap.segment(region.segment), region.fsh_offset, name=role)
+            d = mq.describe()
+            assert d["problems"] == [] and d["length"] == region.length
+            pending = mq.pending()
+            assert [e.name for e in pending] == live[role]["pending"]
+            assert len(pending) == d["queue"]["cursize"] == live[role]["queued"]
+            assert mq.drain() == pending
+            assert mq.describe()["queue"]["cursize"] == 0 and mq.pending() == []
+
+
+@cross_check("vpp-v26.06", "snapshots")
 def test_attaches_to_pyvcl_snapshot_segments() -> None:
     """The project's own loader refuses bytes that were not captured: attaching, describing
     and decoding read nothing outside the captured queue."""

@@ -1,8 +1,9 @@
 """Malformed recordings: the real traces and snapshots, mutated field by field (keys deleted,
 types changed, huge and negative numbers, truncated hex, a cut .bin).  The loaders raise
 `RecordingError` and nothing else, and ``pyvcl decode`` (its main, in-process) prints one line
-``pyvcl decode: FILE: what is wrong`` and exits 1 -- never a traceback.  The recordings come
-from the shared data (skipped when it is absent)."""
+``pyvcl decode: FILE: what is wrong`` and exits 1 -- never a traceback.  The recordings are
+the project's own (tests/fixtures: the app-socket frames of a `pyvcl nc` trace, a snapshot of
+a listening pyvcl server) and, when ../shared is present, its C VCL recordings too."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from pyvcl.cli import main
 from pyvcl.errors import RecordingError
 from pyvcl.snapshot import describe_snapshot
 
-from .shared_data import shared_path
+from .shared_data import has_shared, own_path, shared_path
 
 DELETE = object()
 TRUNCATE = object()  # a string cut to an odd length (hex: no longer whole bytes)
@@ -29,8 +30,16 @@ SHORTEN = object()  # a string cut to half, whole bytes (hex: a frame too short)
 BAD_VALUES: list[Any] = [DELETE, None, "x", {}, True, 1.5, -1, 2**64]
 HEX_MUTATIONS: list[Any] = [TRUNCATE, SHORTEN, "zz" * 209]
 
-TRACE = "sapi-client"  # 4 events: ATTACH, ATTACH_REPLY with 3 fds and 4 mmaps, 2 SEND_FDS
-SNAPSHOT = "attach-ldp-idle"  # the smallest: 2 segments, 4 regions
+# ../shared's: 4 events: ATTACH, ATTACH_REPLY with 3 fds and 4 mmaps, 2 SEND_FDS.
+SHARED_TRACE = "vpp-v26.06", "traces", "sapi-client.json"
+# Ours: the app-socket frames of a live trace (ATTACH, ATTACH_REPLY with 3 fds, SEND_FDS).
+OWN_TRACE = "vpp-v26.06", "traces", "ct-nc-client.jsonl"
+# The smallest: 2 segments, 4 regions (ours: 2 segment headers, then VPP's mq and the app's).
+SNAPSHOTS = {"own": "ct-pyvcl-server-listening", "shared": "attach-ldp-idle"}
+
+
+def _sources(shared: tuple[str, ...]) -> list[str]:
+    return ["own", "shared"] if has_shared(*shared) else ["own"]
 
 
 def _paths(doc: Any, keep: Any) -> Iterator[tuple[Any, ...]]:
@@ -98,23 +107,32 @@ def _decode_prints_one_line(
 
 
 # -- traces ------------------------------------------------------------------------------------
-def _trace() -> dict[str, Any]:
-    return json.loads(shared_path("vpp-v26.06", "traces", f"{TRACE}.json").read_text())
+def _trace(source: str) -> dict[str, Any]:
+    """A trace document (format of ../shared's traces, which `load_trace` reads): ours is the
+    ``sapi`` records of a live trace, as ``events``."""
+    if source == "shared":
+        doc: dict[str, Any] = json.loads(shared_path(*SHARED_TRACE).read_text())
+        return doc
+    records = [json.loads(line) for line in own_path(*OWN_TRACE).read_text().splitlines()[1:]]
+    keep = ("dir", "len", "hex", "fds")
+    return {"events": [{k: r[k] for k in keep} for r in records if r["kind"] == "sapi"][:3]}
 
 
 def _trace_paths() -> list[Any]:
-    try:
-        doc = _trace()
-    except pytest.skip.Exception:
-        return [pytest.param((), marks=pytest.mark.skip(reason="no shared data"))]
-    # Events 0-2 (ATTACH, ATTACH_REPLY with fds and mmaps, SEND_FDS; 3 is another SEND_FDS),
-    # the first fd and mmap of each.
-    return _path_params(doc, lambda path: not set(path[2:]) & {1, 2})
+    params = []
+    for source in _sources(SHARED_TRACE):
+        # Events 0-2 (ATTACH, ATTACH_REPLY with fds (and mmaps), SEND_FDS), the first fd and
+        # mmap of each.
+        for p in _path_params(_trace(source), lambda path: not set(path[2:]) & {1, 2}):
+            params.append(pytest.param(source, p.values[0], id=f"{source}-{p.id}"))
+    return params
 
 
-@pytest.mark.parametrize("path", _trace_paths())
-def test_mutated_trace(tmp_path: Path, capsys: pytest.CaptureFixture[str], path: Any) -> None:
-    doc, file = _trace(), tmp_path / "trace.json"
+@pytest.mark.parametrize(("source", "path"), _trace_paths())
+def test_mutated_trace(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], source: str, path: Any
+) -> None:
+    doc, file = _trace(source), tmp_path / "trace.json"
     for how in _mutations(path):
         file.write_text(json.dumps(_mutated(doc, path, how)))
         try:
@@ -132,18 +150,23 @@ _SNAPSHOT_KEYS = {"format", "name", "note", "vpp_version", "arch", "process", "s
 _MQ_REGION = 2  # regions[2] is an mq, with a role; regions[0] a segment header
 
 
-def _snapshot_doc() -> dict[str, Any]:
+def _snapshot_file(source: str, suffix: str) -> Path:
+    parts = "vpp-v26.06", "snapshots", SNAPSHOTS[source] + suffix
+    return shared_path(*parts) if source == "shared" else own_path(*parts)
+
+
+def _snapshot_doc(source: str) -> dict[str, Any]:
     """The snapshot's JSON without its unused parts."""
-    doc = json.loads(shared_path("vpp-v26.06", "snapshots", f"{SNAPSHOT}.json").read_text())
+    doc = json.loads(_snapshot_file(source, ".json").read_text())
     # As in the other snapshots, where the capture tool learned the handle.
     doc["segments"][0]["segment_handles"] = {"0x200000000": "inferred"}
     return {k: v for k, v in doc.items() if k in _SNAPSHOT_KEYS}
 
 
-def _snapshot(directory: Path) -> dict[str, Any]:
+def _snapshot(directory: Path, source: str = "own") -> dict[str, Any]:
     """`_snapshot_doc`, with the .bin copied into ``directory`` as ``snap.bin``."""
-    shutil.copy(shared_path("vpp-v26.06", "snapshots", f"{SNAPSHOT}.bin"), directory / "snap.bin")
-    return _snapshot_doc()
+    shutil.copy(_snapshot_file(source, ".bin"), directory / "snap.bin")
+    return _snapshot_doc(source)
 
 
 # What the loader reads of a segment entry and of a region entry (their other keys are the
@@ -165,19 +188,22 @@ def _keep_snapshot_path(path: tuple[Any, ...]) -> bool:
 
 
 def _snapshot_paths() -> list[Any]:
-    try:
-        doc = _snapshot_doc()
-    except pytest.skip.Exception:
-        return [pytest.param((), marks=pytest.mark.skip(reason="no shared data"))]
-    return [
-        *_path_params(doc, _keep_snapshot_path),
-        pytest.param(("regions", _MQ_REGION, "role"), id="regions/mq/role"),
-    ]
+    params = []
+    for source in _sources(("vpp-v26.06", "snapshots", SNAPSHOTS["shared"] + ".json")):
+        doc = _snapshot_doc(source)
+        assert doc["regions"][_MQ_REGION]["role"], "regions[2] must be an mq"
+        for p in _path_params(doc, _keep_snapshot_path):
+            params.append(pytest.param(source, p.values[0], id=f"{source}-{p.id}"))
+        role = ("regions", _MQ_REGION, "role")
+        params.append(pytest.param(source, role, id=f"{source}-regions/mq/role"))
+    return params
 
 
-@pytest.mark.parametrize("path", _snapshot_paths())
-def test_mutated_snapshot(tmp_path: Path, capsys: pytest.CaptureFixture[str], path: Any) -> None:
-    doc, file = _snapshot(tmp_path), tmp_path / "snap.json"
+@pytest.mark.parametrize(("source", "path"), _snapshot_paths())
+def test_mutated_snapshot(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], source: str, path: Any
+) -> None:
+    doc, file = _snapshot(tmp_path, source), tmp_path / "snap.json"
     for how in _mutations(path):
         file.write_text(json.dumps(_mutated(doc, path, how)))
         _check_snapshot(file, capsys, _name(how))

@@ -1,6 +1,13 @@
-"""pyvcl's decoders against shared-memory snapshots of real C VCL apps (VPP v26.06).
+"""pyvcl's decoders against shared-memory snapshots of real VCL apps (VPP v26.06).
 
-Each snapshot (``../shared/vpp-v26.06/snapshots/NAME.bin`` + ``NAME.json``) is rebuilt with
+The project's own snapshots (tests/fixtures/vpp-v26.06/snapshots, recorded by
+`pyvcl.snapshot_record` from live pyvcl and C VCL servers: tools/record_fixtures.py) are in
+every clone: decoded, each shows what the live process showed when it was recorded (queue
+depths, pending events, each fifo's head, tail and unread bytes), and nothing in it is
+inconsistent.  The robustness tests corrupt copies of them.
+
+When ../shared is present, its snapshots of C VCL's test apps are an independent cross-check:
+each (``../shared/vpp-v26.06/snapshots/NAME.bin`` + ``NAME.json``) is rebuilt with
 `pyvcl.snapshot` and decoded with `pyvcl.inspect`; the result is compared with the JSON's
 independent decode, walking the JSON so every field it gives is checked.  Naming differences
 are mapped here: event type names (JSON ``IO_EVT_RX`` = C enumerator minus ``SESSION_``, pyvcl
@@ -24,6 +31,7 @@ import pytest
 
 from pyvcl import inspect as ins
 from pyvcl.errors import SharedMemoryError
+from pyvcl.inspect import chunk_size
 from pyvcl.snapshot import (
     REGION_FIFO_DATA,
     ROLE_APP_MQ,
@@ -32,15 +40,17 @@ from pyvcl.snapshot import (
     SnapshotSegment,
     describe_snapshot,
 )
+from pyvcl.snapshot_record import live_summary
 from pyvcl.wire.enums import C_ENUMS, SessionEvent
-from pyvcl.wire.fifo import SVM_FIFO_CHUNK, SVM_FIFO_SHARED
+from pyvcl.wire.fifo import CHUNK_DATA_OFFSET, SVM_FIFO_CHUNK, SVM_FIFO_SHARED
 from pyvcl.wire.mq import SVM_MSG_Q_SHARED_QUEUE
-from pyvcl.wire.segment import FIFO_SEGMENT_SLICE, FREE_LIST_OFFSET_BITS
+from pyvcl.wire.segment import FIFO_SEGMENT_SLICE, FREE_LIST_OFFSET_BITS, FS_CHUNK_VEC_LEN
 
-from .segment_fixtures import SNAPSHOTS, snapshot_names
-from .shared_data import shared_path
+from .segment_fixtures import SNAPSHOTS, own_snapshot_names, snapshot_names
+from .shared_data import OWN, cross_check, has_shared, shared_path
 
-NAMES = snapshot_names() or ["<none>"]
+NAMES = snapshot_names()  # ../shared's, when present
+OWN_NAMES = own_snapshot_names()
 
 _EVENT_C_NAME = C_ENUMS["session_evt_type_t"][1]
 MISSING = object()
@@ -82,10 +92,12 @@ class Checker:
 
 
 @contextmanager
-def loaded(name: str, area: str = "") -> Iterator[tuple[Snapshot, dict[str, Any], Checker]]:
-    if name == "<none>":
-        shared_path(*SNAPSHOTS, "<none>.json")  # skips with the usual message
-    path = shared_path(*SNAPSHOTS, f"{name}.json")
+def loaded(
+    name: str, area: str = "", *, own: bool = False
+) -> Iterator[tuple[Snapshot, dict[str, Any], Checker]]:
+    path = (
+        OWN.joinpath(*SNAPSHOTS, f"{name}.json") if own else shared_path(*SNAPSHOTS, f"{name}.json")
+    )
     meta = json.loads(path.read_text())
     with Snapshot.load(path) as snap:
         yield snap, meta, Checker(f"{area}[{name}]")
@@ -125,6 +137,7 @@ def check_walk(
         chk.true(f"{path}.uncaptured", not seg.captured(missing, element_size), "element captured")
 
 
+@cross_check(*SNAPSHOTS)
 @pytest.mark.parametrize("name", NAMES)
 def test_segments(name: str) -> None:
     with loaded(name, "segments") as (snap, meta, chk):
@@ -216,6 +229,7 @@ def compare_slot(chk: Checker, p: str, theirs: dict[str, Any], ours: dict[str, A
             chk.eq(f"{p}.{k}", get(ours, k), v)
 
 
+@cross_check(*SNAPSHOTS)
 @pytest.mark.parametrize("name", NAMES)
 def test_mqs(name: str) -> None:
     with loaded(name, "mqs") as (snap, meta, chk):
@@ -282,6 +296,7 @@ def test_mqs(name: str) -> None:
 
 
 # -- fifos ------------------------------------------------------------------------------------
+@cross_check(*SNAPSHOTS)
 @pytest.mark.parametrize("name", NAMES)
 def test_fifos(name: str) -> None:
     with loaded(name, "fifos") as (snap, meta, chk):
@@ -322,16 +337,114 @@ def test_fifos(name: str) -> None:
         chk.done(expect_any=bool(meta["fifos"]))
 
 
+# -- the project's own snapshots ----------------------------------------------------------------
+UNREAD = 123_457  # tools/record_fixtures.py: what the pusher sends the holder
+# What each state shows (tools/record_fixtures.py): the app mq's pending events, and the
+# unread bytes of the fifos the state is about (by role).
+STATES: dict[str, tuple[list[str], dict[str, int]]] = {
+    "server-listening": ([], {}),
+    "server-unread": (["IO_RX"], {"server_rx_fifo": UNREAD, "server_tx_fifo": 0}),
+    "server-full": (["IO_RX"], {"server_rx_fifo": 4_000_000, "server_tx_fifo": 0}),
+    "client-blocked": ([], {"ct_tx_fifo": 4_000_000, "ct_rx_fifo": 0}),
+    "server-closing": (["IO_RX", "CTRL_DISCONNECTED"], {"server_rx_fifo": 1000}),
+}
+
+
+def _state(name: str) -> str:
+    """``ct-pyvcl-server-full`` -> ``server-full``."""
+    return name.split("-", 2)[2]
+
+
+def test_own_snapshots_cover_the_states() -> None:
+    assert {_state(n) for n in OWN_NAMES} == set(STATES), OWN_NAMES
+    assert {n.split("-")[0] for n in OWN_NAMES} == {"ct", "tcp"}
+    assert any("-ldp-" in n for n in OWN_NAMES) and any("-pyvcl-" in n for n in OWN_NAMES)
+
+
+@pytest.mark.parametrize("name", OWN_NAMES)
+def test_own_snapshot_shows_what_the_live_process_showed(name: str) -> None:
+    """Decoded from the few KB the recorder kept, the snapshot shows the queue depths, pending
+    events and fifo positions that `pyvcl.procview` read from the live process."""
+    with loaded(name, own=True) as (snap, meta, _):
+        assert live_summary(describe_snapshot(snap)) == meta["live"]
+        pending, unread = STATES[_state(name)]
+        (app,) = [m for m in meta["live"]["mqs"] if m["role"] == ROLE_APP_MQ]
+        vpp = [m for m in meta["live"]["mqs"] if m["role"].startswith("vpp worker mq")]
+        assert vpp and all(m["queued"] == 0 for m in vpp)
+        got = app["pending"]
+        if name.startswith("tcp-") and "CTRL_DISCONNECTED" in pending and len(got) > len(pending):
+            # VPP's TCP stack may have sent the session's CLEANUP too by the time it was
+            # recorded (tools/record_fixtures.py waits 0.5 s after the peer's close).
+            assert got[len(pending) :] == ["CTRL_CLEANUP"]
+            got = got[: len(pending)]
+        assert got == pending and app["queued"] == len(app["pending"])
+        fifos = {f["role"]: f for f in meta["live"]["fifos"]}
+        for role, n in unread.items():
+            assert fifos[role]["unread"] == n == fifos[role]["tail"] - fifos[role]["head"]
+        assert bool(fifos) == bool(unread)
+
+
+@pytest.mark.parametrize("name", OWN_NAMES)
+def test_own_snapshot_decodes_cleanly(name: str) -> None:
+    """Every segment, queue and fifo decodes with no problem; every fifo is found through the
+    events that name it (in the segment whose handle the recorder learned from them); the
+    bytes at each fifo's head are those of its ``fifo-data-at-head`` region."""
+    with loaded(name, own=True) as (snap, _, _):
+        out = describe_snapshot(snap, peek=256)
+        json.dumps(out)
+        assert [s.get("problems") for s in out["segments"]] == [[]] * len(snap.segments)
+        assert [s["kind"] for s in out["segments"]].count("vpp-mqs") == 1
+        assert sorted(m["role"] for m in out["mqs"]) == [ROLE_APP_MQ, "vpp worker mq 0"]
+        for mq in out["mqs"]:
+            assert mq["problems"] == [] and "error" not in mq
+            for ring in mq["rings"]:
+                assert all("error" not in slot for slot in ring["slots"]), ring["slots"]
+        assert out["unresolved_fifo_refs"] == []
+        captured = sorted((r.segment, r.fsh_offset) for r in snap.fifo_regions())
+        assert sorted((f["segment"], f["fsh_offset"]) for f in out["fifos"]) == captured
+        blob = snap.bin_path.read_bytes()
+        heads = snap.regions_of(REGION_FIFO_DATA)
+        assert len(heads) == sum(1 for f in out["fifos"] if f["bytes_present"])
+        for f in out["fifos"]:
+            assert f["ok"] and f["chain_complete"] and f["found_via"], f
+            if not f["bytes_present"]:
+                continue
+            (head,) = [
+                r
+                for r in heads
+                if r.segment == f["segment"]
+                and r.fsh_offset
+                == f["head_covered_by"]
+                + CHUNK_DATA_OFFSET
+                + (f["head"] - f["chunks"][0]["start_byte"])
+            ]
+            window = blob[head.bin_offset : head.bin_offset + head.length]
+            assert bytes.fromhex(f["head_data"]) == window[: len(f["head_data"]) // 2]
+            # The pusher sends bytes(range(256)) over and over, from stream position 0.
+            assert window[:4] == bytes((f["head"] + k) % 256 for k in range(4))
+
+
 # -- robustness: corrupted copies of a real snapshot ---------------------------------------------
-def _full_fifo(snap: Snapshot, meta: dict[str, Any]) -> tuple[SnapshotSegment, dict[str, Any]]:
-    f = max(meta["fifos"], key=lambda f: len(f["chunks"]))
+def real(own: str, shared: str) -> list[Any]:
+    """A snapshot of the project's fixtures, and of ../shared's when present: (name, own)."""
+    params = [pytest.param(own, True, id=own)]
+    if has_shared(*SNAPSHOTS, f"{shared}.json"):
+        params.append(pytest.param(shared, False, id=f"shared-{shared}"))
+    return params
+
+
+def _full_fifo(snap: Snapshot) -> tuple[SnapshotSegment, dict[str, Any]]:
+    """The fifo with the longest chunk chain (as `describe_snapshot` finds the fifos)."""
+    f = max(describe_snapshot(snap)["fifos"], key=lambda f: len(f.get("chunks", [])))
     return snap.segment(f["segment"]), f
 
 
-def test_corrupt_chains_and_lists_end_in_errors() -> None:
-    with loaded("ct-full-client-blocked") as (snap, meta, _):
-        seg, f = _full_fifo(snap, meta)
+@pytest.mark.parametrize(("name", "own"), real("ct-pyvcl-client-blocked", "ct-full-client-blocked"))
+def test_corrupt_chains_and_lists_end_in_errors(name: str, own: bool) -> None:
+    with loaded(name, own=own) as (snap, _, _):
+        seg, f = _full_fifo(snap)
         chunks = [c["fsh_offset"] for c in f["chunks"]]
+        lengths = [c["length"] for c in f["chunks"]]
         assert len(chunks) > 2
         nxt = SVM_FIFO_CHUNK["next"]
         # A cycle: the last chunk links back to the second.
@@ -352,7 +465,8 @@ def test_corrupt_chains_and_lists_end_in_errors() -> None:
         # A free list whose captured head chunk points at itself.
         heads = FIFO_SEGMENT_SLICE["free_chunks"]
         words = list(heads.get(seg.view, seg.slice_at(0)))
-        fl = 4  # the 64 KiB list, matching the chain's second chunk
+        # The list of the chain's second chunk's size (a walk checks each chunk's length).
+        fl = next(i for i in range(FS_CHUNK_VEC_LEN) if chunk_size(i) == lengths[1])
         words[fl] = (7 << FREE_LIST_OFFSET_BITS) | chunks[1]
         heads.put(seg.view, seg.slice_at(0), words)
         nxt.put(seg.view, seg.at(chunks[1], SVM_FIFO_CHUNK.size), chunks[1])
@@ -361,10 +475,12 @@ def test_corrupt_chains_and_lists_end_in_errors() -> None:
         assert not entry["complete"] and "loops back" in entry["error"]
 
 
-def test_bad_top_level_offsets_raise() -> None:
-    with loaded("ct-full-client-blocked") as (snap, meta, _):
-        m = meta["mqs"][0]
-        seg = snap.segment(m["segment"])
+@pytest.mark.parametrize(("name", "own"), real("ct-pyvcl-client-blocked", "ct-full-client-blocked"))
+def test_bad_top_level_offsets_raise(name: str, own: bool) -> None:
+    with loaded(name, own=own) as (snap, _, _):
+        region = snap.mq_regions()[0]
+        seg = snap.segment(region.segment)
+        m = ins.describe_mq(seg, region.fsh_offset)
         with pytest.raises(SharedMemoryError):
             ins.describe_mq(seg, seg.size)
         with pytest.raises(NotCapturedError):
@@ -376,8 +492,9 @@ def test_bad_top_level_offsets_raise() -> None:
             ins.describe_mq(seg, m["fsh_offset"])
 
 
-def test_snapshot_segments_are_sparse_and_checked() -> None:
-    with loaded("attach-ldp-idle") as (snap, meta, _):
+@pytest.mark.parametrize(("name", "own"), real("ct-pyvcl-server-listening", "attach-ldp-idle"))
+def test_snapshot_segments_are_sparse_and_checked(name: str, own: bool) -> None:
+    with loaded(name, own=own) as (snap, meta, _):
         for seg, js in zip(snap.segments, meta["segments"], strict=True):
             assert seg.size == js["map_length"] and seg.fsh == js["fsh_offset"]
             assert seg.captured(-seg.fsh, seg.fsh)  # the header region
@@ -387,6 +504,7 @@ def test_snapshot_segments_are_sparse_and_checked() -> None:
         assert Path(snap.path).name == meta["name"] == snap.name
 
 
+@cross_check(*SNAPSHOTS)
 @pytest.mark.parametrize("name", NAMES)
 def test_describe_snapshot(name: str) -> None:
     """The all-in-one view `pyvcl decode` prints: serialisable, and it finds the JSON's fifos
@@ -413,11 +531,14 @@ def test_describe_snapshot(name: str) -> None:
         chk.done()
 
 
+@pytest.mark.parametrize(("name", "own"), real("ct-pyvcl-server-unread", "ct-client-connected"))
 @pytest.mark.parametrize("event_type", ["CTRL_APP_ADD_SEGMENT", "CTRL_APP_DEL_SEGMENT"])
-def test_describe_snapshot_reports_a_control_event_in_an_io_slot(event_type: str) -> None:
+def test_describe_snapshot_reports_a_control_event_in_an_io_slot(
+    event_type: str, name: str, own: bool
+) -> None:
     """A segment event type in an IO ring slot (no payload there) is a problem of that mq in
     the output, not a KeyError."""
-    with loaded("ct-client-connected") as (snap, _, _):
+    with loaded(name, own=own) as (snap, _, _):
         region = next(r for r in snap.mq_regions() if r.info.get("role") == ROLE_APP_MQ)
         seg = snap.segment(region.segment)
         ring = ins.describe_mq(seg, region.fsh_offset)["rings"][0]

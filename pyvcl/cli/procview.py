@@ -4,7 +4,9 @@ Works on any VCL application (C VCL, a program under LDP, pyvcl): its segments, 
 read-only through ``/proc/PID/fd``; its message queues with the events still queued; the
 fifos of its sessions with the bytes unread in each (`pyvcl.procview`).  Never writes to a
 segment, never takes a lock.  ``--json`` prints one JSON object; ``--watch`` redraws every
-``SECONDS`` until interrupted.  Exit status 1 when the process has no VCL segments.
+``SECONDS`` until interrupted; ``--snapshot PATH`` also records what it maps
+(`pyvcl.snapshot_record`), for ``pyvcl decode`` and the tests.  Exit status 1 when the
+process has no VCL segments.
 """
 
 from __future__ import annotations
@@ -36,6 +38,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument(
         "--peek", type=int, default=0, metavar="N", help="show up to N unread bytes of each fifo"
     )
+    p.add_argument(
+        "--snapshot",
+        metavar="PATH",
+        help="also record PATH.json + PATH.bin (a snapshot `pyvcl decode` reads; stop the "
+        "process first for a consistent one)",
+    )
+    p.add_argument("--note", default="", help="a note stored in the --snapshot")
     p.set_defaults(run=run)
 
 
@@ -46,7 +55,17 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--watch SECONDS must be positive")
     if args.peek < 0:
         raise ValueError("--peek N must be 0 or more")
+    if args.snapshot and args.watch is not None:
+        raise ValueError("--snapshot records once: it does not go with --watch")
     with ProcessView(args.pid) as view:
+        if args.snapshot:
+            from ..snapshot_record import record_snapshot
+
+            if not view.segments:
+                print(f"process {args.pid} has no VCL segments to record", file=sys.stderr)
+                return 1
+            stem = record_snapshot(view, args.snapshot, note=args.note)
+            print(f"recorded {stem}.json + {stem}.bin", file=sys.stderr)
         while True:
             state = view.describe(peek=args.peek)
             if not state["segments"]:

@@ -34,7 +34,7 @@ from ...inspect import (
 from ...mq.events import encode_ctrl, encode_io
 from ...mq.queue import MessageQueue
 from ...segment import Segment
-from ...snapshot import describe_snapshot
+from ...snapshot import describe_snapshot, find_snapshots
 from ...wire.enums import MqRing, SessionEvent
 from ...wire.fifo import SVM_FIFO_CHUNK, SVM_FIFO_SHARED
 from ...wire.mq import (
@@ -376,7 +376,8 @@ class FifoTarget(Target):
 
 # -- snapshot: recorded VPP memory and its JSON description ---------------------------------------
 class SnapshotTarget(Target):
-    """Mutates one recorded snapshot (``directory``: the snapshots folder of the shared data)."""
+    """Mutates one recorded snapshot (``directory``: the snapshots folder of the shared data,
+    where it takes ``stem``; or any folder of snapshots, where it takes the first)."""
 
     name = "snapshot"
     directory: ClassVar[Path | None] = None
@@ -386,6 +387,12 @@ class SnapshotTarget(Target):
         if self.directory is None:
             raise RuntimeError("SnapshotTarget.directory is not set (no recorded snapshots)")
         stem = self.directory / self.stem
+        if not stem.with_suffix(".json").is_file():
+            # Another set of snapshots (the project's own, tests/fixtures): its first one.
+            found = find_snapshots(self.directory)
+            if not found:
+                raise RuntimeError(f"no snapshot in {self.directory}")
+            stem = found[0]
         meta = json.loads(stem.with_suffix(".json").read_text())
         blob = stem.with_suffix(".bin").read_bytes()
         fields: list[FieldRef] = []
