@@ -43,6 +43,7 @@ __all__ = ["ProcessView", "describe_process"]
 
 _MEMFD = "/memfd:"
 _VPP_MQ_SEGMENT = "wrk-mqs-segment"  # the memfd name of VPP's worker-queue segment
+_VPP_MAIN = "vpp_main"  # the name of VPP's main thread, so of the VPP process
 _PAGE = mmap.PAGESIZE
 _Q = SVM_MSG_Q_SHARED.size  # the queue header follows the mq header
 _MAX_QUEUE = 1 << 20  # a larger maxsize is not a plausible message queue
@@ -251,6 +252,33 @@ def find_mqs(seg: Segment) -> list[int]:
 
 
 _QUEUE_WORDS = ("head", "tail", "cursize", "maxsize", "elsize")
+
+
+def vcl_processes() -> list[dict[str, Any]]:
+    """The VCL applications on this machine that this user may look into: the processes that
+    map VPP's worker-queue segment (every attached app does), VPP itself left out (it made
+    the segment: its main thread is ``vpp_main``).  ``pid``, ``name`` and ``command`` each,
+    by pid.  Found with psutil, which reads each process's mappings; the processes it may
+    not read are left out."""
+    import psutil  # (here: only this listing needs it)
+
+    found = []
+    for proc in psutil.process_iter(["pid", "name", "cmdline"]):
+        try:
+            if proc.info["name"] == _VPP_MAIN:
+                continue
+            maps = proc.memory_maps(grouped=True)
+        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+            continue
+        if any(m.path.startswith(_MEMFD) and _VPP_MQ_SEGMENT in m.path for m in maps):
+            found.append(
+                {
+                    "pid": proc.info["pid"],
+                    "name": proc.info["name"] or "",
+                    "command": " ".join(proc.info["cmdline"] or []),
+                }
+            )
+    return sorted(found, key=lambda p: int(p["pid"]))
 
 
 def describe_process(pid: int, *, peek: int = 0) -> dict[str, Any]:

@@ -25,7 +25,7 @@ import pytest
 from pyvcl.cli import main as cli_main
 from pyvcl.errors import LocalError
 from pyvcl.fifo import ChunkAllocator
-from pyvcl.procview import ProcessView, describe_process, find_mqs
+from pyvcl.procview import ProcessView, describe_process, find_mqs, vcl_processes
 from pyvcl.testing.ldp import LdpPython, script
 from pyvcl.testing.vpp import VppInstance
 from pyvcl.wire.mq import SVM_MSG_Q_SHARED, SVM_MSG_Q_SHARED_QUEUE
@@ -163,6 +163,12 @@ def test_unread_bytes_and_queued_events_of_a_stopped_server(
                 app_mq = next(mq for mq in state["mqs"] if mq["role"] == "app")
                 assert app_mq["queued"] >= 1
                 assert "IO_RX" in [e.get("type_name") for e in app_mq["pending"]]
+                # The listing without a PID names it, and not VPP.
+                listed = {p["pid"]: p for p in vcl_processes()}
+                assert server.pid in listed and "hold.py" in listed[server.pid]["command"]
+                assert all(p["name"] != "vpp_main" for p in listed.values())
+                assert cli_main(["inspect"]) == 0
+                assert str(server.pid) in capsys.readouterr().out
                 # The command, both forms.
                 assert cli_main(["inspect", str(server.pid), "--json"]) == 0
                 assert json.loads(capsys.readouterr().out)["fifos"]

@@ -24,7 +24,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p = sub.add_parser(
         "inspect", help="show a running VCL app's segments, queues and fifos (read-only)"
     )
-    p.add_argument("pid", type=int, help="the process to look into")
+    p.add_argument(
+        "pid", type=int, nargs="?", help="the process to look into (none: list the VCL apps)"
+    )
     p.add_argument("--json", action="store_true", help="one JSON object instead of text")
     p.add_argument(
         "--watch",
@@ -57,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--peek N must be 0 or more")
     if args.snapshot and args.watch is not None:
         raise ValueError("--snapshot records once: it does not go with --watch")
+    if args.pid is None:
+        return _list(args)
     with ProcessView(args.pid) as view:
         if args.snapshot:
             from ..snapshot_record import record_snapshot
@@ -85,6 +89,24 @@ def run(args: argparse.Namespace) -> int:
             except KeyboardInterrupt:
                 return 0
             view.refresh()
+
+
+def _list(args: argparse.Namespace) -> int:
+    """``pyvcl inspect`` without a PID: the VCL apps there are to look into."""
+    from ..procview import vcl_processes
+
+    if args.watch is not None or args.snapshot or args.peek:
+        raise ValueError("--watch, --peek and --snapshot need a PID")
+    found = vcl_processes()
+    if args.json:
+        print(json.dumps(found))
+    else:
+        for p in found:
+            print(f"{p['pid']:>7}  {p['name']:<16} {p['command']}")
+    if not found:
+        print("no VCL application found (none attached to a VPP, or none of yours)",
+              file=sys.stderr)  # fmt: skip
+    return 0 if found else 1
 
 
 def render(state: dict[str, Any]) -> str:
