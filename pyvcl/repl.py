@@ -194,7 +194,8 @@ class Shell:
     def peer(self, ip: str, port: int, data: bytes | str = b"", *, listen: bool = False) -> Peer:
         """Another app to talk to: ``pyvcl nc`` in the background, attached as this shell
         is, connecting to (or with ``listen``, listening on) ``ip``:``port``, sending
-        ``data`` first.  ``.send(data)`` sends more, ``.output()`` is what it received."""
+        ``data`` first.  ``.send(data)`` sends more, ``.output()`` is what it received,
+        ``.finish()`` ends its input and waits for it to exit."""
         if self.peer_args is None:
             raise ValueError("this shell was not told how a peer attaches (peer_args)")
         argv = [sys.executable, "-m", "pyvcl", "nc", *self.peer_args]
@@ -280,6 +281,14 @@ class Peer:
         assert stdin is not None
         stdin.write(data.encode() if isinstance(data, str) else bytes(data))
         stdin.flush()
+
+    def finish(self, timeout: float = 10.0) -> int:
+        """Close its stdin (its EOF: ``pyvcl nc`` then ends the connection as it does at the
+        end of its input) and wait up to ``timeout`` s for it to exit; its exit status."""
+        stdin = self.proc.stdin
+        if stdin is not None and not stdin.closed:
+            stdin.close()
+        return self.proc.wait(timeout)
 
     def output(self, wait: float = 0.5) -> bytes:
         """What it received so far, after up to ``wait`` s for something to come."""

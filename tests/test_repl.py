@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from pyvcl.fifo import Fifo
-from pyvcl.repl import Console, FifoView, MqView, _event_type, hexdump
+from pyvcl.repl import Console, FifoView, MqView, Peer, _event_type, hexdump
 from pyvcl.testing.vpp import VppInstance
 from pyvcl.wire.enums import SessionEvent
 
@@ -73,6 +73,19 @@ def test_a_queue_is_shown_with_its_rings_and_pending_messages_and_left_as_it_was
         assert "queue: 0 of 8 handles pending, head 2  tail 2" in view.render()
     finally:
         os.close(efd)
+
+
+def test_a_peer_takes_input_gives_output_and_finishes_at_the_end_of_its_input() -> None:
+    echo = "import sys; data = sys.stdin.read(); sys.stdout.write(data); sys.exit(len(data))"
+    p = Peer([sys.executable, "-c", echo])
+    try:
+        p.send("abc")
+        assert p.proc.poll() is None  # still reading its input
+        assert p.finish() == 3
+        assert p.output() == b"abc"
+        assert p.finish() == 3  # again: nothing left to close
+    finally:
+        p.close()
 
 
 def test_hexdump(capsys: pytest.CaptureFixture[str]) -> None:
