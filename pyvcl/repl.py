@@ -21,6 +21,7 @@ from __future__ import annotations
 import code
 import json
 import os
+import select
 import shutil
 import subprocess
 import sys
@@ -35,17 +36,18 @@ from .api import live_trace
 from .errors import VclError
 from .fifo import Fifo
 from .mq.events import Event
+from .mq.queue import MessageQueue
 from .segment import Segment
 from .session.core import Action
 from .sockets import VclApp, VclSocket
-from .wire.enums import SessionEvent
+from .wire.enums import MqRing, SessionEvent
 from .wire.session import CTRL_PAYLOADS
 
-__all__ = ["Console", "Peer", "Shell"]
+__all__ = ["Console", "MqView", "Peer", "Shell"]
 
 BANNER = """pyvcl repl: attached to VPP as app {index} ({version}).
-Names: app vcl listen connect accept send read close fifo segment msg wait peer show
-       hexdump history export events E.  help(listen) and friends say more; exit() detaches.
+Names: app vcl listen connect accept send read close fifo segment mq msg wait peer
+       show hexdump history export events E.  help(listen) and friends say more; exit() detaches.
 Every event VPP sends is printed (<<), and every control message sent (>>)."""
 
 _BAR = 40  # characters of a chunk's bar in `FifoView.show`
@@ -159,6 +161,18 @@ class Shell:
             raise IndexError(f"the app has {len(segs)} segment(s); no segment {index}")
         return SegmentView(segs[index])
 
+    def mq(self, which: int | str = "app") -> MqView:
+        """A message queue to look at: ``"app"`` (the app's own, where VPP's events come) or
+        ``i``, VPP's worker ``i``'s (where the app's messages go; ``app.vpp_mqs[i]``)."""
+        if which == "app":
+            assert self.app.app_mq is not None
+            return MqView(self.app.app_mq, "app")
+        if isinstance(which, int) and 0 <= which < len(self.app.vpp_mqs):
+            return MqView(self.app.vpp_mqs[which], f"vpp[{which}]")
+        raise ValueError(
+            f"mq takes 'app' or a VPP worker 0..{len(self.app.vpp_mqs) - 1}, not {which!r}"
+        )
+
     def msg(self, name: str, **fields: Any) -> None:
         """Send any control message by name (``msg("LISTEN", port=80, ...)``; the CTRL_
         prefix is optional) with keyword fields, checked against its declaration."""
@@ -180,7 +194,8 @@ class Shell:
     def peer(self, ip: str, port: int, data: bytes | str = b"", *, listen: bool = False) -> Peer:
         """Another app to talk to: ``pyvcl nc`` in the background, attached as this shell
         is, connecting to (or with ``listen``, listening on) ``ip``:``port``, sending
-        ``data`` first.  ``.send(data)`` sends more, ``.output()`` is what it received."""
+        ``data`` first.  ``.send(data)`` sends more, ``.output()`` is what it received,
+        ``.finish()`` ends its input and waits for it to exit."""
         if self.peer_args is None:
             raise ValueError("this shell was not told how a peer attaches (peer_args)")
         argv = [sys.executable, "-m", "pyvcl", "nc", *self.peer_args]
@@ -228,6 +243,7 @@ class Shell:
             "close": self.close,
             "fifo": self.fifo,
             "segment": self.segment,
+            "mq": self.mq,
             "msg": self.msg,
             "wait": self.wait,
             "peer": self.peer,
@@ -265,6 +281,14 @@ class Peer:
         assert stdin is not None
         stdin.write(data.encode() if isinstance(data, str) else bytes(data))
         stdin.flush()
+
+    def finish(self, timeout: float = 10.0) -> int:
+        """Close its stdin (its EOF: ``pyvcl nc`` then ends the connection as it does at the
+        end of its input) and wait up to ``timeout`` s for it to exit; its exit status."""
+        stdin = self.proc.stdin
+        if stdin is not None and not stdin.closed:
+            stdin.close()
+        return self.proc.wait(timeout)
 
     def output(self, wait: float = 0.5) -> bytes:
         """What it received so far, after up to ``wait`` s for something to come."""
@@ -328,6 +352,57 @@ class FifoView:
     def __repr__(self) -> str:
         f = self.fifo
         return f"<{self.role} fifo @{f.offset:#x}: {f.max_dequeue()} bytes unread>"
+
+
+class MqView:
+    """A message queue at the prompt: ``show()`` prints the queue of handles, each ring and
+    the pending messages decoded, ``signalled()`` whether its eventfd is set (read only:
+    nothing is consumed, nothing reset); ``mq`` is the `pyvcl.mq.queue.MessageQueue`."""
+
+    def __init__(self, mq: MessageQueue, role: str = "") -> None:
+        self.mq = mq
+        self.role = role
+
+    def pending(self) -> list[Event]:
+        """The messages waiting, in queue order, decoded (not consumed)."""
+        return self.mq.pending()
+
+    def wait_pending(self, n: int = 1, timeout: float = 10.0) -> MqView:
+        """Wait up to ``timeout`` s until at least ``n`` messages are pending, without taking
+        any (the shell handles them before the next prompt); this view, to ``show()``."""
+        deadline = time.monotonic() + timeout
+        while self.mq.size_now() < n and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return self
+
+    def signalled(self) -> bool | None:
+        """Whether the queue's eventfd is readable now (None: the queue has none)."""
+        fd = self.mq.eventfd
+        return None if fd is None else bool(select.select([fd], [], [], 0)[0])
+
+    def show(self) -> None:
+        print(self.render())
+
+    def render(self) -> str:
+        d = self.mq.describe()
+        q = d["queue"]
+        lines = [
+            f"{self.role} mq @{d['fsh_offset']:#x} in {self.mq.segment.name}: {d['mode']}",
+            f"  queue: {q['cursize']} of {q['maxsize']} handles pending, "
+            f"head {q['head']}  tail {q['tail']}",
+        ]
+        for r in d["rings"]:
+            lines.append(f"  ring {r['index']} ({MqRing(r['index']).name}): {r['nitems']} "
+                         f"slots of {r['elsize']} bytes, {r['cursize']} in use, "
+                         f"head {r['head']}  tail {r['tail']}")  # fmt: skip
+        for h in q["pending_handles"]:  # (decoded from the same look as the counts)
+            ring, elt = h["ring_index"], h["elt_index"]
+            lines.append(f"  [{ring}:{elt}] {one_line(self.mq.peek_slot(ring, elt))}")
+        lines += [f"  problem: {p}" for p in d["problems"]]
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return f"<{self.role} mq @{self.mq.offset:#x}: {self.mq.size_now()} pending>"
 
 
 class SegmentView:

@@ -21,11 +21,12 @@ from pathlib import Path
 import pytest
 
 from pyvcl.fifo import Fifo
-from pyvcl.repl import Console, FifoView, _event_type, hexdump
+from pyvcl.repl import Console, FifoView, MqView, Peer, _event_type, hexdump
 from pyvcl.testing.vpp import VppInstance
 from pyvcl.wire.enums import SessionEvent
 
 from .fifo_fixtures import alloc_fifo
+from .mq_fixtures import build_mq
 from .segment_fixtures import make_segment
 
 TIMEOUT = 20.0
@@ -46,6 +47,45 @@ def test_a_fifo_is_drawn_with_head_tail_and_unread_bytes() -> None:
     assert cells.index("H") < cells.index("T") and "#" in cells[cells.index("H") :]
     assert cells.endswith(".")  # room after the tail
     assert repr(FifoView(f, "rx")) == f"<rx fifo @{f.offset:#x}: 2000 bytes unread>"
+
+
+def test_a_queue_is_shown_with_its_rings_and_pending_messages_and_left_as_it_was() -> None:
+    efd = os.eventfd(0, os.EFD_NONBLOCK)
+    try:
+        _, _, mq = build_mq(8, ((8, 18), (4, 256)), eventfd=efd)
+        view = MqView(mq, "app")
+        assert not view.signalled() and repr(view) == f"<app mq @{mq.offset:#x}: 0 pending>"
+        mq.send_ctrl(SessionEvent.CTRL_CLEANUP, handle=7, type=1)
+        mq.send_io(SessionEvent.IO_RX, 3)
+        text = view.render()
+        assert "queue: 2 of 8 handles pending, head 0  tail 2" in text
+        assert "ring 0 (IO_EVT): 8 slots of 18 bytes, 1 in use, head 0  tail 1" in text
+        assert "ring 1 (CTRL_EVT): 4 slots of 256 bytes, 1 in use, head 0  tail 1" in text
+        assert text.splitlines()[-2:] == [
+            "  [1:0] CTRL_CLEANUP handle=7 type=1",
+            "  [0:0] IO_RX session_index=3",
+        ]
+        # Looking takes nothing and resets nothing: the messages and the signal are still there.
+        assert view.signalled() and mq.size_now() == 2
+        assert [e.name for e in view.pending()] == ["CTRL_CLEANUP", "IO_RX"]
+        assert view.wait_pending(2, timeout=0) is view
+        assert [e.name for e in mq.drain()] == ["CTRL_CLEANUP", "IO_RX"]
+        assert "queue: 0 of 8 handles pending, head 2  tail 2" in view.render()
+    finally:
+        os.close(efd)
+
+
+def test_a_peer_takes_input_gives_output_and_finishes_at_the_end_of_its_input() -> None:
+    echo = "import sys; data = sys.stdin.read(); sys.stdout.write(data); sys.exit(len(data))"
+    p = Peer([sys.executable, "-c", echo])
+    try:
+        p.send("abc")
+        assert p.proc.poll() is None  # still reading its input
+        assert p.finish() == 3
+        assert p.output() == b"abc"
+        assert p.finish() == 3  # again: nothing left to close
+    finally:
+        p.close()
 
 
 def test_hexdump(capsys: pytest.CaptureFixture[str]) -> None:

@@ -31,7 +31,7 @@ _FENCE = "```pycon"
 _VARYING = (
     "handle|listener_handle|context|client_index|segment_handle|app_session_index|vpp_evt_q|"
     "vpp_event_queue_address|server_rx_fifo|server_tx_fifo|rx_fifo|tx_fifo|session_index|"
-    "segment_size|segment_name|cl_sh_handle|mq_index|app_index"
+    "segment_size|segment_name|cl_sh_handle|mq_index|app_index|api_client_handle"
 )
 _NORMALISE = [
     (re.compile(rf"\b({_VARYING})=('[^']*'|\S+)"), r"\1=N"),
