@@ -548,15 +548,17 @@ class App(_WorkerBase):
         session an app holds, TCP or cut-through, lives on a worker (ct_session_connect)."""
         probes = self._sync_probe_mqs()
         contexts = {SYNC_CONTEXT + i for i in probes}
+        deadline = time.monotonic() + timeout
         for i in probes:
+            # Waits (within the timeout) for a lock VPP holds a moment or a full queue: a
+            # probe given up at once left the detach unsynced whenever VPP was busy.
             self.vpp_mqs[i].send_ctrl(
                 SessionEvent.CTRL_UNLISTEN,
                 client_index=self.api_client_handle,
                 context=SYNC_CONTEXT + i,
                 handle=INVALID_HANDLE,
-                block=False,
+                timeout=max(0.0, deadline - time.monotonic()),
             )
-        deadline = time.monotonic() + timeout
         while contexts:
             remaining = deadline - time.monotonic()
             if remaining <= 0:

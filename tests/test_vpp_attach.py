@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+import threading
 import time
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 
 from pyvcl.app import App, AppWorker
 from pyvcl.errors import SessionLayerError, VppDisconnected, VppUnreachable
+from pyvcl.testing.streams import CheckedThread
 from pyvcl.wire.addr import ip_to_wire, port_from_wire, port_to_wire
 from pyvcl.wire.enums import SessionEvent, SessionFdFlag, TransportProto
 from pyvcl.wire.enums import SessionEvent as E
@@ -347,3 +349,44 @@ def test_worker_maps_and_unmaps_its_own_segments(vpp: Any, worker_is: str) -> No
         assert _memfds_named(seg.name) == held - 2  # the worker's fd and mapping are gone
         assert w.segment is not None and w.segments == {w.segment.handle: w.segment}
     assert psutil.Process().num_fds() == fds0
+
+
+def test_detach_sync_waits_for_a_busy_queue_lock() -> None:
+    """`App.sync_with_vpp` probes VPP's mq with an UNLISTEN: a lock VPP holds for a moment
+    must delay the probe, not cancel it (it was sent non-blocking: the WouldBlock ended the
+    sync, and the app detached before VPP had handled its last messages).  No VPP needed:
+    the queue is built in memory and the reply is handed back by a stub ``poll``."""
+    from pyvcl.app import SYNC_CONTEXT
+    from pyvcl.mq.events import decode, encode_ctrl
+    from pyvcl.wire.enums import MqRing, SessionEvent
+
+    from .mq_fixtures import build_mq
+
+    _seg, _off, mq = build_mq(64)
+    reply = encode_ctrl(SessionEvent.CTRL_UNLISTEN_REPLY, context=SYNC_CONTEXT, handle=0)
+    sent: list[int] = []
+
+    class Stub:
+        def __init__(self) -> None:
+            self.vpp_mqs = [mq]
+            self.api_client_handle = 1
+
+        def _sync_probe_mqs(self) -> list[int]:
+            return [0]
+
+        def poll(self, timeout: float) -> list[Any]:
+            sent.extend(ev.type for ev in mq.drain())
+            return [decode(MqRing.CTRL_EVT, reply + bytes(256 - len(reply)))]
+
+    held = threading.Event()
+
+    def vpp_holds_the_lock() -> None:
+        mq._mutex.lock()
+        held.set()
+        time.sleep(0.2)
+        mq._mutex.unlock()
+
+    with CheckedThread(vpp_holds_the_lock):
+        assert held.wait(5)
+        assert App.sync_with_vpp(Stub(), 2.0) is True  # type: ignore[arg-type]
+    assert sent == [SessionEvent.CTRL_UNLISTEN]
