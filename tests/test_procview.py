@@ -13,10 +13,8 @@ import errno
 import json
 import mmap
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +24,7 @@ from pyvcl.cli import main as cli_main
 from pyvcl.errors import LocalError
 from pyvcl.fifo import ChunkAllocator
 from pyvcl.procview import ProcessView, describe_process, find_mqs, vcl_processes
-from pyvcl.testing.ldp import LdpPython, script
+from pyvcl.testing.held import held_connection, settled
 from pyvcl.testing.vpp import VppInstance
 from pyvcl.wire.mq import SVM_MSG_Q_SHARED, SVM_MSG_Q_SHARED_QUEUE
 
@@ -99,31 +97,6 @@ def test_a_process_without_segments(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 # -- against VPP ------------------------------------------------------------------------------
-HOLDER = """
-import sys, time
-socket = __import__(sys.argv[1], fromlist=["socket"])
-ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-ls.bind(("127.0.0.1", int(sys.argv[2])))
-ls.listen(4)
-print("listening", flush=True)
-conn, _ = ls.accept()
-print("accepted", flush=True)
-time.sleep(300)  # never reads
-"""
-
-PUSHER = """
-import sys, time
-import pyvcl.socket as socket
-s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-s.connect(("127.0.0.1", int(sys.argv[1])))
-print("connected", flush=True)
-time.sleep(1.0)  # the holder is stopped meanwhile
-s.sendall(b"u" * int(sys.argv[2]))
-print("sent", flush=True)
-time.sleep(300)
-"""
-
-
 def _fifo_of(state: dict[str, Any], role: str) -> dict[str, Any]:
     found = [f for f in state["fifos"] if f["role"] == role]
     assert len(found) == 1, state["fifos"]
@@ -142,51 +115,26 @@ def test_unread_bytes_and_queued_events_of_a_stopped_server(
     port: int,
     unread: int,
 ) -> None:
-    conf = vpp.vcl_conf(tmp_path / "vcl.conf", app_scope_global=False)
-    hold = script(tmp_path, "hold.py", HOLDER)
-    push = script(tmp_path, "push.py", PUSHER)
-    module = "pyvcl.socket" if holder == "pyvcl" else "socket"
-    with LdpPython(vpp, conf, hold, module, str(port), ldpreload=holder == "ldp") as server:
-        server.wait_line("listening", timeout=READY_S)
-        with LdpPython(vpp, conf, push, str(port), str(unread), ldpreload=False) as client:
-            client.wait_line("connected", timeout=READY_S)
-            server.wait_line("accepted", timeout=READY_S)
-            os.kill(server.pid, signal.SIGSTOP)  # nothing takes its events from now on
-            try:
-                client.wait_line("sent", timeout=READY_S)
-                state = _settled(server.pid, unread)
-                rx = _fifo_of(state, "server_rx_fifo")
-                assert rx["unread"] == unread and rx["tail"] - rx["head"] == unread
-                assert _fifo_of(state, "server_tx_fifo")["unread"] == 0
-                roles = sorted(mq["role"] for mq in state["mqs"])
-                assert roles == ["app", "vpp"], state["mqs"]
-                app_mq = next(mq for mq in state["mqs"] if mq["role"] == "app")
-                assert app_mq["queued"] >= 1
-                assert "IO_RX" in [e.get("type_name") for e in app_mq["pending"]]
-                # The listing without a PID names it, and not VPP.
-                listed = {p["pid"]: p for p in vcl_processes()}
-                assert server.pid in listed and "hold.py" in listed[server.pid]["command"]
-                assert all(p["name"] != "vpp_main" for p in listed.values())
-                assert cli_main(["inspect"]) == 0
-                assert str(server.pid) in capsys.readouterr().out
-                # The command, both forms.
-                assert cli_main(["inspect", str(server.pid), "--json"]) == 0
-                assert json.loads(capsys.readouterr().out)["fifos"]
-                assert cli_main(["inspect", str(server.pid), "--peek", "4"]) == 0
-                text = capsys.readouterr().out
-                assert f"{unread} bytes unread" in text and "b'uuuu'" in text
-                assert "IO_RX" in text
-            finally:
-                os.kill(server.pid, signal.SIGCONT)
-
-
-def _settled(pid: int, unread: int) -> dict[str, Any]:
-    """The state once the bytes sent are all in the rx fifo (VPP moves them after the
-    client's sendall returned: a few ms in cut-through)."""
-    deadline = time.monotonic() + READY_S
-    while True:
-        state = describe_process(pid)
-        rx = [f for f in state["fifos"] if f["role"] == "server_rx_fifo"]
-        if (rx and rx[0]["unread"] == unread) or time.monotonic() > deadline:
-            return state
-        time.sleep(0.05)
+    with held_connection(vpp, tmp_path, holder, port=port, unread=unread) as server:
+        state = settled(server.pid, unread)
+        rx = _fifo_of(state, "server_rx_fifo")
+        assert rx["unread"] == unread and rx["tail"] - rx["head"] == unread
+        assert _fifo_of(state, "server_tx_fifo")["unread"] == 0
+        roles = sorted(mq["role"] for mq in state["mqs"])
+        assert roles == ["app", "vpp"], state["mqs"]
+        app_mq = next(mq for mq in state["mqs"] if mq["role"] == "app")
+        assert app_mq["queued"] >= 1
+        assert "IO_RX" in [e.get("type_name") for e in app_mq["pending"]]
+        # The listing without a PID names it, and not VPP.
+        listed = {p["pid"]: p for p in vcl_processes()}
+        assert server.pid in listed and "hold.py" in listed[server.pid]["command"]
+        assert all(p["name"] != "vpp_main" for p in listed.values())
+        assert cli_main(["inspect"]) == 0
+        assert str(server.pid) in capsys.readouterr().out
+        # The command, both forms.
+        assert cli_main(["inspect", str(server.pid), "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["fifos"]
+        assert cli_main(["inspect", str(server.pid), "--peek", "4"]) == 0
+        text = capsys.readouterr().out
+        assert f"{unread} bytes unread" in text and "b'uuuu'" in text
+        assert "IO_RX" in text

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 from pathlib import Path
 
 import pytest
@@ -19,10 +18,8 @@ from pyvcl.cli import main as cli_main
 from pyvcl.procview import ProcessView, describe_process
 from pyvcl.snapshot import REGION_SEGMENT_HEADER, Snapshot, describe_snapshot
 from pyvcl.snapshot_record import live_summary, record_snapshot
-from pyvcl.testing.ldp import LdpPython, script
+from pyvcl.testing.held import held_connection, settled
 from pyvcl.testing.vpp import VppInstance
-
-from .test_procview import HOLDER, PUSHER, READY_S, _settled
 
 
 def test_snapshot_does_not_go_with_watch(capsys: pytest.CaptureFixture[str]) -> None:
@@ -47,26 +44,13 @@ def test_a_snapshot_shows_what_the_live_process_shows(
     port: int,
     unread: int,
 ) -> None:
-    conf = vpp.vcl_conf(tmp_path / "vcl.conf", app_scope_global=False)
-    hold = script(tmp_path, "hold.py", HOLDER)
-    push = script(tmp_path, "push.py", PUSHER)
-    module = "pyvcl.socket" if holder == "pyvcl" else "socket"
-    with LdpPython(vpp, conf, hold, module, str(port), ldpreload=holder == "ldp") as server:
-        server.wait_line("listening", timeout=READY_S)
-        with LdpPython(vpp, conf, push, str(port), str(unread), ldpreload=False) as client:
-            client.wait_line("connected", timeout=READY_S)
-            server.wait_line("accepted", timeout=READY_S)
-            os.kill(server.pid, signal.SIGSTOP)  # nothing takes its events from now on
-            try:
-                client.wait_line("sent", timeout=READY_S)
-                live = _settled(server.pid, unread)
-                stem = tmp_path / "snap"
-                args = ["inspect", str(server.pid), "--json", "--snapshot", str(stem)]
-                assert cli_main([*args, "--note", "held"]) == 0
-                shown = json.loads(capsys.readouterr().out)
-                assert describe_process(server.pid)["fifos"] == live["fifos"]  # still stopped
-            finally:
-                os.kill(server.pid, signal.SIGCONT)
+    with held_connection(vpp, tmp_path, holder, port=port, unread=unread) as server:
+        live = settled(server.pid, unread)
+        stem = tmp_path / "snap"
+        args = ["inspect", str(server.pid), "--json", "--snapshot", str(stem)]
+        assert cli_main([*args, "--note", "held"]) == 0
+        shown = json.loads(capsys.readouterr().out)
+        assert describe_process(server.pid)["fifos"] == live["fifos"]  # still stopped
 
     # Offline: the same unread bytes and queued events, decoded from the snapshot alone.
     out = describe_snapshot(stem)

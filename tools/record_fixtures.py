@@ -42,6 +42,7 @@ from pathlib import Path
 
 from pyvcl.procview import ProcessView, describe_process
 from pyvcl.snapshot_record import record_snapshot
+from pyvcl.testing.held import HOLDER  # the server that never reads
 from pyvcl.testing.hoststack import topology
 from pyvcl.testing.ldp import PYTHON, LdpPython, script
 from pyvcl.testing.vpp import VppInstance
@@ -53,18 +54,6 @@ PORT = 18790
 UNREAD = 123_457
 FIFO_SIZE = 4_000_000  # vcl_conf's default rx and tx fifo size
 EVENT_QUEUE_SIZE = 64  # the app's mq: 64 IO slots (18 B) and 16 ctrl slots (256 B)
-
-HOLDER = """
-import sys, time
-socket = __import__(sys.argv[1], fromlist=["socket"])
-ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-ls.bind((sys.argv[2], int(sys.argv[3])))
-ls.listen(4)
-print("listening", flush=True)
-conn, _ = ls.accept()
-print("accepted", flush=True)
-time.sleep(300)  # never reads
-"""
 
 PUSHER = """
 import sys, time
