@@ -273,6 +273,16 @@ def _try(fn: Callable[[], Any]) -> Any:
         return _error(e)
 
 
+def guarded(fn: Callable[..., dict[str, Any]], *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """``fn(*args, **kwargs)`` (one of the ``describe_*``), or an entry with ``error`` and
+    ``error_kind`` if the bytes it needs are bad or missing: one bad object does not end the
+    description of the others."""
+    try:
+        return fn(*args, **kwargs)
+    except SharedMemoryError as e:
+        return _error(e)
+
+
 def discover_vpp_mqs(seg: Segment) -> list[int]:
     """Offsets of the VPP worker mqs in a vpp-mq segment, as VCL finds them
     (``fifo_segment_msg_qs_discover``): ``n_mqs`` equal strides after the slices, mq i for VPP

@@ -164,10 +164,10 @@ class ProcessView:
         out: dict[str, Any] = {"pid": self.pid, "command": self.command, "segments": []}
         mqs: list[dict[str, Any]] = []
         for m in segs:
-            d = _guarded(decode.describe_segment, m.segment)
+            d = decode.guarded(decode.describe_segment, m.segment)
             out["segments"].append({"fd": m.fd, "name": m.name, "role": m.role, **_brief(d)})
             for off in m.mqs:
-                mq = _guarded(decode.describe_mq, m.segment, off)
+                mq = decode.guarded(decode.describe_mq, m.segment, off)
                 mqs.append({"segment": m.name, "role": m.role, **_mq_summary(mq), "detail": mq})
         out["mqs"] = mqs
         out["fifos"] = self._fifos(mqs, peek)
@@ -288,12 +288,6 @@ def describe_process(pid: int, *, peek: int = 0) -> dict[str, Any]:
 
 
 # -- summaries -------------------------------------------------------------------------------
-def _guarded(fn: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
-    try:
-        result: dict[str, Any] = fn(*args, **kwargs)
-    except SharedMemoryError as e:
-        return {"error": str(e), "error_kind": type(e).__name__}
-    return result
 
 
 def _brief(seg: dict[str, Any]) -> dict[str, Any]:

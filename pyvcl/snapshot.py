@@ -27,7 +27,7 @@ from types import TracebackType
 from typing import Any
 
 from .errors import RecordingError, SharedMemoryError
-from .inspect import describe_fifo, describe_mq, describe_segment, fifo_refs
+from .inspect import describe_fifo, describe_mq, describe_segment, fifo_refs, guarded
 from .recording import U64_MAX, int_field, need, read_json, shallow, typed
 from .recording import field as json_field
 from .segment import Segment
@@ -264,12 +264,12 @@ def describe_snapshot(source: str | Path | Snapshot, *, peek: int = 64) -> dict[
             k: snap.meta.get(k) for k in ("name", "note", "vpp_version", "arch", "process")
         }
         out["segments"] = [
-            {"index": seg.index, "kind": seg.kind, **_guarded(describe_segment, seg)}
+            {"index": seg.index, "kind": seg.kind, **guarded(describe_segment, seg)}
             for seg in snap.segments
         ]
         mqs, refs = [], []
         for r in snap.mq_regions():
-            mq = _guarded(describe_mq, snap.segment(r.segment), r.fsh_offset)
+            mq = guarded(describe_mq, snap.segment(r.segment), r.fsh_offset)
             mqs.append({"segment": r.segment, "role": r.info.get("role", ""), **mq})
             if "rings" in mq:
                 refs += [{"mq": len(mqs) - 1, **ref} for ref in fifo_refs(mq)]
@@ -293,7 +293,7 @@ def describe_snapshot(source: str | Path | Snapshot, *, peek: int = 64) -> dict[
         out["fifos"] = [
             {
                 "segment": index,
-                **_guarded(describe_fifo, snap.segment(index), offset, peek=peek),
+                **guarded(describe_fifo, snap.segment(index), offset, peek=peek),
                 "found_via": found,
             }
             for (index, offset), found in sorted(fifos.items())
@@ -339,15 +339,6 @@ def _first_segment(snap: Snapshot, mqs: list[dict[str, Any]]) -> SnapshotSegment
         if mq["role"] == ROLE_APP_MQ:
             return snap.segment(mq["segment"])
     return None
-
-
-def _guarded(fn: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
-    """``fn(*args)``, or an error entry if the bytes it needs are bad or missing."""
-    try:
-        result: dict[str, Any] = fn(*args, **kwargs)
-    except SharedMemoryError as e:
-        return {"error": str(e), "error_kind": type(e).__name__}
-    return result
 
 
 def snapshot_files(path: str | Path) -> tuple[Path, Path]:
