@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from pyvcl.app import _WorkerBase
+from pyvcl.app.base import _WorkerBase
 from pyvcl.errors import SharedMemoryError, VppDisconnected
 from pyvcl.fifo import Fifo
 from pyvcl.segment import Segment
