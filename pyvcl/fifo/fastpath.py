@@ -17,6 +17,17 @@ The producer also keeps the consumer's ``head`` as last read (a lower bound of t
 re-reading it only when that bound does not fit the write, and a write ending exactly at its
 chunk's end moves ``tail_chunk`` on to the chunk's ``next`` itself, as VPP's copy does.
 
+Short names, kept short because each is read on every call:
+
+- ``f``: the `Fifo`; ``view``: its mapping as bytes; ``w32`` / ``w64``: the same mapping as
+  32- / 64-bit words (``w32[i]`` is one word load), indexed by the ``*_i`` word indices;
+- ``tc`` / ``hc``: the cached tail / head chunk, the tuple ``(c, key, word, data_m, start,
+  length)``: ``c`` the chunk's offset, ``key`` the word index of its (start_byte, length) pair
+  and ``word`` that pair's value when cached, ``data_m`` the mapping offset of its data,
+  ``start`` / ``length`` its first position and size;
+- ``d``: the mapping offset the copy starts at; ``src`` / ``dst``: the caller's bytes as a
+  sliceable buffer; ``want`` / ``n``: byte counts; ``M32``: the 32-bit position mask.
+
 `after_read` is what C VCL does after each read of an rx fifo
 (``vppcom_session_read_internal``); the socket data path (`pyvcl.session.worker.DataPath`)
 builds its own ``dequeue_into`` / ``dequeue`` with it.
