@@ -24,7 +24,7 @@ from .errors import (
 
 if TYPE_CHECKING:
     from .fallback import KernelApp, create_connection, create_server, is_vpp, open_app
-    from .sockets import VclApp, VclSocket
+    from .vclsocket import VclApp, VclSocket
 
 __version__ = "0.1.0"
 
@@ -56,8 +56,8 @@ _LAZY = {
     "create_server": "fallback",
     "is_vpp": "fallback",
     "open_app": "fallback",
-    "VclApp": "sockets",
-    "VclSocket": "sockets",
+    "VclApp": "vclsocket",
+    "VclSocket": "vclsocket",
 }
 
 

@@ -35,7 +35,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from .errors import LocalError, VclError, VppDisconnected
-from .sockets import Address, VclApp, VclSocket, _parse_address
+from .vclsocket import Address, VclApp, VclSocket, parse_address
 
 if TYPE_CHECKING:
     from .fallback import OpportunisticApp
@@ -479,7 +479,7 @@ async def _open_vcl_connection(
 
 
 async def _connect(app: VclApp, address: Address) -> VclSocket:
-    sock = app.socket(_parse_address(address)[2])
+    sock = app.socket(parse_address(address)[2])
     try:
         sock.setblocking(False)
         driver = _Driver.get(app)

@@ -56,7 +56,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .errors import LocalError, VclError, VppDisconnected, VppUnreachable
-from .sockets import Address, VclApp, VclSocket
+from .vclsocket import Address, VclApp, VclSocket
 
 __all__ = [
     "KernelApp",

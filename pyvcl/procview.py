@@ -3,14 +3,14 @@
 Any VCL application -- C VCL, a program under LDP, pyvcl -- keeps its segments' memfds open,
 so another process with the right to look (the same user, or root) can map them through
 ``/proc/PID/fd/N``.  They are mapped read-only: nothing here writes to a segment or takes one
-of its locks, so what a live process shows is a racy but faithful picture, like `pyvcl.inspect`
-gives of a snapshot.  The decoding is `pyvcl.inspect`'s; this module finds what to decode:
+of its locks, so what a live process shows is a racy but faithful picture, like `pyvcl.shmview`
+gives of a snapshot.  The decoding is `pyvcl.shmview`'s; this module finds what to decode:
 
 - **segments**: the process's descriptors that name a memfd and start with a valid fifo
   segment header (``/memfd:session: wrk-mqs-segment`` holds VPP's worker queues; the app's
   own segments are named by VPP, e.g. ``seg-2-2-8``).  Descriptors of one memfd count once.
 - **message queues**: VPP's worker queues sit at equal strides after the slices
-  (`pyvcl.inspect.discover_vpp_mqs`).  The app's own queue was placed by VPP's allocator in
+  (`pyvcl.shmview.discover_vpp_mqs`).  The app's own queue was placed by VPP's allocator in
   the app's first segment and only the attach reply said where, so it is found by a scan of
   the segment's allocated bytes (numpy, every 8-byte aligned place whose words look like an
   ``svm_msg_q`` header), each candidate then decoded in full and kept only if it holds up.
@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from . import inspect as decode
+from . import shmview as decode
 from .errors import LocalError, SharedMemoryError
 from .segment import Segment
 from .wire.mq import SVM_MSG_Q_MSG, SVM_MSG_Q_SHARED, SVM_MSG_Q_SHARED_QUEUE
@@ -208,7 +208,7 @@ class ProcessView:
 
 def find_mqs(seg: Segment) -> list[int]:
     """Fsh offsets of the message queues in a segment's allocated bytes (see the module's
-    docstring): a numpy pass over every aligned place, then `pyvcl.inspect.describe_mq` on
+    docstring): a numpy pass over every aligned place, then `pyvcl.shmview.describe_mq` on
     each candidate, kept when it decodes with no problem and its rings look like the
     session layer's."""
     h = seg.fifo_header()
@@ -326,7 +326,7 @@ def _mq_summary(mq: dict[str, Any]) -> dict[str, Any]:
 def _plausible(f: dict[str, Any]) -> bool:
     """Whether a decoded fifo header is a fifo in use: consistent, sized, with chunks, not
     on its slice's free list (zeroed or recycled memory at the offset passes the checks of
-    `pyvcl.inspect.describe_fifo` otherwise)."""
+    `pyvcl.shmview.describe_fifo` otherwise)."""
     return bool(
         f["ok"] and f["size"] and f["min_alloc"] and f["chunks"] and not f["on_free_fifo_list"]
     )

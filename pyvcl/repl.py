@@ -31,7 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from . import inspect as decode
+from . import shmview as decode
 from .api import live_trace
 from .errors import VclError
 from .fifo import Fifo
@@ -39,7 +39,7 @@ from .mq.events import Event
 from .mq.queue import MessageQueue
 from .segment import Segment
 from .session.core import Action
-from .sockets import VclApp, VclSocket
+from .vclsocket import VclApp, VclSocket
 from .wire.enums import MqRing, SessionEvent
 from .wire.session import CTRL_PAYLOADS
 
@@ -54,7 +54,7 @@ _BAR = 40  # characters of a chunk's bar in `FifoView.show`
 
 
 class Shell:
-    """The REPL's state: the attached ``vcl`` (a `pyvcl.sockets.VclApp`), what was exchanged
+    """The REPL's state: the attached ``vcl`` (a `pyvcl.vclsocket.VclApp`), what was exchanged
     (``history``, ``events``) and the helpers of `namespace`."""
 
     def __init__(
@@ -427,7 +427,7 @@ class SegmentView:
 
 
 def one_line(ev: Event) -> str:
-    """An event in one line: its name and its fields as `pyvcl.inspect` shows them (ports in
+    """An event in one line: its name and its fields as `pyvcl.shmview` shows them (ports in
     host order, addresses as text), long values shortened."""
     return f"{ev.name} {_fields_line(readable_fields(ev))}".rstrip()
 

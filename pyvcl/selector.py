@@ -31,7 +31,7 @@ from typing import Any
 
 from .errors import LocalError, VclError
 from .session.worker import POLL_SLICE
-from .sockets import VclApp, VclSocket
+from .vclsocket import VclApp, VclSocket
 
 EVENT_READ = selectors.EVENT_READ
 EVENT_WRITE = selectors.EVENT_WRITE

@@ -12,7 +12,7 @@ refuses bytes that were not captured (`NotCapturedError`): a decoder walking a l
 the snapshot does not hold stops with an error instead of reading zeros as data.
 
 The JSON's own decoded fields (``mqs``, ``fifos``, the decoded ``segments`` headers) are kept
-in `Snapshot.meta` but nothing here relies on them; `pyvcl.inspect` decodes the bytes.
+in `Snapshot.meta` but nothing here relies on them; `pyvcl.shmview` decodes the bytes.
 """
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ from types import TracebackType
 from typing import Any
 
 from .errors import RecordingError, SharedMemoryError
-from .inspect import describe_fifo, describe_mq, describe_segment, fifo_refs, guarded
 from .recording import U64_MAX, int_field, need, read_json, shallow, typed
 from .recording import field as json_field
 from .segment import Segment
+from .shmview import describe_fifo, describe_mq, describe_segment, fifo_refs, guarded
 from .wire.enums import SessionEvent
 
 SNAPSHOT_FORMAT = "pyvcl-shm-snapshot/1"
@@ -255,7 +255,7 @@ def load(path: str | Path) -> Snapshot:
 
 
 def describe_snapshot(source: str | Path | Snapshot, *, peek: int = 64) -> dict[str, Any]:
-    """Everything `pyvcl.inspect` decodes from a snapshot, as plain data: each segment,
+    """Everything `pyvcl.shmview` decodes from a snapshot, as plain data: each segment,
     each captured mq (with every event), and each fifo (captured headers plus those named by
     mq events, with ``found_via``; ``peek`` bytes at each fifo's head when captured)."""
     snap = source if isinstance(source, Snapshot) else Snapshot.load(source)

@@ -3,7 +3,7 @@
     from pyvcl import socket
     s = socket.create_connection(("127.0.0.1", 8080))
 
-Sockets are `pyvcl.sockets.VclSocket`s of the process-wide app (`pyvcl.fallback.default_app`)
+Sockets are `pyvcl.vclsocket.VclSocket`s of the process-wide app (`pyvcl.fallback.default_app`)
 attached the way C VCL attaches (``$VCL_CONFIG`` and the ``VCL_*`` variables, see
 `pyvcl.config`).  When no VPP is reachable they are the standard library's kernel sockets
 instead, so the same program runs with or without VPP (set ``PYVCL_NO_FALLBACK=1`` to make
@@ -46,7 +46,7 @@ def default_app() -> Any:
 
 def __getattr__(name: str) -> Any:
     if name == "VclApp":  # was imported here eagerly; still reachable as pyvcl.socket.VclApp
-        from .sockets import VclApp
+        from .vclsocket import VclApp
 
         return VclApp
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -187,7 +187,7 @@ def open_stack(
     they are."""
     # the data path: imported only once a stack is wanted
     from .fallback import KernelApp, open_app
-    from .sockets import VclApp
+    from .vclsocket import VclApp
 
     choice.check()
     if choice.kernel:

@@ -26,9 +26,9 @@ from pyvcl.errors import (
     VppDisconnected,
     VppUnreachable,
 )
-from pyvcl.inspect import describe_mq
 from pyvcl.mq.events import Event
 from pyvcl.mq.queue import MessageQueue
+from pyvcl.shmview import describe_mq
 from pyvcl.wire.enums import SapiMsgType, SessionError, SessionEvent, SessionFdFlag
 from pyvcl.wire.session import SEGMENT_NAME_LEN
 

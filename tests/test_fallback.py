@@ -15,7 +15,7 @@ import pytest
 import pyvcl
 from pyvcl import fallback
 from pyvcl.fallback import KernelApp, OpportunisticApp, is_vpp, open_app
-from pyvcl.sockets import VclApp
+from pyvcl.vclsocket import VclApp
 
 
 def echo_through(app: Any, host: str = "127.0.0.1", port: int = 0, client: Any = None) -> None:

@@ -20,9 +20,9 @@ from pyvcl.fifo import Fifo
 from pyvcl.segment import Segment
 from pyvcl.session import worker as worker_mod
 from pyvcl.session.worker import POLL_SLICE, SessionWorker
-from pyvcl.sockets import BUSY_POLL_ENV, VclApp, busy_poll_usec
 from pyvcl.testing.conformance import VclStack, pair
 from pyvcl.testing.plugin import vcl_stack_fixture
+from pyvcl.vclsocket import BUSY_POLL_ENV, VclApp, busy_poll_usec
 from pyvcl.wire.enums import SessionEvent
 from pyvcl.wire.fifo import SVM_FIFO_CHUNK, SVM_FIFO_SHARED
 

@@ -23,7 +23,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pyvcl import inspect as ins
+from pyvcl import shmview as ins
 from pyvcl.atomics import PeerStalled, ProcessSharedCond, ProcessSharedMutex
 from pyvcl.errors import LocalError, RemoteError, SharedMemoryError, Timeout, VclError
 from pyvcl.mq import events

@@ -48,11 +48,11 @@ def test_import_pyvcl_socket_leaves_the_data_path_for_first_use() -> None:
 
 
 def test_the_data_path_and_the_cli_do_not_import_construct() -> None:
-    loaded = modules_after("import pyvcl.sockets, pyvcl.fallback, pyvcl.app, pyvcl.config")
+    loaded = modules_after("import pyvcl.vclsocket, pyvcl.fallback, pyvcl.app, pyvcl.config")
     assert "pyvcl.wire.session" in loaded
     assert not loaded & set(HEAVY)
     cli = modules_after("import pyvcl.cli")
-    assert "pyvcl.app" not in cli and "pyvcl.inspect" not in cli
+    assert "pyvcl.app" not in cli and "pyvcl.shmview" not in cli
     assert not cli & set(HEAVY)
 
 
@@ -69,7 +69,7 @@ def test_building_messages_does_not_import_construct() -> None:
 
 def test_socket_module_still_names_vclapp() -> None:
     import pyvcl.socket
-    from pyvcl.sockets import VclApp
+    from pyvcl.vclsocket import VclApp
 
     assert pyvcl.socket.VclApp is VclApp
     with pytest.raises(AttributeError):

@@ -22,10 +22,10 @@ from typing import Any
 
 import pytest
 
-from pyvcl.sockets import VclApp, VclSocket
 from pyvcl.testing.hoststack import TOPOLOGIES, Side, Topology, topology
 from pyvcl.testing.ldp import LdpPython, script
 from pyvcl.testing.streams import recv_all, recv_exactly, recv_when_peer_dies
+from pyvcl.vclsocket import VclApp, VclSocket
 
 SIZE = 1 << 20
 WAIT = 20.0  # bound on any single blocking step

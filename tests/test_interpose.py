@@ -19,8 +19,8 @@ import pyvcl.interpose as interpose
 from pyvcl.interpose import readiness, selecting, sockopts
 from pyvcl.interpose.readiness import ReadinessFd
 from pyvcl.interpose.vsocket import ForkedSession, InterposedSocket, socket_over, std_socket
-from pyvcl.sockets import VclApp
 from pyvcl.testing.hoststack import cut_through
+from pyvcl.vclsocket import VclApp
 
 from .subproc import run_bounded
 

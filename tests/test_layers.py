@@ -24,11 +24,11 @@ LAYERS: list[set[str]] = [
     {"atomics"},
     {"segment"},
     {"fifo", "mq"},
-    {"api", "inspect", "vppversion"},
+    {"api", "shmview", "vppversion"},
     {"app", "config", "snapshot", "procview"},  # procview: another process's segments
     {"snapshot_record"},  # a snapshot of what procview maps
     {"session"},
-    {"sockets"},
+    {"vclsocket"},
     {"selector", "fallback", "repl"},
     {"socket", "aio", "stack"},
     {"interpose"},

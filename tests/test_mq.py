@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pyvcl import inspect as ins
+from pyvcl import shmview as ins
 from pyvcl.errors import LocalError, SharedMemoryError, Timeout, WouldBlock
 from pyvcl.mq import events
 from pyvcl.mq.queue import CONDVAR, EVENTFD, MessageQueue, WaitResult
@@ -137,7 +137,7 @@ def test_event_repr_is_short_and_keeps_the_bytes() -> None:
 # -- the two describers ------------------------------------------------------------------------
 @pytest.mark.parametrize("mode", MODES)
 def test_queue_describe_and_the_inspector_agree(new_mq: Factory, mode: str) -> None:
-    """`MessageQueue.describe` (the attached queue) and `pyvcl.inspect.describe_mq` (a segment
+    """`MessageQueue.describe` (the attached queue) and `pyvcl.shmview.describe_mq` (a segment
     alone) use the same names for the same things, and their values agree."""
     seg, off, mq = new_mq(mode)
     for i in range(5):  # events consumed and events still pending, in both rings

@@ -19,7 +19,7 @@ from typing import IO, Any
 
 import pytest
 
-from pyvcl.sockets import VclApp
+from pyvcl.vclsocket import VclApp
 
 ROOT = Path(__file__).resolve().parents[1]
 BIG = 100 << 20  # the bulk transfers: 100 MiB

@@ -10,9 +10,9 @@ import time
 import pytest
 
 from pyvcl.selector import VclSelector
-from pyvcl.sockets import VclSocket
 from pyvcl.testing.conformance import VclStack
 from pyvcl.testing.plugin import vcl_stack_fixture
+from pyvcl.vclsocket import VclSocket
 
 stack = vcl_stack_fixture(24000, 25000)
 

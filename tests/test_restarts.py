@@ -27,7 +27,7 @@ import pytest
 from pyvcl import aio, fallback
 from pyvcl.errors import VppDisconnected, VppUnreachable
 from pyvcl.fallback import KernelApp, OpportunisticApp, is_vpp, open_app
-from pyvcl.sockets import VclApp
+from pyvcl.vclsocket import VclApp
 
 from .fake_vpp import SILENT, FakeVpp, Send, attach_reply, vpp_like_segments
 from .test_fallback import echo_through

@@ -28,9 +28,9 @@ import psutil
 import pytest
 
 from pyvcl.session.core import State
-from pyvcl.sockets import VclApp, VclSocket
 from pyvcl.testing.hoststack import Topology, topology
 from pyvcl.testing.streams import recv_exactly, recv_when_peer_dies, run_threads
+from pyvcl.vclsocket import VclApp, VclSocket
 from pyvcl.wire.enums import SessionEvent as E
 
 WAIT = 20.0
@@ -399,7 +399,7 @@ def test_vpp_killed_unblocks_every_call(vpp_factory: Any, eventfd: bool) -> None
 PEER = """\
 import sys, time
 sys.path.insert(0, {root!r})
-from pyvcl.sockets import VclApp
+from pyvcl.vclsocket import VclApp
 app = VclApp({sock!r}, name="doomed-peer", **{opts!r})
 s = app.create_connection(({host!r}, {port}), timeout=20)
 s.sendall(b"hello")

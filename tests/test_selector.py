@@ -16,9 +16,9 @@ import pytest
 
 from pyvcl.errors import LocalError
 from pyvcl.selector import VclSelector
-from pyvcl.sockets import VclApp, VclSocket
 from pyvcl.testing.conformance import VclStack, pair
 from pyvcl.testing.plugin import vcl_stack_fixture
+from pyvcl.vclsocket import VclApp, VclSocket
 
 R, W = selectors.EVENT_READ, selectors.EVENT_WRITE
 

@@ -8,7 +8,7 @@ inconsistent.  The robustness tests corrupt copies of them.
 
 When ../shared is present, its snapshots of C VCL's test apps are an independent cross-check:
 each (``../shared/vpp-v26.06/snapshots/NAME.bin`` + ``NAME.json``) is rebuilt with
-`pyvcl.snapshot` and decoded with `pyvcl.inspect`; the result is compared with the JSON's
+`pyvcl.snapshot` and decoded with `pyvcl.shmview`; the result is compared with the JSON's
 independent decode, walking the JSON so every field it gives is checked.  Naming differences
 are mapped here: event type names (JSON ``IO_EVT_RX`` = C enumerator minus ``SESSION_``, pyvcl
 ``IO_RX``), ``payload_record`` -> ``payload_type``, hex ip46 fields (JSON ``ip`` + ``ip_str``,
@@ -29,9 +29,9 @@ from typing import Any
 
 import pytest
 
-from pyvcl import inspect as ins
+from pyvcl import shmview as ins
 from pyvcl.errors import SharedMemoryError
-from pyvcl.inspect import chunk_size
+from pyvcl.shmview import chunk_size
 from pyvcl.snapshot import (
     REGION_FIFO_DATA,
     ROLE_APP_MQ,

@@ -1,6 +1,6 @@
 """Two pyvcl apps exchange bytes through a real VPP, cut-through, driving VPP's session layer
 by hand with the foundation layer only (`App`, `MessageQueue`, `Fifo`), below pyvcl's session
-API (`pyvcl.session`, `pyvcl.sockets`): LISTEN/CONNECT, APP_ADD_SEGMENT with its SEND_FDS fd,
+API (`pyvcl.session`, `pyvcl.vclsocket`): LISTEN/CONNECT, APP_ADD_SEGMENT with its SEND_FDS fd,
 ACCEPTED/ACCEPTED_REPLY, CONNECTED, fifo writes with TX events, RX events, has_event
 re-arming, DISCONNECT and CLEANUP.  This proves the fifos and queues interoperate with VPP on
 their own, so a failure here points below the session state machines

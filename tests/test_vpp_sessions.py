@@ -5,8 +5,8 @@ from __future__ import annotations
 import socket
 from typing import Any
 
-from pyvcl.sockets import VclApp
 from pyvcl.testing.streams import CheckedThread
+from pyvcl.vclsocket import VclApp
 
 
 def test_ipv6_cut_through_echo(vpp: Any) -> None:

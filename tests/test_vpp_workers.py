@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from pyvcl.sockets import VclApp, VclSocket
 from pyvcl.testing.hoststack import Topology, topology
 from pyvcl.testing.streams import recv_all
+from pyvcl.vclsocket import VclApp, VclSocket
 
 ROUNDS = 12  # the crash came within four rounds
 PORTS = {"tcp": 7100, "ct": 7200}

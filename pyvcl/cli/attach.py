@@ -34,7 +34,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def report(app: App, events: list[Any] | None = None) -> dict[str, Any]:
-    from ..inspect import describe_segment
+    from ..shmview import describe_segment
 
     reply = app.reply
     assert reply is not None and app.app_mq is not None and app.vpp_segment is not None

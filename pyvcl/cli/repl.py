@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from ..repl import BANNER, Console, Prompt, Shell
-    from ..sockets import VclApp
+    from ..vclsocket import VclApp
 
     choice = stack_choice(args)
     vcl = VclApp(choice.app_socket_path(), choice.attach_options(), timeout=args.timeout)

@@ -47,7 +47,7 @@ def _backend() -> Any:
             if _State.app is None:
                 _State.app = reopen()
             app = _State.app
-    from ..sockets import VclApp
+    from ..vclsocket import VclApp
 
     b = app.backend  # VPP's death noticed first; VppUnreachable without fallback
     return b if isinstance(b, VclApp) else None
@@ -63,7 +63,7 @@ def _loop_backend() -> Any:
         if _State.loop_app is None:
             _State.loop_app = _State.reopen()
         app = _State.loop_app
-    from ..sockets import VclApp
+    from ..vclsocket import VclApp
 
     b = app.backend
     return b if isinstance(b, VclApp) else None

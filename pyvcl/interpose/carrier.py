@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from .readiness import ReadinessFd
 
 if TYPE_CHECKING:
-    from ..sockets import VclApp, VclSocket
+    from ..vclsocket import VclApp, VclSocket
     from .pump import Pump
 
 _pumps_lock = threading.Lock()

@@ -33,7 +33,7 @@ from ..wire.enums import SessionEvent
 from .carrier import pumps
 
 if TYPE_CHECKING:
-    from ..sockets import VclApp
+    from ..vclsocket import VclApp
     from .carrier import Carrier
 
 log = logging.getLogger(__name__)

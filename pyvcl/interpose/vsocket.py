@@ -3,7 +3,7 @@
 A subclass of the standard ``socket.socket`` (so isinstance checks, ``makefile``,
 ``sendfile``, ``create_connection`` and every library built on them keep working) whose
 AF_INET/AF_INET6 stream sockets are carried by VPP sessions: every data and state method is
-answered by a `pyvcl.sockets.VclSocket`, and the C object underneath holds only the
+answered by a `pyvcl.vclsocket.VclSocket`, and the C object underneath holds only the
 readiness descriptor of a `Carrier` (``fileno()``), never the data.
 
 ``socket.socket(...)`` with another family or type, or with the ``fileno`` of a kernel
@@ -34,7 +34,7 @@ from typing import Any
 from ..errors import LocalError
 from ..session.core import State
 from ..session.worker import DataPath
-from ..sockets import VclApp, VclSocket, connect_ex_of, sockaddr_for
+from ..vclsocket import VclApp, VclSocket, connect_ex_of, sockaddr_for
 from . import sockopts as so
 from .carrier import Carrier, by_inode, listening_ports, note_port
 

@@ -3,7 +3,7 @@ dicts, for the inspector and the CLI.  Reads only, through the queue's public
 `MessageQueue.read_state` and `read_handles`; never raises for bad indices or lock words (they
 are reported under ``problems``), and lists at most `MAX_LISTED` pending handles.
 
-The keys are those of `pyvcl.inspect.describe_mq`, which decodes a queue from a segment alone
+The keys are those of `pyvcl.shmview.describe_mq`, which decodes a queue from a segment alone
 (a snapshot, another process): ``fsh_offset``, ``length``, ``queue_fsh_offset``,
 ``queue_data_fsh_offset``, ``queue`` (indices, ``mutex``, ``condvar``, ``pending_handles``)
 and ``rings`` (``fsh_offset``, ``data_fsh_offset``, indices); tests/test_mq.py checks that the

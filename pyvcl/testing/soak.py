@@ -155,7 +155,7 @@ class _Acceptor:
 
 
 def _apps(topo: Topology, tag: str) -> tuple[Any, Any]:
-    from ..sockets import VclApp
+    from ..vclsocket import VclApp
 
     server = VclApp(topo.server.socket, name=f"soak-{tag}-srv", **topo.server.pyvcl_opts)
     client = VclApp(topo.client.socket, name=f"soak-{tag}-cli", **topo.client.pyvcl_opts)
@@ -235,7 +235,7 @@ def _wait_sessions(server: Any, client: Any, base: int) -> int:
 
 
 def attach_detach(topo: Topology, n: int, rss_slack: float) -> Record:
-    from ..sockets import VclApp
+    from ..vclsocket import VclApp
 
     rec = Record("attach-detach", topo.name, n, 0.0, start=Usage.now())
 

@@ -89,7 +89,7 @@ def normalise(text: str) -> str:
 def run_chapter(path: str | Path, app_socket: str) -> list[tuple[Statement, str]]:
     """Run every statement of the chapter at ``path``; (statement, what it printed)."""
     from ..repl import Console, Shell  # (late: the testing package imports little)
-    from ..sockets import VclApp
+    from ..vclsocket import VclApp
 
     chapter = parse(Path(path).read_text())
     vcl = VclApp(app_socket, scope_local=True, scope_global=False)

@@ -91,7 +91,7 @@ class VclStack:
     sets up `VppInstance.setup_two_vrf_tcp`); see `pyvcl.testing.hoststack.topology`."""
 
     def __init__(self, vpp: Any, scope: str = "local", first_port: int = 21000) -> None:
-        from ...sockets import VclApp
+        from ...vclsocket import VclApp
 
         if scope not in _SCOPE_TOPOLOGY:
             raise ValueError(f"scope must be 'local' or 'global', not {scope!r}")

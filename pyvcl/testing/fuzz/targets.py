@@ -24,16 +24,16 @@ from typing import Any, ClassVar
 
 from ...fifo import Fifo
 from ...fifo.chunks import MIN_CHUNK_SIZE, ChunkAllocator
-from ...inspect import (
+from ...mq.events import encode_ctrl, encode_io
+from ...mq.queue import MessageQueue
+from ...segment import Segment
+from ...shmview import (
     describe_fifo,
     describe_mq,
     describe_segment,
     describe_slice,
     discover_vpp_mqs,
 )
-from ...mq.events import encode_ctrl, encode_io
-from ...mq.queue import MessageQueue
-from ...segment import Segment
 from ...snapshot import describe_snapshot, find_snapshots
 from ...wire.enums import MqRing, SessionEvent
 from ...wire.fifo import SVM_FIFO_CHUNK, SVM_FIFO_SHARED

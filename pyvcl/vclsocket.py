@@ -38,7 +38,7 @@ _DEFAULT_SESSION_TIMEOUT = 600.0  # VCL's session-timeout: bound on blocking con
 Address = tuple[Any, ...]
 
 
-def _parse_address(address: Address) -> tuple[str, int, int]:
+def parse_address(address: Address) -> tuple[str, int, int]:
     """(ip, port, family) from a ("host", port) tuple; host must be a literal address."""
     if not isinstance(address, tuple) or len(address) < 2:
         raise TypeError(f"address must be a (host, port) tuple, not {address!r}")
@@ -152,7 +152,7 @@ class VclApp:
         return VclSocket(self, family)
 
     def create_connection(self, address: Address, timeout: float | None = None) -> VclSocket:
-        s = VclSocket(self, _parse_address(address)[2])
+        s = VclSocket(self, parse_address(address)[2])
         s.settimeout(timeout)
         try:
             s.connect(address)
@@ -162,7 +162,7 @@ class VclApp:
         return s
 
     def create_server(self, address: Address, *, backlog: int | None = None) -> VclSocket:
-        s = VclSocket(self, _parse_address(address)[2])
+        s = VclSocket(self, parse_address(address)[2])
         try:
             s.bind(address)
             s.listen(backlog)
@@ -257,7 +257,7 @@ class VclSocket:
 
     def connect(self, address: Address) -> None:
         self._check_open()
-        ip, port, family = _parse_address(address)
+        ip, port, family = parse_address(address)
         if family != self.family:
             raise OSError(errno.EAFNOSUPPORT, "Address family not supported by protocol")
         s, w = self._s, self._worker
@@ -350,7 +350,7 @@ class VclSocket:
 
     def bind(self, address: Address) -> None:
         self._check_open()
-        ip, port, family = _parse_address(address)
+        ip, port, family = parse_address(address)
         if family != self.family:
             raise OSError(errno.EAFNOSUPPORT, "Address family not supported by protocol")
         if self._s.state != State.CREATED or self._bound is not None:
