@@ -169,7 +169,7 @@ class ScriptStack:
     client_module: str | None = None
 
 
-def _script_sides(cfg: Config, topo: str, stack: ScriptStack) -> dict[str, Any]:
+def script_sides(cfg: Config, topo: str, stack: ScriptStack) -> dict[str, Any]:
     """`kernel.run_script`'s keywords for the scripts over VPP (`topo` "ct" or "tcp"), sides
     as `stack` says."""
     skind, ckind, host = _topology(cfg, topo)
@@ -187,12 +187,12 @@ def _script_sides(cfg: Config, topo: str, stack: ScriptStack) -> dict[str, Any]:
 def script_bulk(cfg: Config, topo: str, size: int, stack: ScriptStack, label: str) -> Record:
     """bench/bulk.py over VPP (`topo` "ct" or "tcp"), sides as `stack` says."""
     name = f"bulk-{label}-{topo}-{size_label(size)}"
-    return run_bulk(cfg, name, size, **_script_sides(cfg, topo, stack))
+    return run_bulk(cfg, name, size, **script_sides(cfg, topo, stack))
 
 
 def script_rtt(cfg: Config, topo: str, stack: ScriptStack, label: str) -> Record:
     """bench/pingpong.py over VPP (`topo` "ct" or "tcp"), sides as `stack` says."""
-    return run_rtt(cfg, f"rtt-{label}-{topo}", **_script_sides(cfg, topo, stack))
+    return run_rtt(cfg, f"rtt-{label}-{topo}", **script_sides(cfg, topo, stack))
 
 
 def register_script_cases(
