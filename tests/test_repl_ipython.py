@@ -3,7 +3,8 @@
 Against VPP, through a pty as a person types: IPython's prompt comes up on the shell's
 namespace; an ACCEPTED that VPP sends while the prompt sits idle is printed, decoded, without
 a key pressed; the bytes are read; a mistake gets one line; ``exit()`` ends with status 0.
-With IPython blocked from importing, the same command gives the standard console.  Without
+With IPython blocked from importing, the same command gives the standard console; without an
+eventfd the idle prompt still looks at the queue; Ctrl-D detaches with status 0.  Without
 VPP: when IPython is chosen, and the event hook's way of waking.
 """
 
@@ -199,3 +200,29 @@ def test_without_ipython_the_terminal_gets_the_standard_console(
         assert shell.wait() == 0
     finally:
         shell.close()
+
+
+@needs_ipython
+@pytest.mark.vpp
+def test_ipython_without_an_eventfd_still_shows_events_and_ctrl_d_ends_with_status_0(
+    vpp: VppInstance, tmp_path: Path
+) -> None:
+    attach = ["--app-socket", str(vpp.app_socket()), "--scope", "local"]
+    argv = [sys.executable, "-m", "pyvcl", "repl", "--no-use-mq-eventfd", *attach]
+    shell = _terminal(argv, tmp_path)
+    nc = None
+    try:
+        shell.expect(r"In \[1\]: ")
+        shell.type('l = listen("127.0.0.1", 18792)', end="\r")
+        shell.expect(r"<< CTRL_BOUND .*retval=0 .*lcl_port=18792")
+        shell.expect(r"In \[2\]: ")
+        nc = _nc(attach, 18792)  # (the idle prompt looks at the queue: no eventfd wakes it)
+        shell.expect(r"<< CTRL_ACCEPTED .*server_rx_fifo=\d+")
+        shell.type("\x04", end="")  # Ctrl-D: no question asked
+        shell.expect("detached")
+        assert shell.wait() == 0
+    finally:
+        shell.close()
+        if nc is not None:
+            nc.kill()
+            nc.wait()
