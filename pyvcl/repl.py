@@ -43,12 +43,16 @@ from .vclsocket import VclApp, VclSocket
 from .wire.enums import MqRing, SessionEvent
 from .wire.session import CTRL_PAYLOADS
 
-__all__ = ["Console", "MqView", "Peer", "Shell"]
+__all__ = ["ONE_LINE_ERRORS", "Console", "MqView", "Peer", "Shell"]
 
 BANNER = """pyvcl repl: attached to VPP as app {index} ({version}).
 Names: app vcl listen connect accept send read close fifo segment mq msg wait peer
        show hexdump history export events E.  help(listen) and friends say more; exit() detaches.
 Every event VPP sends is printed (<<), and every control message sent (>>)."""
+
+# The exceptions a mistake at the prompt raises (a wrong field, a socket in the wrong state, a
+# pyvcl error): one line for them, the full traceback for anything else.
+ONE_LINE_ERRORS = (VclError, ValueError, TypeError, IndexError, KeyError)
 
 _BAR = 40  # characters of a chunk's bar in `FifoView.show`
 
@@ -483,7 +487,7 @@ class Console(code.InteractiveConsole):
 
     def showtraceback(self) -> None:
         _type, value, _tb = sys.exc_info()
-        if isinstance(value, (VclError, ValueError, TypeError, IndexError, KeyError)):
+        if isinstance(value, ONE_LINE_ERRORS):
             self.write(f"! {type(value).__name__}: {value}\n")
         else:
             super().showtraceback()

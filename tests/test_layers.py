@@ -30,6 +30,7 @@ LAYERS: list[set[str]] = [
     {"session"},
     {"vclsocket"},
     {"selector", "fallback", "repl"},
+    {"repl_ipython"},  # the repl's Shell at IPython's prompt
     {"socket", "aio", "stack"},
     {"interpose"},
     {"cli", "_boot"},

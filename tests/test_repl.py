@@ -30,7 +30,8 @@ from .mq_fixtures import build_mq
 from .segment_fixtures import make_segment
 
 TIMEOUT = 20.0
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+# Terminal control sequences (CSI, OSC, keypad modes), left out of what `Terminal` saw.
+_ANSI = re.compile(r"\x1b(\[[0-9;?<>=]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)|[=>78])")
 
 
 # -- without VPP ------------------------------------------------------------------------------
@@ -143,8 +144,9 @@ class Terminal:
                     raise AssertionError(f"ended before {pattern!r}; the screen:\n{self.seen}")
                 self.seen += _ANSI.sub("", chunk.decode(errors="replace").replace("\r", ""))
 
-    def type(self, line: str) -> None:
-        os.write(self.fd, line.encode() + b"\n")
+    def type(self, line: str, end: str = "\n") -> None:
+        """Type ``line`` and ``end`` (Enter is "\\r" to prompt_toolkit, in raw mode)."""
+        os.write(self.fd, (line + end).encode())
 
     def wait(self, timeout: float = TIMEOUT) -> int:
         deadline = time.monotonic() + timeout
@@ -173,7 +175,9 @@ def test_listen_accept_and_read_the_rx_fifo_by_hand(vpp: VppInstance, tmp_path: 
     sock = str(vpp.app_socket())
     attach = ["--app-socket", sock, "--scope", "local"]
     env = dict(os.environ, VCL_CONFIG="", TERM="dumb")
-    shell = Terminal([sys.executable, "-m", "pyvcl", "repl", *attach], env)
+    # (--plain: the standard console even where IPython is installed; test_repl_ipython.py
+    # drives IPython's)
+    shell = Terminal([sys.executable, "-m", "pyvcl", "repl", "--plain", *attach], env)
     nc = None
     try:
         shell.expect(r"attached to VPP as app \d+")

@@ -1,11 +1,13 @@
 """``pyvcl repl``: an interactive shell attached to VPP (`pyvcl.repl`).
 
-Takes the attach options of ``pyvcl nc``.  Built on the standard library's `code` and
-`rlcompleter` (tab completes names and attributes where `readline` exists).  ``-c CODE``
-runs CODE in the shell's namespace and exits (for scripts and tests).  The session is always
-traced (`pyvcl.api.live_trace`): into ``--trace FILE`` when given, else into a temporary
-file that ``export(path)`` copies and that goes away with the shell.  ``exit()``, Ctrl-D
-or the end of input detach and end with status 0.
+Takes the attach options of ``pyvcl nc``.  At a terminal, with IPython installed, the shell is
+IPython's (`pyvcl.repl_ipython`); otherwise, or with ``--plain`` or ``PYVCL_REPL=plain``, it
+is the standard library's `code` console with `rlcompleter` (tab completes names and
+attributes where `readline` exists).  Both print VPP's events as they come and share one
+namespace.  ``-c CODE`` runs CODE in the shell's namespace and exits (for scripts and
+tests).  The session is always traced (`pyvcl.api.live_trace`): into ``--trace FILE`` when
+given, else into a temporary file that ``export(path)`` copies and that goes away with the
+shell.  ``exit()``, Ctrl-D or the end of input detach and end with status 0.
 """
 
 from __future__ import annotations
@@ -24,6 +26,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     add_stack_options(p)
     add_attach_options(p)
     p.add_argument("-c", dest="code", metavar="CODE", help="run CODE in the shell and exit")
+    p.add_argument(
+        "--plain",
+        action="store_true",
+        help="the standard code console even when IPython is installed (also PYVCL_REPL=plain)",
+    )
     p.set_defaults(run=run)
 
 
@@ -47,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from ..repl import BANNER, Console, Prompt, Shell
+    from ..repl_ipython import interact, wanted
     from ..vclsocket import VclApp
 
     choice = stack_choice(args)
@@ -59,14 +67,15 @@ def _run(args: argparse.Namespace) -> int:
             console.runsource(args.code, "<-c>", "exec")
             shell.pump()
             return 0
+        banner = BANNER.format(index=vcl.app.app_index, version=vcl.app.vpp_version)
+        at_terminal = sys.stdin.isatty() and sys.stdout.isatty()
+        if wanted(args.plain, os.environ, at_terminal):
+            return interact(shell, banner)
         _completion(console.locals)
         saved = getattr(sys, "ps1", None)
         sys.ps1 = Prompt(shell.pump)
         try:
-            console.interact(
-                banner=BANNER.format(index=vcl.app.app_index, version=vcl.app.vpp_version),
-                exitmsg="detached",
-            )
+            console.interact(banner=banner, exitmsg="detached")
         except SystemExit as e:  # exit() / quit(): a code other than 0/None is the user's
             return e.code if isinstance(e.code, int) else 0
         finally:
