@@ -265,8 +265,14 @@ class Peer:
     it received (read in a thread, so it never blocks on a full pipe)."""
 
     def __init__(self, argv: list[str]) -> None:
+        # Its own session: Ctrl-C at the prompt (SIGINT to the terminal's foreground process
+        # group) is meant for the shell, not for the peer it talks to.
         self.proc = subprocess.Popen(
-            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
         self._got = bytearray()
         self._lock = threading.Lock()
