@@ -238,3 +238,35 @@ def test_listen_accept_and_read_the_rx_fifo_by_hand(vpp: VppInstance, tmp_path: 
         if nc is not None:
             nc.kill()
             nc.wait()
+
+
+@pytest.mark.vpp
+def test_ctrl_c_ends_a_blocking_read_and_the_session_goes_on(vpp: VppInstance) -> None:
+    """Ctrl-C while ``read`` waits for bytes: KeyboardInterrupt, the prompt again, and the
+    connection still works.  The terminal sends SIGINT to its whole foreground process
+    group: the ``peer`` runs in a session of its own, or it would die with the first Ctrl-C."""
+    sock = str(vpp.app_socket())
+    attach = ["--app-socket", sock, "--scope", "local"]
+    env = dict(os.environ, VCL_CONFIG="", TERM="dumb")
+    shell = Terminal([sys.executable, "-m", "pyvcl", "repl", "--plain", *attach], env)
+    try:
+        shell.expect(">>> ")
+        shell.type('l = listen("127.0.0.1", 18791)')
+        shell.expect(r"<< CTRL_BOUND .*retval=0")
+        shell.type('p = peer("127.0.0.1", 18791)')
+        shell.type("c = accept(l)")
+        shell.expect(r">> CTRL_ACCEPTED_REPLY .*retval=0")
+        shell.expect(">>> ")
+        for _ in range(3):
+            shell.type("read(c, timeout=60)")
+            time.sleep(0.5)  # (in the wait by now)
+            os.write(shell.fd, b"\x03")  # Ctrl-C, as the terminal sends it
+            shell.expect("KeyboardInterrupt")
+            shell.expect(">>> ")
+        shell.type('p.send("still here\\n")')
+        shell.type("read(c, timeout=10)")
+        shell.expect(re.escape(r"b'still here\n'"))
+        shell.type("exit()")
+        assert shell.wait() == 0
+    finally:
+        shell.close()
