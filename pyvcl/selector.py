@@ -30,6 +30,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from .errors import LocalError, VclError
+from .interrupts import interruptible
 from .session.worker import POLL_SLICE
 from .vclsocket import VclApp, VclSocket
 
@@ -198,6 +199,7 @@ class VclSelector(selectors.BaseSelector):
         self._app = None
 
     # -- waiting ----------------------------------------------------------------------------
+    @interruptible
     def select(self, timeout: float | None = None) -> list[tuple[SelectorKey, int]]:
         """Ready keys and their events; [] when ``timeout`` (seconds; None: forever, <= 0:
         just look) passes with nothing ready."""

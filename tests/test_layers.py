@@ -19,7 +19,7 @@ PACKAGE = ROOT / "pyvcl"
 # Lowest first.  A part is a top-level module or subpackage of pyvcl; parts on one line are
 # siblings and do not import each other.
 LAYERS: list[set[str]] = [
-    {"errors"},  # imports nothing of pyvcl when imported (see UPWARD below)
+    {"errors", "interrupts"},  # import nothing of pyvcl when imported (see UPWARD below)
     {"wire", "recording"},  # declarations; the checked JSON of recordings
     {"atomics"},
     {"segment"},

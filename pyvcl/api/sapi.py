@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import AppSocketError, Timeout, VppDisconnected, VppUnreachable
+from ..interrupts import interruptible
 from ..wire.enums import SapiMsgType
 from ..wire.sapi import SAPI_MSG_SIZE, SAPI_PAYLOAD_OFFSET, SAPI_PAYLOAD_SIZE
 
@@ -157,8 +158,12 @@ class SapiSocket:
         """Receive one frame with its fds.  Raises `VppDisconnected` on EOF, `Timeout` when
         nothing arrives in time, `AppSocketError` on a frame of the wrong size or a control
         message that was cut (fds lost)."""
-        self.sock.settimeout(self.timeout if timeout is None else timeout)
+        wait = self.timeout if timeout is None else timeout
+        self.sock.settimeout(wait)
         fd_bytes = socket.CMSG_SPACE(MAX_FDS_PER_MSG * array.array("i").itemsize)
+        # Ctrl-C waits here, not in recvmsg: a frame taken with its fds must not be dropped
+        # between the call and its result (pyvcl.interrupts).
+        _wait_readable(self.sock.fileno(), wait)
         try:
             # One byte more than a frame so an oversized message shows as MSG_TRUNC-or-longer.
             data, ancdata, flags, _ = self.sock.recvmsg(SAPI_MSG_SIZE + 1, fd_bytes)
@@ -280,3 +285,12 @@ def _fds_from(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
             arr.frombytes(data[:usable])
             fds.extend(arr)
     return fds
+
+
+@interruptible
+def _wait_readable(fd: int, timeout: float | None) -> None:
+    """Wait until ``fd`` has something to read (or hung up), up to ``timeout`` seconds; the
+    recvmsg that follows reports a timeout itself."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    poller.poll(None if timeout is None else max(0, int(timeout * 1000 + 0.999)))

@@ -38,6 +38,7 @@ from ..errors import (
     VclError,
     session_error,
 )
+from ..interrupts import guard_sigint_at_attach
 from ..mq.queue import MessageQueue
 from ..segment import Segment
 from ..vppversion import check_peer_version
@@ -92,6 +93,7 @@ class App(_WorkerBase):
                 raise TypeError(f"unknown attach option {key!r}")
             setattr(opts, key, value)
         payload = encode_attach(opts)  # validates before we touch the network
+        guard_sigint_at_attach()  # Ctrl-C must not stop a change of shared memory halfway
         check_live_layouts()  # before anything of VPP's is mapped
         path = app_socket if app_socket is not None else default_app_socket(opts.namespace_id)
         sapi = SapiSocket.connect(path, timeout)

@@ -23,6 +23,7 @@ from ..errors import (
     VclError,
     VppDisconnected,
 )
+from ..interrupts import interruptible
 from ..mq.events import Event
 from ..mq.queue import MessageQueue
 from ..segment import Segment, describe_fd
@@ -150,6 +151,7 @@ class _WorkerBase:
             return
         self._wait_on(self._event_mq(), timeout)
 
+    @interruptible
     def nap(self, timeout: float) -> None:
         """The poller's sleep between two `poll` calls that found nothing: wait up to
         ``timeout`` seconds for the event mq's signal or VPP closing the app socket
@@ -185,6 +187,7 @@ class _WorkerBase:
             elif self.sapi.poll_closed():
                 raise VppDisconnected(f"VPP closed the app socket {self.sapi.path}")
 
+    @interruptible
     def _wait_on(self, mq: MessageQueue, timeout: float | None) -> None:
         woke = mq.wait(timeout, also_fds=(self.sapi.fileno(),))
         if self.sapi.fileno() in woke.fds and self.sapi.poll_closed():

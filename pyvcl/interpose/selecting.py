@@ -36,6 +36,7 @@ import stat
 import time
 from typing import TYPE_CHECKING, Any
 
+from ..interrupts import interruptible
 from . import carrier, readiness
 
 if TYPE_CHECKING:
@@ -214,6 +215,7 @@ class _PumpingMixin:
 
 
 class EpollSelector(_PumpingMixin, _StdEpoll):  # type: ignore[misc]
+    @interruptible
     def _poll_raw(self, timeout: float | None) -> list[tuple[int, int]]:
         if timeout is None:
             t = -1.0
@@ -236,6 +238,7 @@ class EpollSelector(_PumpingMixin, _StdEpoll):  # type: ignore[misc]
 
 
 class PollSelector(_PumpingMixin, _StdPoll):  # type: ignore[misc]
+    @interruptible
     def _poll_raw(self, timeout: float | None) -> list[tuple[int, int]]:
         if timeout is None:
             t = None

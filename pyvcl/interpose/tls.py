@@ -61,6 +61,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, cast
 
+from ..interrupts import interruptible
+
 __all__ = ["CarriedSSLSocket", "install", "installed", "uninstall", "wrap"]
 
 # TLS record framing (RFC 8446 §5.1, RFC 5246 §6.2): type(1) version(2) length(2), then body.
@@ -546,6 +548,7 @@ def _want_write() -> ssl.SSLWantWriteError:
     return ssl.SSLWantWriteError(ssl.SSL_ERROR_WANT_WRITE, "The operation did not complete (write)")
 
 
+@interruptible
 def _wait_ready(fd: int, for_write: bool, timeout: float) -> bool:
     poller = select.poll()
     poller.register(fd, select.POLLOUT if for_write else select.POLLIN)

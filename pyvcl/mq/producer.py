@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..atomics import PeerStalled, ProcessSharedCond, ProcessSharedMutex, Words
 from ..errors import LocalError, SharedMemoryError, Timeout, WouldBlock
+from ..interrupts import interruptible
 from ..wire.enums import MqRing, ring_for_event
 from ..wire.mq import SVM_MSG_Q_MSG, SVM_MSG_Q_SHARED_QUEUE
 from ..wire.session import SESSION_EVENT
@@ -170,6 +171,7 @@ class Producer:
             # broadcasts on full->not-full for C peers; we re-check after a short sleep.
             backoff = self._wait_for_room(rg, deadline, backoff, waited)
 
+    @interruptible
     def _wait_for_room(
         self, rg: Ring, deadline: float | None, backoff: float, waited: list[Any]
     ) -> float:

@@ -21,6 +21,8 @@ import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from ..interrupts import interruptible
+
 __all__ = ["WaitResult", "Waiter", "poll_fds"]
 
 _RESYNC = 1.0  # longest single sleep of an untimed wait: re-check shared state this often
@@ -35,6 +37,7 @@ class WaitResult(NamedTuple):
     fds: tuple[int, ...] = ()
 
 
+@interruptible
 def poll_fds(fds: tuple[int, ...], timeout_ms: int) -> tuple[int, ...]:
     """Which of ``fds`` are readable, hung up or in error within ``timeout_ms``."""
     poller = select.poll()
@@ -79,6 +82,7 @@ class Waiter:
 
     # -- condvar mode ------------------------------------------------------------------------
     @staticmethod
+    @interruptible
     def poll_cursize(
         deadline: float | None, fds: tuple[int, ...], pending: Callable[[], int], poll_max: float
     ) -> WaitResult:
@@ -116,6 +120,7 @@ def _new_poller(fds: tuple[int, ...], evfd: int) -> Any:
     return poller
 
 
+@interruptible
 def _wait_eventfd_with(
     poller: Any, deadline: float | None, pending: Callable[[], int], evfd: int
 ) -> WaitResult:

@@ -41,6 +41,7 @@ from ..errors import (
 )
 from ..fifo import Fifo
 from ..fifo.fastpath import after_read, make_dequeue, make_dequeue_into
+from ..interrupts import interruptible
 from ..mq.events import Event
 from ..mq.queue import MessageQueue
 from ..wire.enums import DeqNotify
@@ -101,6 +102,7 @@ class SessionWorker:
                 return mq
         raise RemoteError(f"VPP named a message queue at {offset:#x} that does not exist")
 
+    @interruptible
     def wait_until(self, ready: Callable[[], bool], timeout: float | None) -> bool:
         """Wait until ``ready()`` (called with the lock held) is true; False on timeout.
 
