@@ -3,8 +3,8 @@
 A trace (JSON with ``events``: a recorded app-socket exchange) prints each frame decoded; a
 live trace (``PYVCL_TRACE``, docs/traces.md) prints as a timeline, one line per record
 (``--session N``: what concerns the app's session N; ``--json``); a shared-memory snapshot
-(``NAME.bin`` or ``NAME.bin.gz``, + ``NAME.json`` with ``regions``) prints its segments, message queues with every
-event, and fifos.  A malformed or unreadable file is one line on
+(``NAME.json`` with ``regions``, + ``NAME.bin`` or ``NAME.bin.gz``) prints its segments,
+message queues with every event, and fifos.  A malformed or unreadable file is one line on
 stderr, ``pyvcl decode: FILE: what is wrong``, and exit status 1.
 """
 
