@@ -218,20 +218,26 @@ def test_snapshot_finding_has_its_form_on_our_snapshot(path: Path) -> None:
             assert fields.get((w.space, w.offset, len(w.data))) == w.field
 
 
-def _part(meta: dict[str, Any], field: str) -> object:
-    """What the region or segment a field lies in is: a region's kind and role, a segment's
-    relation to the app's queue (the app's first segment holds it) and to VPP's."""
+def _part(meta: dict[str, Any], field: str) -> list[str]:
+    """What the region or segment a field lies in is: a region's kind and role; a segment's
+    queues (the app's first segment holds the app's, VPP's segment VPP's, others none)."""
     m = re.match(r"(regions|segments)\.(\d+)\.|region\[(\d+)\]\.", field)
     assert m, field
     if m.group(1) == "segments":
         index = meta["segments"][int(m.group(2))]["index"]
-        return sorted(
-            r.get("role", "")
-            for r in meta["regions"]
-            if r["what"] == "svm_msg_q" and r["segment"] == index
-        )
+        mqs = [r for r in meta["regions"] if r["what"] == "svm_msg_q" and r["segment"] == index]
+        return ["segment", *sorted(r.get("role", "") for r in mqs)]
     region = meta["regions"][int(m.group(2) or m.group(3))]
-    return region["what"], region.get("role", "")
+    return ["region", region["what"], region.get("role", "")]
+
+
+@pytest.mark.parametrize("path", _snapshot_findings(), ids=lambda p: p.stem)
+def test_snapshot_finding_form_is_where_it_was_put(path: Path) -> None:
+    """Each write of the ``fixture`` form is still in the part of our snapshot it was derived
+    for (``parts``): a re-recorded snapshot whose regions moved must have its forms re-derived."""
+    fixture = json.loads(path.read_text())[FIXTURE_KEY]
+    own = json.loads((OWN_SNAPSHOTS / f"{fixture['snapshot']}.json").read_text())
+    assert [_part(own, w["field"]) for w in fixture["mutation"]] == fixture["parts"]
 
 
 @cross_check(*SHARED_SNAPSHOT)
@@ -240,11 +246,9 @@ def test_snapshot_finding_form_is_in_the_same_part(path: Path) -> None:
     """Each write of the ``fixture`` form lies in the same kind of region (or segment) of our
     snapshot as the original's in ../shared's."""
     entry = json.loads(path.read_text())
-    fixture = entry[FIXTURE_KEY]
     shared = json.loads(shared_path(*SHARED_SNAPSHOT).read_text())
-    own = json.loads((OWN_SNAPSHOTS / f"{fixture['snapshot']}.json").read_text())
     theirs = [_part(shared, w["field"]) for w in entry["mutation"]]
-    assert [_part(own, w["field"]) for w in fixture["mutation"]] == theirs
+    assert entry[FIXTURE_KEY]["parts"] == theirs
 
 
 @cross_check(*SHARED_SNAPSHOT)
