@@ -3,7 +3,10 @@
 A snapshot is a pair ``NAME.bin`` + ``NAME.json`` (format ``pyvcl-shm-snapshot/1``).  The
 ``.bin`` is the concatenation of the captured regions; the JSON lists them (``regions[]``: the
 segment each belongs to, its ``seg_offset`` from the start of the mapping and its ``length``)
-and describes the segments (``segments[]``: memfd name, mapping length, known handles).
+and describes the segments (``segments[]``: memfd name, mapping length, known handles).  The
+``.bin`` may be stored gzipped as ``NAME.bin.gz`` (what `pyvcl.snapshot_record` writes: a
+captured VPP queue is mostly zeros, so ~350 KB become ~2 KB); `read_blob` gives the same bytes
+from either form.
 
 `Snapshot.load` rebuilds every segment as a sparse buffer the size of the original mapping (an
 anonymous private mmap, so the untouched gigabytes cost no memory), places each region at its
@@ -19,7 +22,10 @@ from __future__ import annotations
 
 import bisect
 import errno
+import gzip
 import mmap
+import os
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +53,11 @@ ROLE_APP_MQ = "app worker mq"  # ``regions[].role`` of the app's own mq
 _REGION_KEYS = ("id", "what", "segment", "seg_offset", "fsh_offset", "length", "bin_offset")
 MAX_SEGMENT_SIZE = 1 << 47
 """Largest segment a snapshot may describe (the x86-64 user address space, 128 TiB)."""
+BIN_SUFFIX = ".bin"
+PACKED_BIN_SUFFIX = ".bin.gz"
+MAX_PACKED_BLOB = 1 << 30
+"""Most bytes a ``.bin.gz`` may unpack to (a snapshot holds a few MB at most: more is a bomb)."""
+_GZIP_WBITS = 16 + zlib.MAX_WBITS  # zlib's way of saying "a gzip header and trailer"
 
 
 class NotCapturedError(SharedMemoryError):
@@ -159,7 +170,8 @@ class Snapshot:
 
     @property
     def bin_path(self) -> Path:
-        return self.path.with_name(self.path.name + ".bin")
+        """The ``.bin`` file, or the ``.bin.gz`` when that is the form on disk (`read_blob`)."""
+        return snapshot_files(self.path)[1]
 
     @property
     def note(self) -> str:
@@ -167,7 +179,8 @@ class Snapshot:
 
     @classmethod
     def load(cls, path: str | Path) -> Snapshot:
-        """Load ``NAME.json`` + ``NAME.bin``; ``path`` may name either file or the common stem.
+        """Load ``NAME.json`` + ``NAME.bin`` (or ``NAME.bin.gz``); ``path`` may name any of
+        them or the common stem.
 
         Every field used is checked first: a malformed snapshot raises `RecordingError` naming
         the file and what is wrong (a missing or unreadable file the usual `OSError`)."""
@@ -191,7 +204,7 @@ class Snapshot:
             need(len(set(indices)) == len(indices), f"segment indices repeat: {indices}")
             for r in regions:
                 need(r.segment in indices, f"region {r.id}: segment {r.segment} is not listed")
-            blob = bin_path.read_bytes()
+            blob = read_blob(bin_path)
             segments: list[SnapshotSegment] = []
             try:
                 for spec in specs:
@@ -342,21 +355,61 @@ def _first_segment(snap: Snapshot, mqs: list[dict[str, Any]]) -> SnapshotSegment
 
 
 def snapshot_files(path: str | Path) -> tuple[Path, Path]:
-    """(``NAME.json``, ``NAME.bin``) for ``NAME``, ``NAME.json`` or ``NAME.bin``; both must
+    """(``NAME.json``, ``NAME.bin``) for ``NAME``, ``NAME.json``, ``NAME.bin`` or
+    ``NAME.bin.gz``; the second is ``NAME.bin.gz`` when only that form exists.  Both must
     exist."""
-    p = Path(path)
-    stem = p.with_suffix("") if p.suffix in (".json", ".bin") else p
-    json_path, bin_path = stem.with_name(stem.name + ".json"), stem.with_name(stem.name + ".bin")
+    stem = snapshot_stem(path)
+    json_path = stem.with_name(stem.name + ".json")
+    bin_path = stem.with_name(stem.name + BIN_SUFFIX)
+    if not bin_path.is_file() and stem.with_name(stem.name + PACKED_BIN_SUFFIX).is_file():
+        bin_path = stem.with_name(stem.name + PACKED_BIN_SUFFIX)
     for f in (json_path, bin_path):
         if not f.is_file():
             raise FileNotFoundError(errno.ENOENT, "snapshot file not found", str(f))
     return json_path, bin_path
 
 
+def snapshot_stem(path: str | os.PathLike[str]) -> Path:
+    """``NAME`` for ``NAME``, ``NAME.json``, ``NAME.bin`` or ``NAME.bin.gz``."""
+    p = Path(path)
+    for suffix in (PACKED_BIN_SUFFIX, BIN_SUFFIX, ".json"):
+        if p.name.endswith(suffix) and p.name != suffix:
+            return p.with_name(p.name[: -len(suffix)])
+    return p
+
+
+def read_blob(bin_path: str | Path) -> bytes:
+    """A snapshot's captured bytes: the ``.bin`` as stored, or a ``.bin.gz`` unpacked.  A
+    damaged or oversized ``.bin.gz`` raises `RecordingError` naming it."""
+    p = Path(bin_path)
+    data = p.read_bytes()
+    if not p.name.endswith(PACKED_BIN_SUFFIX):
+        return data
+    unpacker = zlib.decompressobj(_GZIP_WBITS)
+    try:
+        blob = unpacker.decompress(data, MAX_PACKED_BLOB + 1)
+    except zlib.error as e:
+        raise RecordingError(f"not a valid gzip stream: {e}", p) from None
+    if len(blob) > MAX_PACKED_BLOB:
+        raise RecordingError(f"unpacks to more than {MAX_PACKED_BLOB} bytes", p)
+    if not unpacker.eof:
+        raise RecordingError("the gzip stream is cut short", p)
+    return blob
+
+
+def pack_blob(blob: bytes) -> bytes:
+    """``blob`` in the ``.bin.gz`` form: the same bytes for the same content (no timestamp)."""
+    return gzip.compress(blob, compresslevel=9, mtime=0)
+
+
 def find_snapshots(directory: str | Path) -> list[Path]:
     """The snapshot stems (paths without suffix) in ``directory``, sorted by name."""
     d = Path(directory)
-    return sorted(p.with_suffix("") for p in d.glob("*.json") if p.with_suffix(".bin").is_file())
+    return sorted(
+        p.with_suffix("")
+        for p in d.glob("*.json")
+        if any(p.with_suffix(s).is_file() for s in (BIN_SUFFIX, PACKED_BIN_SUFFIX))
+    )
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,9 @@
 
 So a snapshot of an app with 256 MiB segments takes a few hundred KB, nearly all of it the
 queues' rings (VPP's worker queue has at least 2048 slots: 315 KB, mostly zeros), the rest a
-few KB.  The segments are read while the process runs (no lock is taken): stop it first
-(SIGSTOP) for a consistent picture.
+few KB; gzipped (``NAME.bin.gz``, the form written unless ``packed=False``) about 2 KB.  The
+segments are read while the process runs (no lock is taken): stop it first (SIGSTOP) for a
+consistent picture.
 
 Besides the regions, the JSON keeps under ``live`` what the live view showed when the bytes
 were copied -- each queue's depth and pending event types, each fifo's head, tail and unread
@@ -35,6 +36,8 @@ from .errors import SharedMemoryError
 from .procview import ProcessView
 from .segment import Segment
 from .snapshot import (
+    BIN_SUFFIX,
+    PACKED_BIN_SUFFIX,
     REGION_CHUNK,
     REGION_FIFO,
     REGION_FIFO_DATA,
@@ -42,6 +45,8 @@ from .snapshot import (
     REGION_SEGMENT_HEADER,
     ROLE_APP_MQ,
     SNAPSHOT_FORMAT,
+    pack_blob,
+    snapshot_stem,
 )
 from .wire.fifo import CHUNK_DATA_OFFSET, SVM_FIFO_SHARED
 from .wire.segment import FIFO_SEGMENT_HEADER, FIFO_SEGMENT_SLICE
@@ -95,15 +100,16 @@ def record_snapshot(
     vpp_version: str = "",
     data_sample: int = DATA_SAMPLE,
     head_bytes: int = HEAD_BYTES,
+    packed: bool = True,
 ) -> Path:
-    """Write ``PATH.json`` + ``PATH.bin`` (``path`` may end in ``.json`` or ``.bin``) from what
-    ``view`` maps now; returns the stem.  ``name`` defaults to the stem's name.  Raises
+    """Write ``PATH.json`` + ``PATH.bin.gz`` (``PATH.bin`` unless ``packed``: the same bytes,
+    unpacked; ``path`` may end in ``.json``, ``.bin`` or ``.bin.gz``) from what ``view`` maps
+    now; returns the stem.  ``name`` defaults to the stem's name.  Raises
     `SharedMemoryError` if a region the decoders found lies outside its segment (the process
     changed it meanwhile: stop the process and record again)."""
     if data_sample < 0 or head_bytes < 0:
         raise ValueError("data_sample and head_bytes must be 0 or more")
-    p = Path(path)
-    stem = p.with_suffix("") if p.suffix in (".json", ".bin") else p
+    stem = snapshot_stem(path)
     state = view.describe(peek=0)
     mapped = view.segments
     index_of = {m.name: k for k, m in enumerate(mapped)}
@@ -168,7 +174,11 @@ def record_snapshot(
         "live": _live(state, index_of),
     }
     stem.parent.mkdir(parents=True, exist_ok=True)
-    stem.with_name(stem.name + ".bin").write_bytes(bytes(w.blob))
+    packed_path = stem.with_name(stem.name + PACKED_BIN_SUFFIX)
+    plain_path = stem.with_name(stem.name + BIN_SUFFIX)
+    stale, keep = (plain_path, packed_path) if packed else (packed_path, plain_path)
+    stale.unlink(missing_ok=True)  # a loader takes the plain .bin first: no leftover of either
+    keep.write_bytes(pack_blob(bytes(w.blob)) if packed else bytes(w.blob))
     stem.with_name(stem.name + ".json").write_text(json.dumps(doc, indent=1) + "\n")
     return stem
 

@@ -57,7 +57,7 @@ def test_decode_own_trace(capsys: pytest.CaptureFixture[str]) -> None:
 
 @pytest.mark.parametrize(
     "where",
-    [("own", "ct-pyvcl-server-unread.bin")]
+    [("own", "ct-pyvcl-server-unread.bin.gz")]
     + ([("shared", "ct-server-connected.bin")] if has_shared("vpp-v26.06", "snapshots") else []),
     ids=lambda w: w[0],
 )

@@ -19,6 +19,7 @@ from pyvcl.fifo import ChunkAllocator, Fifo, Signals, fl_index_for_size, fl_inde
 from pyvcl.fifo.chunks import CHUNK_HDR_SIZE, FIFO_SEGMENT_ALLOC_BATCH_SIZE
 from pyvcl.fifo.fifo import grow_step
 from pyvcl.segment import Segment
+from pyvcl.snapshot import read_blob
 from pyvcl.wire.enums import DeqNotify
 from pyvcl.wire.fifo import SVM_FIFO_CHUNK, SVM_FIFO_SHARED
 from pyvcl.wire.segment import FIFO_SEGMENT_HEADER, FIFO_SEGMENT_SLICE
@@ -958,7 +959,7 @@ def test_own_snapshot_full_fifo() -> None:
         [sample] = [
             r for r in snap.regions_of("fifo-data-at-head") if r.info["fifo"] == header.info["fifo"]
         ]
-        blob = snap.bin_path.read_bytes()
+        blob = read_blob(snap.bin_path)
         at_head = blob[sample.bin_offset : sample.bin_offset + sample.length]
         assert fifo.peek(len(at_head)) == at_head and any(at_head)
 
@@ -990,7 +991,7 @@ def test_snapshot_ct_full_server_stalled() -> None:
     [sample] = [
         r for r in meta["regions"] if r["what"] == "fifo-data-at-head" and r["fifo"] == fj["index"]
     ]
-    blob = snap.bin_path.read_bytes()
+    blob = read_blob(snap.bin_path)
     at_head = blob[sample["bin_offset"] : sample["bin_offset"] + sample["length"]]
     assert fifo.peek(len(at_head)) == at_head and any(at_head)
     # Free-list heads and tags as recorded.

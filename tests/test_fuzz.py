@@ -11,11 +11,13 @@ import json
 import random
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from pyvcl.testing.fuzz.mutate import JSON_SPACE, Mutation, Write, generate, summary
 from pyvcl.testing.fuzz.runner import (
+    FIXTURE_KEY,
     FUZZ_TARGETS,
     Finding,
     Limits,
@@ -27,9 +29,9 @@ from pyvcl.testing.fuzz.runner import (
     minimise,
     replay,
 )
-from pyvcl.testing.fuzz.targets import default_snapshot_dir
+from pyvcl.testing.fuzz.targets import SnapshotTarget, Template, default_snapshot_dir
 
-from .shared_data import OWN
+from .shared_data import OWN, cross_check, shared_path
 
 FINDINGS = Path(__file__).parent / "fuzz_findings"
 SHORT_RUN = 120  # inputs per target
@@ -148,19 +150,25 @@ def test_short_run_finds_nothing_new(
 
 
 # -- saved findings are regression tests -----------------------------------------------------------
+# A snapshot finding made on ../shared's snapshot also carries its form on one of the project's
+# own (``fixture``: the same field of the same struct, corrupted the same way), which every clone
+# replays; ../shared's original replays too where it is present (a cross-check).
+OWN_SNAPSHOTS = OWN / "vpp-v26.06" / "snapshots"
+SHARED_SNAPSHOT = "vpp-v26.06", "snapshots", f"{SnapshotTarget.stem}.json"
+
+
 def _findings() -> list[Path]:
     return sorted(FINDINGS.glob("*.json"))
 
 
-def _replayable(path: Path) -> bool:
-    target = json.loads(path.read_text())["target"]
-    return target != "snapshot" or default_snapshot_dir() is not None
+def _snapshot_findings() -> list[Path]:
+    return [p for p in _findings() if json.loads(p.read_text())["target"] == "snapshot"]
 
 
 @pytest.fixture(scope="module")
 def replayed() -> dict[Path, Result]:
-    paths = [p for p in _findings() if _replayable(p)]
-    return dict(zip(paths, replay(paths, TEST_LIMITS), strict=True))
+    paths = _findings()
+    return dict(zip(paths, replay(paths, TEST_LIMITS, fixtures=OWN_SNAPSHOTS), strict=True))
 
 
 def _finding_param(path: Path) -> object:
@@ -172,11 +180,82 @@ def _finding_param(path: Path) -> object:
 
 @pytest.mark.parametrize("path", [_finding_param(p) for p in _findings()])
 def test_finding_is_fixed(replayed: dict[Path, Result], path: Path) -> None:
-    if not _replayable(path):
-        pytest.skip(
-            "a mutation of ../shared's snapshot ct-client-connected: replayable with it only"
-        )
     r = replayed[path]
+    assert r.verdict in ("ok", "pyvcl"), f"{r.verdict}: {r.detail} at {r.where}"
+
+
+def _own_template(stem: str) -> Template:
+    return make_target("snapshot", str(OWN_SNAPSHOTS / stem)).template
+
+
+def _leaf(field: str) -> str:
+    """A field's name without the instance it is in: ``regions.4.bin_offset`` -> ``bin_offset``,
+    ``region[4].ring[1].elsize`` -> ``ring[1].elsize``."""
+    if field.startswith(("regions.", "segments.")):
+        return field.split(".", 2)[2]
+    return field.split(".", 1)[1]
+
+
+@pytest.mark.parametrize("path", _snapshot_findings(), ids=lambda p: p.stem)
+def test_snapshot_finding_has_its_form_on_our_snapshot(path: Path) -> None:
+    """The ``fixture`` form writes the same bytes into the same field of the same struct as
+    the original, at the place that field has in our snapshot."""
+    entry = json.loads(path.read_text())
+    fixture = entry[FIXTURE_KEY]
+    ours = Mutation.from_json(fixture["mutation"]).writes
+    theirs = Mutation.from_json(entry["mutation"]).writes
+    assert [(_leaf(w.field), w.space, w.data) for w in ours] == [
+        (_leaf(w.field), w.space, w.data) for w in theirs
+    ]
+    assert fixture["writes"] == summary(Mutation(ours))
+    template = _own_template(fixture["snapshot"])
+    fields = {(f.space, f.offset, f.size): f.name for f in template.layout.fields}
+    json_paths = {p for p, _ in template.layout.json_fields}
+    for w in ours:
+        if w.space == JSON_SPACE:
+            assert w.field in json_paths
+        else:
+            assert fields.get((w.space, w.offset, len(w.data))) == w.field
+
+
+def _part(meta: dict[str, Any], field: str) -> list[str]:
+    """What the region or segment a field lies in is: a region's kind and role; a segment's
+    queues (the app's first segment holds the app's, VPP's segment VPP's, others none)."""
+    m = re.match(r"(regions|segments)\.(\d+)\.|region\[(\d+)\]\.", field)
+    assert m, field
+    if m.group(1) == "segments":
+        index = meta["segments"][int(m.group(2))]["index"]
+        mqs = [r for r in meta["regions"] if r["what"] == "svm_msg_q" and r["segment"] == index]
+        return ["segment", *sorted(r.get("role", "") for r in mqs)]
+    region = meta["regions"][int(m.group(2) or m.group(3))]
+    return ["region", region["what"], region.get("role", "")]
+
+
+@pytest.mark.parametrize("path", _snapshot_findings(), ids=lambda p: p.stem)
+def test_snapshot_finding_form_is_where_it_was_put(path: Path) -> None:
+    """Each write of the ``fixture`` form is still in the part of our snapshot it was derived
+    for (``parts``): a re-recorded snapshot whose regions moved must have its forms re-derived."""
+    fixture = json.loads(path.read_text())[FIXTURE_KEY]
+    own = json.loads((OWN_SNAPSHOTS / f"{fixture['snapshot']}.json").read_text())
+    assert [_part(own, w["field"]) for w in fixture["mutation"]] == fixture["parts"]
+
+
+@cross_check(*SHARED_SNAPSHOT)
+@pytest.mark.parametrize("path", _snapshot_findings(), ids=lambda p: p.stem)
+def test_snapshot_finding_form_is_in_the_same_part(path: Path) -> None:
+    """Each write of the ``fixture`` form lies in the same kind of region (or segment) of our
+    snapshot as the original's in ../shared's."""
+    entry = json.loads(path.read_text())
+    shared = json.loads(shared_path(*SHARED_SNAPSHOT).read_text())
+    theirs = [_part(shared, w["field"]) for w in entry["mutation"]]
+    assert entry[FIXTURE_KEY]["parts"] == theirs
+
+
+@cross_check(*SHARED_SNAPSHOT)
+@pytest.mark.parametrize("path", _snapshot_findings(), ids=lambda p: p.stem)
+def test_finding_is_fixed_on_the_shared_snapshot(path: Path) -> None:
+    """The original mutation, on ../shared's snapshot where it was found."""
+    (r,) = replay([path], TEST_LIMITS)
     assert r.verdict in ("ok", "pyvcl"), f"{r.verdict}: {r.detail} at {r.where}"
 
 

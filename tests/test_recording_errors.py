@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from pyvcl import snapshot as snapshot_module
 from pyvcl.api.trace import load_trace
 from pyvcl.cli import main
 from pyvcl.errors import RecordingError
-from pyvcl.snapshot import describe_snapshot
+from pyvcl.snapshot import describe_snapshot, pack_blob, read_blob, snapshot_files
 
 from .shared_data import has_shared, own_path, shared_path
 
@@ -164,8 +164,11 @@ def _snapshot_doc(source: str) -> dict[str, Any]:
 
 
 def _snapshot(directory: Path, source: str = "own") -> dict[str, Any]:
-    """`_snapshot_doc`, with the .bin copied into ``directory`` as ``snap.bin``."""
-    shutil.copy(_snapshot_file(source, ".bin"), directory / "snap.bin")
+    """`_snapshot_doc`, with the .bin (unpacked if stored as .bin.gz) in ``directory`` as
+    ``snap.bin``."""
+    (directory / "snap.bin").write_bytes(
+        read_blob(snapshot_files(_snapshot_file(source, ".json"))[1])
+    )
     return _snapshot_doc(source)
 
 
@@ -243,6 +246,56 @@ def test_snapshot_with_a_zeroed_header(tmp_path: Path, capsys: pytest.CaptureFix
         describe_snapshot(file)
     line = _decode_prints_one_line(file, capsys)
     assert line and _decode_prints_one_line(file.with_suffix(".bin"), capsys, file) == line
+
+
+def _packed(directory: Path) -> tuple[Path, bytes]:
+    """The own snapshot as ``snap.json`` + ``snap.bin.gz`` in ``directory``; the packed bytes."""
+    file = directory / "snap.json"
+    file.write_text(json.dumps(_snapshot(directory)))
+    packed = pack_blob((directory / "snap.bin").read_bytes())
+    (directory / "snap.bin").unlink()
+    (directory / "snap.bin.gz").write_bytes(packed)
+    return file, packed
+
+
+def test_snapshot_packed_or_not_decodes_alike(tmp_path: Path) -> None:
+    file = tmp_path / "snap.json"
+    file.write_text(json.dumps(_snapshot(tmp_path)))
+    plain = describe_snapshot(file)
+    _packed(tmp_path)
+    assert snapshot_files(file)[1].name == "snap.bin.gz"
+    assert describe_snapshot(file) == plain
+    assert describe_snapshot(tmp_path / "snap.bin.gz") == plain
+
+
+@pytest.mark.parametrize("damage", ["cut", "flipped", "not-gzip", "empty"])
+def test_snapshot_with_a_damaged_bin_gz(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], damage: str
+) -> None:
+    file, packed = _packed(tmp_path)
+    broken = {
+        "cut": packed[: len(packed) // 2],
+        "flipped": packed[:20] + bytes(b ^ 0xFF for b in packed[20:40]) + packed[40:],
+        "not-gzip": b"plain bytes, not gzip",
+        "empty": b"",
+    }[damage]
+    (tmp_path / "snap.bin.gz").write_bytes(broken)
+    with pytest.raises(RecordingError, match=r"snap\.bin\.gz: .*gzip") as caught:
+        describe_snapshot(file)
+    assert caught.value.path == tmp_path / "snap.bin.gz"
+    assert _decode_prints_one_line(file, capsys, tmp_path / "snap.bin.gz")
+
+
+def test_snapshot_bin_gz_that_unpacks_too_far(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A small file that would unpack to more than a snapshot can hold (a bomb) is refused
+    before it is all unpacked."""
+    file, _ = _packed(tmp_path)
+    monkeypatch.setattr(snapshot_module, "MAX_PACKED_BLOB", 1 << 16)
+    (tmp_path / "snap.bin.gz").write_bytes(pack_blob(bytes(1 << 20)))
+    with pytest.raises(RecordingError, match=r"unpacks to more than 65536 bytes"):
+        describe_snapshot(file)
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,13 @@ import pytest
 
 from pyvcl.cli import main as cli_main
 from pyvcl.procview import ProcessView, describe_process
-from pyvcl.snapshot import REGION_SEGMENT_HEADER, Snapshot, describe_snapshot
+from pyvcl.snapshot import (
+    REGION_SEGMENT_HEADER,
+    Snapshot,
+    describe_snapshot,
+    read_blob,
+    snapshot_files,
+)
 from pyvcl.snapshot_record import live_summary, record_snapshot
 from pyvcl.testing.held import held_connection, settled
 from pyvcl.testing.vpp import VppInstance
@@ -76,6 +82,8 @@ def test_a_snapshot_shows_what_the_live_process_shows(
         headers = snap.regions_of(REGION_SEGMENT_HEADER)
         assert len(headers) == len(snap.segments) == len(shown["segments"])
     # Small: the regions, not the 256 MiB segments (the two 2048-slot queues are most of it:
-    # 315 KB of VPP's and 86 KB of the app's).
-    assert stem.with_suffix(".bin").stat().st_size < 1 << 20
+    # 315 KB of VPP's and 86 KB of the app's, mostly zeros: gzipped, a few KB).
+    packed = snapshot_files(stem)[1]
+    assert packed.name.endswith(".bin.gz") and not stem.with_suffix(".bin").exists()
+    assert len(read_blob(packed)) < 1 << 20 and packed.stat().st_size < 1 << 16
     assert stem.with_suffix(".json").stat().st_size < 20_000

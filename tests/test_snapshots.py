@@ -39,6 +39,7 @@ from pyvcl.snapshot import (
     Snapshot,
     SnapshotSegment,
     describe_snapshot,
+    read_blob,
 )
 from pyvcl.snapshot_record import live_summary
 from pyvcl.wire.enums import C_ENUMS, SessionEvent
@@ -300,7 +301,7 @@ def test_mqs(name: str) -> None:
 @pytest.mark.parametrize("name", NAMES)
 def test_fifos(name: str) -> None:
     with loaded(name, "fifos") as (snap, meta, chk):
-        blob = snap.bin_path.read_bytes()
+        blob = read_blob(snap.bin_path)
         regions = {r.id: r for r in snap.regions}
         for f in meta["fifos"]:
             p = f"fifo{f['index']}@seg{f['segment']}+{f['fsh_offset']:#x}"
@@ -402,7 +403,7 @@ def test_own_snapshot_decodes_cleanly(name: str) -> None:
         assert out["unresolved_fifo_refs"] == []
         captured = sorted((r.segment, r.fsh_offset) for r in snap.fifo_regions())
         assert sorted((f["segment"], f["fsh_offset"]) for f in out["fifos"]) == captured
-        blob = snap.bin_path.read_bytes()
+        blob = read_blob(snap.bin_path)
         heads = snap.regions_of(REGION_FIFO_DATA)
         assert len(heads) == sum(1 for f in out["fifos"] if f["bytes_present"])
         for f in out["fifos"]:

@@ -10,7 +10,7 @@ Starts a private VPP (`pyvcl.testing.vpp.VppInstance`: found through ``PYVCL_VPP
 queue takes 6 KB) and records, for cut-through (``ct-*``) and for VPP's TCP stack between two
 app namespaces (``tcp-*``, `pyvcl.testing.hoststack.topology`):
 
-- ``snapshots/NAME.{json,bin}`` with `pyvcl.snapshot_record` (what ``pyvcl inspect PID
+- ``snapshots/NAME.{json,bin.gz}`` with `pyvcl.snapshot_record` (what ``pyvcl inspect PID
   --snapshot PATH`` writes) of a server that holds a connection without reading it, stopped
   by SIGSTOP so that nothing moves while it is copied: pyvcl or C VCL (a Python program under
   LDP), listening, with unread bytes, with a full rx fifo (and the pyvcl client blocked on the
@@ -19,7 +19,8 @@ app namespaces (``tcp-*``, `pyvcl.testing.hoststack.topology`):
   client and server, with and without the mq eventfd, moving 4 KiB.
 
 A snapshot's ``.bin`` is ~350 KB, nearly all of it VPP's worker queue (VPP refuses one shorter
-than 2048 slots), zeros that git compresses to ~2 KB.  Names given on the command line (and
+than 2048 slots), zeros: the recorder stores it gzipped (``.bin.gz``, ~2 KB), which
+`pyvcl.snapshot` reads as it reads a plain ``.bin``.  Names given on the command line (and
 ``--topology``) record only those fixtures.  Every run writes each file
 anew: the sessions' handles, offsets and timings change from run to run, so the tests check
 properties (tests/test_snapshots.py, tests/test_traces.py), never exact values.  Recorded

@@ -3,8 +3,8 @@
 A trace (JSON with ``events``: a recorded app-socket exchange) prints each frame decoded; a
 live trace (``PYVCL_TRACE``, docs/traces.md) prints as a timeline, one line per record
 (``--session N``: what concerns the app's session N; ``--json``); a shared-memory snapshot
-(``NAME.bin`` + ``NAME.json`` with ``regions``) prints its segments, message queues with every
-event, and fifos.  A malformed or unreadable file is one line on
+(``NAME.json`` with ``regions``, + ``NAME.bin`` or ``NAME.bin.gz``) prints its segments,
+message queues with every event, and fifos.  A malformed or unreadable file is one line on
 stderr, ``pyvcl decode: FILE: what is wrong``, and exit status 1.
 """
 
@@ -22,7 +22,7 @@ from .render import render, to_jsonable
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("decode", help="decode a recorded app-socket trace or a memory snapshot")
-    p.add_argument("file", type=Path, help="trace .json, or snapshot .bin/.json")
+    p.add_argument("file", type=Path, help="trace .json, or snapshot .bin/.bin.gz/.json")
     p.add_argument("--json", action="store_true", help="JSON instead of text")
     p.add_argument(
         "--session",
@@ -60,7 +60,7 @@ def _decode(path: Path, as_json: bool, session: int | None = None) -> str:
         if as_json:
             return json.dumps(timeline_json(timeline, session), indent=1)
         return format_timeline(timeline, session)
-    if path.suffix == ".bin" or _is_snapshot(path):
+    if path.name.endswith((".bin", ".bin.gz")) or _is_snapshot(path):
         from ..snapshot import describe_snapshot
 
         data = to_jsonable(describe_snapshot(path))

@@ -43,7 +43,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument(
         "--snapshot",
         metavar="PATH",
-        help="also record PATH.json + PATH.bin (a snapshot `pyvcl decode` reads; stop the "
+        help="also record PATH.json + PATH.bin.gz (a snapshot `pyvcl decode` reads; stop the "
         "process first for a consistent one)",
     )
     p.add_argument("--note", default="", help="a note stored in the --snapshot")
@@ -68,8 +68,10 @@ def run(args: argparse.Namespace) -> int:
             if not view.segments:
                 print(f"process {args.pid} has no VCL segments to record", file=sys.stderr)
                 return 1
+            from ..snapshot import snapshot_files
+
             stem = record_snapshot(view, args.snapshot, note=args.note)
-            print(f"recorded {stem}.json + {stem}.bin", file=sys.stderr)
+            print("recorded {} + {}".format(*snapshot_files(stem)), file=sys.stderr)
         while True:
             state = view.describe(peek=args.peek)
             if not state["segments"]:

@@ -41,11 +41,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--replay", type=Path, nargs="+", metavar="FINDING", help="re-run saved findings"
     )
+    p.add_argument(
+        "--fixtures",
+        type=Path,
+        metavar="DIR",
+        help="with --replay: run a snapshot finding's form on the snapshots in DIR (the "
+        "project's own, tests/fixtures/vpp-v26.06/snapshots) instead of the shared data's",
+    )
     args = p.parse_args(argv)
     limits = Limits(args.timeout, args.memory, args.snapshots)
     if args.replay:
         bad = 0
-        for path, r in zip(args.replay, replay(args.replay, limits), strict=True):
+        results = replay(args.replay, limits, fixtures=args.fixtures)
+        for path, r in zip(args.replay, results, strict=True):
             print(f"{path}: {r.verdict} {r.where} {r.detail}")
             bad += r.verdict not in FINE
         return 1 if bad else 0

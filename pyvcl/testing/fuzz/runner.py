@@ -68,6 +68,9 @@ def target_classes() -> dict[str, type[Target]]:
     return {c.name: c for c in classes}
 
 
+FIXTURE_KEY = "fixture"
+"""A saved finding's key for its form on one of the project's own snapshots (docs/fuzzing.md)."""
+
 FUZZ_TARGETS = ("segment", "mq", "fifo", "snapshot", "attach", "worker")
 """What a fuzz run covers by default (``selftest`` only checks the runner)."""
 
@@ -75,9 +78,10 @@ FUZZ_TARGETS = ("segment", "mq", "fifo", "snapshot", "attach", "worker")
 def make_target(name: str, snapshots: str | None = None) -> Target:
     from .targets import SnapshotTarget, default_snapshot_dir
 
-    if name == SnapshotTarget.name:
-        SnapshotTarget.directory = Path(snapshots) if snapshots else default_snapshot_dir()
-    return target_classes()[name]()
+    target = target_classes()[name]()
+    if isinstance(target, SnapshotTarget):
+        target.directory = Path(snapshots) if snapshots else default_snapshot_dir()
+    return target
 
 
 def input_mutation(target: Target, seed: int, index: int) -> Mutation:
@@ -151,13 +155,13 @@ def child_main(stdin: IO[str], stdout: IO[str]) -> None:
     from ...mq.queue import MessageQueue
 
     MessageQueue.stall_limit = STALL_LIMIT
-    targets: dict[str, Target] = {}
+    targets: dict[tuple[str, str | None], Target] = {}
     for line in stdin:
         task = json.loads(line)
-        name = task["target"]
-        target = targets.get(name)
+        name, snapshots = task["target"], task.get("snapshots")
+        target = targets.get((name, snapshots))
         if target is None:
-            target = targets[name] = make_target(name, task.get("snapshots"))
+            target = targets[name, snapshots] = make_target(name, snapshots)
             verdict, detail, where = judge(target, Mutation())  # warm up: lazy one-time setup
             if verdict not in FINE:
                 stdout.write(
@@ -231,7 +235,8 @@ def _pyvcl_frames(dump: str) -> list[str]:
 
 
 def execute(tasks: Sequence[dict[str, Any]], limits: Limits) -> list[Result]:
-    """Run ``tasks`` (``{"target", "i", "seed"}`` or ``{"target", "i", "mutation"}``) in worker
+    """Run ``tasks`` (``{"target", "i", "seed"}`` or ``{"target", "i", "mutation"}``, with an
+    optional ``"snapshots"`` that overrides ``limits.snapshots`` for that task) in worker
     processes; one `Result` per task, in order."""
     results: list[Result] = []
     todo = list(tasks)
@@ -252,7 +257,8 @@ def _run_worker(
     done: list[Result] = []
     with tempfile.TemporaryFile("w+") as inputs, tempfile.TemporaryFile("w+") as errors:
         for task in batch:
-            inputs.write(json.dumps({**task, "snapshots": limits.snapshots}) + "\n")
+            # a task may name its own snapshot (a finding re-derived on another recording)
+            inputs.write(json.dumps({"snapshots": limits.snapshots, **task}) + "\n")
         inputs.seek(0)
         env = {
             **os.environ,
@@ -446,10 +452,20 @@ def save_finding(finding: Finding, directory: Path) -> Path:
     return path
 
 
-def replay(paths: Sequence[Path], limits: Limits) -> list[Result]:
-    """Run saved findings (their minimised mutation) again; one `Result` each."""
+def replay(paths: Sequence[Path], limits: Limits, *, fixtures: Path | None = None) -> list[Result]:
+    """Run saved findings (their minimised mutation) again; one `Result` each.
+
+    With ``fixtures`` (a folder of snapshots: the project's own), a finding that carries a
+    ``fixture`` form runs that instead: the same field corrupted the same way, in the snapshot
+    of that folder it names (a finding made on the shared data's snapshot replays without it).
+    """
     tasks = []
     for k, p in enumerate(paths):
         entry = json.loads(p.read_text())
-        tasks.append({"target": entry["target"], "i": k, "mutation": entry["mutation"]})
+        task = {"target": entry["target"], "i": k, "mutation": entry["mutation"]}
+        fixture = entry.get(FIXTURE_KEY)
+        if fixtures is not None and fixture is not None:
+            task["mutation"] = fixture["mutation"]
+            task["snapshots"] = str(fixtures / fixture["snapshot"])
+        tasks.append(task)
     return execute(tasks, limits)

@@ -34,7 +34,7 @@ from ...shmview import (
     describe_slice,
     discover_vpp_mqs,
 )
-from ...snapshot import describe_snapshot, find_snapshots
+from ...snapshot import describe_snapshot, find_snapshots, read_blob, snapshot_files
 from ...wire.enums import MqRing, SessionEvent
 from ...wire.fifo import SVM_FIFO_CHUNK, SVM_FIFO_SHARED
 from ...wire.mq import (
@@ -376,25 +376,20 @@ class FifoTarget(Target):
 
 # -- snapshot: recorded VPP memory and its JSON description ---------------------------------------
 class SnapshotTarget(Target):
-    """Mutates one recorded snapshot (``directory``: the snapshots folder of the shared data,
-    where it takes ``stem``; or any folder of snapshots, where it takes the first)."""
+    """Mutates one recorded snapshot.  ``directory`` is a snapshot's stem (``DIR/NAME``), or the
+    snapshots folder of the shared data, where it takes ``stem``, or any folder of snapshots,
+    where it takes the first."""
 
     name = "snapshot"
-    directory: ClassVar[Path | None] = None
+    directory: Path | None = None
     stem: ClassVar[str] = "ct-client-connected"
 
     def build_template(self) -> Template:
         if self.directory is None:
             raise RuntimeError("SnapshotTarget.directory is not set (no recorded snapshots)")
-        stem = self.directory / self.stem
-        if not stem.with_suffix(".json").is_file():
-            # Another set of snapshots (the project's own, tests/fixtures): its first one.
-            found = find_snapshots(self.directory)
-            if not found:
-                raise RuntimeError(f"no snapshot in {self.directory}")
-            stem = found[0]
-        meta = json.loads(stem.with_suffix(".json").read_text())
-        blob = stem.with_suffix(".bin").read_bytes()
+        stem = self._stem(self.directory)
+        meta = json.loads(stem.with_name(stem.name + ".json").read_text())
+        blob = read_blob(snapshot_files(stem)[1])
         fields: list[FieldRef] = []
         json_fields: list[tuple[str, Any]] = []
         for i, r in enumerate(meta["regions"]):
@@ -415,6 +410,17 @@ class SnapshotTarget(Target):
         flips = [("bin", r["bin_offset"], r["bin_offset"] + r["length"]) for r in meta["regions"]]
         layout = Layout(fields, flips, _sizes(1 << 20), json_fields)
         return Template({"bin": blob, "json": json.dumps(meta).encode()}, layout, {})
+
+    def _stem(self, path: Path) -> Path:
+        if path.with_name(path.name + ".json").is_file():
+            return path  # one snapshot, named
+        if (path / f"{self.stem}.json").is_file():
+            return path / self.stem
+        # Another set of snapshots (the project's own, tests/fixtures): its first one.
+        found = find_snapshots(path)
+        if not found:
+            raise RuntimeError(f"no snapshot in {path}")
+        return found[0]
 
     def run(self, mutation: Mutation) -> None:
         spaces = self.mutated(mutation)
