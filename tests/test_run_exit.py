@@ -173,6 +173,34 @@ def test_exit_after_vpp_died(vpp_factory: Any, nc: Any, tmp_path: Path) -> None:
     assert "CTRL_APP_DETACH" not in _sent(trace)
 
 
+def test_exit_with_vpp_frozen(vpp_factory: Any, nc: Any, tmp_path: Path) -> None:
+    """VPP stopped (SIGSTOP: alive, its app socket open, answering nothing) under a program
+    that exits with sys.exit(9) and a connection open: leaving gives up at its bounds, the
+    status is 9, and what was sent in the meantime is in the trace."""
+    own = vpp_factory()
+    sock, trace = str(own.app_socket()), tmp_path / "run.trace"
+    srv = nc("--app-socket", sock, "-v", "-l", "127.0.0.1", "25109")
+    srv.wait_for("listening on 127.0.0.1:25109")
+    p = _run(sock, """
+        import socket, sys
+        s = socket.create_connection(("127.0.0.1", 25109))
+        print("connected", flush=True)
+        sys.stdin.readline()
+        sys.exit(9)
+    """, trace, stdin=subprocess.PIPE)  # fmt: skip
+    assert p.stdout is not None
+    assert p.stdout.readline().strip() == "connected"
+    assert own.pid is not None
+    os.kill(own.pid, signal.SIGSTOP)
+    try:
+        status, _, err = _finish(p, "go\n")
+    finally:
+        os.kill(own.pid, signal.SIGCONT)
+    assert status == 9, err
+    sent = _sent(trace)
+    assert "CTRL_DISCONNECT" in sent and sent[-1] == "CTRL_APP_DETACH", sent
+
+
 def test_a_forked_child_leaves_the_parents_app_alone(vpp: Any, nc: Any, tmp_path: Path) -> None:
     """A forked child that never used an interposed socket exits (sys.exit(6)) while its
     parent holds a connection: the child's exit is prompt with its own status, says nothing
