@@ -229,6 +229,38 @@ def test_a_forked_child_leaves_the_parents_app_alone(vpp: Any, nc: Any, tmp_path
     assert _sent(trace).count("CTRL_APP_DETACH") == 1
 
 
+def test_a_forked_child_that_connects_leaves_with_its_own_app(
+    vpp: Any, nc: Any, tmp_path: Path
+) -> None:
+    """A forked child that connects (attaching an app of its own) and exits with sys.exit(2)
+    without closing: it closes its session and detaches its own app (its trace, FILE.PID),
+    and its parent's app is left alone (the parent's trace has one detach, its own)."""
+    sock, trace = str(vpp.app_socket()), tmp_path / "run.trace"
+    srv = nc("--app-socket", sock, "-v", "-l", "127.0.0.1", "25110")
+    srv.wait_for("listening on 127.0.0.1:25110")
+    status, out, err = _finish(_run(sock, """
+        import os, socket, sys
+        own = socket.create_server(("127.0.0.1", 25111))
+        pid = os.fork()
+        if pid == 0:
+            s = socket.create_connection(("127.0.0.1", 25110))
+            s.sendall(b"child")
+            sys.exit(2)
+        _, child = os.waitpid(pid, 0)
+        print("child", os.waitstatus_to_exitcode(child), flush=True)
+    """, trace))  # fmt: skip
+    assert status == 0, err
+    assert out.split() == ["child", "2"], (out, err)
+    assert srv.wait(30) == 0, srv.err()
+    assert srv.proc.stdout.read() == b"child"
+    children = [p for p in tmp_path.iterdir() if p.name.startswith("run.trace.")]
+    assert len(children) == 1, children
+    sent = _sent(children[0])
+    assert "CTRL_DISCONNECT" in sent and sent[-1] == "CTRL_APP_DETACH", sent
+    sent = _sent(trace)
+    assert "CTRL_DISCONNECT" not in sent and sent.count("CTRL_APP_DETACH") == 1, sent
+
+
 def test_exit_by_ctrl_c_does_not_leave(vpp: Any, nc: Any, tmp_path: Path) -> None:
     """An uncaught KeyboardInterrupt: the process dies by SIGINT, as python's would, without
     the goodbye (as C VCL, whose exit handlers a signal skips)."""

@@ -120,7 +120,7 @@ class SessionWorker:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return False
-                if self._polling or self._reserved_elsewhere():
+                if self._polling or (self.reserved_for is not None and self._reserved_elsewhere()):
                     # Re-check every slice even unwoken: the poller may sleep long (the
                     # pump of pyvcl.interpose does), and a wake-up VPP owes us can be lost
                     # (a cut-through dequeue notification, see _ask_for_room).
