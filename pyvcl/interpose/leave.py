@@ -121,6 +121,8 @@ def _leave_vpp(vcl: VclApp, deadline: float) -> bool:
         pass  # (VPP went away meanwhile: the detach below sees it and says nothing)
     worker.shutdown_worker(LocalError("the program exited", errno.EBADF), timeout=0)
     vcl.app.detach(release=False)
+    if not vcl.app.said_goodbye:
+        return False  # (VPP went away just now)
     _note("app detached at exit")
     return True
 
