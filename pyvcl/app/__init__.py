@@ -71,6 +71,7 @@ class App(_WorkerBase):
         self.vpp_mqs: list[MessageQueue] = []
         self.mq_eventfd: int | None = None
         self.vpp_mq_eventfds: list[int] = []
+        self.said_goodbye = False  # APP_DETACH sent (`detach`)
 
     # -- attach ---------------------------------------------------------------------------------
     @classmethod
@@ -235,20 +236,35 @@ class App(_WorkerBase):
         return AppWorker.add(self, timeout)
 
     # -- teardown -------------------------------------------------------------------------------
-    def detach(self) -> None:
+    def detach(self, release: bool = True) -> None:
         """Tell VPP we leave (APP_DETACH), then release everything (`close`), even if the
-        goodbye fails.  Idempotent."""
+        goodbye fails.  Idempotent.  The goodbye is said once, within about twice
+        `DETACH_SYNC_TIMEOUT`, and not at all once VPP closed the app socket (it is gone).
+
+        ``release=False`` says the goodbye only: the mappings and fds stay until `close` or
+        the process's end (at interpreter exit, where other threads may still look at them:
+        `pyvcl.interpose.leave`)."""
         if self.closed:
             return
         try:
-            if os.getpid() == self.pid and self.reply is not None and self.vpp_mqs:
+            if (
+                not self.said_goodbye
+                and os.getpid() == self.pid
+                and self.reply is not None
+                and self.vpp_mqs
+                and not self.sapi.poll_closed()
+            ):
+                self.said_goodbye = True
                 with contextlib.suppress(VclError, OSError):
                     self.sync_with_vpp(DETACH_SYNC_TIMEOUT)
                     self.send_ctrl(
-                        SessionEvent.CTRL_APP_DETACH, client_index=self.api_client_handle
+                        SessionEvent.CTRL_APP_DETACH,
+                        client_index=self.api_client_handle,
+                        timeout=DETACH_SYNC_TIMEOUT,
                     )
         finally:
-            self.close()
+            if release:
+                self.close()
 
     def sync_with_vpp(self, timeout: float) -> bool:
         """Wait until VPP has handled everything we queued on its mqs; True if it did.

@@ -119,6 +119,12 @@ def disable() -> None:
     _State.app = _State.reopen = _State.loop_app = None
 
 
+def held_apps() -> list[Any]:
+    """The apps this process's interposed sockets go through (its own: not the copies a
+    forked child keeps of its parent's), for leaving them at exit (`pyvcl.interpose.leave`)."""
+    return [app for app in (_State.app, _State.loop_app) if app is not None]
+
+
 def enabled() -> bool:
     vsocket = _loaded()
     return vsocket is not None and socket.socket is vsocket.InterposedSocket

@@ -94,6 +94,9 @@ def from_environment(*, strict: bool = False) -> Any:
     if choice.verbose:
         say(f"using VPP's host stack (pid {os.getpid()})")
     _app = app
+    from .leave import register
+
+    register()  # close the sessions and detach at exit (after the app's attach: see there)
     return app
 
 

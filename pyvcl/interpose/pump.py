@@ -153,8 +153,12 @@ class Pump:
         aside until no selector has slept for `STAND_ASIDE`."""
         self.inline += 1
         if self.sleeping:
-            with contextlib.suppress(BlockingIOError):
-                os.write(self._wake_w, b"\1")
+            self.wake()
+
+    def wake(self) -> None:
+        """Cut the pump thread's sleep short (it looks at the worker again at once)."""
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"\1")
 
     def end_inline(self, now: float) -> None:
         self.inline -= 1

@@ -84,6 +84,7 @@ class SessionWorker:
         # adapter that mirrors session state elsewhere (pyvcl.interpose) learns of changes.
         self.on_events: Callable[[list[Event]], None] | None = None
         self.busy_poll = 0.0  # seconds a blocking wait spins before sleeping (0: never)
+        self.reserved_for: int | None = None  # the only thread that may poll (`reserve_poller`)
 
     @property
     def polling(self) -> bool:
@@ -121,7 +122,7 @@ class SessionWorker:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return False
-                if self._polling:
+                if self._polling or (self.reserved_for is not None and self._reserved_elsewhere()):
                     # Re-check every slice even unwoken: the poller may sleep long (the
                     # pump of pyvcl.interpose does), and a wake-up VPP owes us can be lost
                     # (a cut-through dequeue notification, see _ask_for_room).
@@ -412,6 +413,24 @@ class SessionWorker:
             while self._polling and time.monotonic() < deadline:
                 self.cond.wait(deadline - time.monotonic())
 
+    def reserve_poller(self, timeout: float) -> bool:
+        """Let the calling thread alone poll the app mq from now on (for good: it is for
+        leaving at interpreter exit, `pyvcl.interpose.leave`).  Call with the lock held.  The
+        other threads stop taking the poller's role (a waiter loops as when another thread
+        polls); True once the thread polling now has ended its round, False if it has not
+        within ``timeout``."""
+        self.reserved_for = threading.get_ident()
+        deadline = time.monotonic() + timeout
+        while self._polling:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self.cond.wait(min(left, POLL_SLICE))
+        return True
+
+    def _reserved_elsewhere(self) -> bool:
+        return self.reserved_for is not None and self.reserved_for != threading.get_ident()
+
     def close(self, s: Session) -> None:
         with self.lock:
             if self.dead is not None:
@@ -469,7 +488,7 @@ class SessionWorker:
         with self.lock:
             if self.dead is not None:
                 raise self.dead
-            if self._polling:
+            if self._polling or self._reserved_elsewhere():
                 return False
             mq = self.app.app_mq
             if mq is not None:
@@ -485,6 +504,8 @@ class SessionWorker:
         with self.lock:
             mq = self.app.app_mq
             if self._polling or self.dead is not None or mq is None or mq.size_now():
+                return False
+            if self._reserved_elsewhere():
                 return False
             self._polling = True
             return True
