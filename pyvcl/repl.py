@@ -27,7 +27,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -195,14 +195,26 @@ class Shell:
         self._sent(event_type, fields)
         self.app.send_ctrl(event_type, **fields)
 
-    def peer(self, ip: str, port: int, data: bytes | str = b"", *, listen: bool = False) -> Peer:
+    def peer(
+        self,
+        ip: str,
+        port: int,
+        data: bytes | str = b"",
+        *,
+        listen: bool = False,
+        args: Sequence[str] = (),
+    ) -> Peer:
         """Another app to talk to: ``pyvcl nc`` in the background, attached as this shell
         is, connecting to (or with ``listen``, listening on) ``ip``:``port``, sending
-        ``data`` first.  ``.send(data)`` sends more, ``.output()`` is what it received,
-        ``.finish()`` ends its input and waits for it to exit."""
+        ``data`` first.  ``args`` are more ``pyvcl nc`` options, after the shell's (the last
+        of a repeated option wins: ``args=["--ns", "cli"]`` attaches it in namespace cli).
+        ``.send(data)`` sends more, ``.output()`` is what it received, ``.finish()`` ends
+        its input and waits for it to exit."""
         if self.peer_args is None:
             raise ValueError("this shell was not told how a peer attaches (peer_args)")
-        argv = [sys.executable, "-m", "pyvcl", "nc", *self.peer_args]
+        if isinstance(args, str):
+            raise TypeError("args is a list of pyvcl nc options, not one string")
+        argv = [sys.executable, "-m", "pyvcl", "nc", *self.peer_args, *args]
         p = Peer([*argv, *(["-l"] if listen else []), ip, str(port)])
         self.peers.append(p)
         if data:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pyvcl.testing.tour import normalise, parse
+from pyvcl.testing.hoststack import two_vrf_topology
+from pyvcl.testing.tour import normalise, parse, requirements
 from pyvcl.testing.vpp import VppInstance
 
 TOUR = Path(__file__).resolve().parent.parent / "docs" / "tour"
@@ -40,6 +41,22 @@ def test_parse_and_normalise() -> None:
     a = "AttachReply(retval=0, app_index=3, api_client_handle=2, n_fds=3)"
     assert normalise(a) == normalise(a.replace("handle=2", "handle=1"))
     assert normalise(a) != normalise(a.replace("n_fds=3", "n_fds=2"))
+    # A TCP peer's port is VPP's pick; cut-through's remote port 0 is compared as printed.
+    four = "rmt={'ip': '127.0.20.1', 'port': 6268, 'i... flags=0"
+    five = "rmt={'ip': '127.0.20.1', 'port': 34454, '... flags=0"
+    assert normalise(four) == normalise(five)
+    assert normalise(four) != normalise(four.replace("20.1", "20.2"))
+    ct = "rmt={'ip': '0.0.0.0', 'port': 0, 'is_ip4'... flags=0"
+    assert normalise(ct) == ct
+    assert normalise(ct) != normalise(ct.replace("'port': 0", "'port': 7"))
+
+
+def test_a_chapter_says_what_it_needs() -> None:
+    assert requirements("# 4. Listening\n") == {"stack": "ct"}
+    assert requirements("# 6.\n<!-- tour: stack=tcp -->\n") == {"stack": "tcp"}
+    for bad in ("stack=udp", "stack", "workers=1"):
+        with pytest.raises(ValueError, match="not one of"):
+            requirements(f"<!-- tour: {bad} -->\n")
 
 
 @pytest.mark.vpp
@@ -47,5 +64,8 @@ def test_parse_and_normalise() -> None:
 def test_the_chapter_runs_as_printed(vpp: VppInstance, chapter: Path) -> None:
     from pyvcl.testing.tour import check_chapter
 
-    problems = check_chapter(chapter, str(vpp.app_socket()))
+    tcp = None
+    if requirements(chapter.read_text())["stack"] == "tcp":
+        tcp = two_vrf_topology(vpp).two_vrf  # (once per VPP; the other chapters ignore it)
+    problems = check_chapter(chapter, str(vpp.app_socket()), tcp)
     assert not problems, "\n\n".join(problems)

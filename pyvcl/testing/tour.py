@@ -2,10 +2,22 @@
 
 A listing is a fenced block marked ``pycon``: statements after ``>>> `` (continued after
 ``... ``), each followed by the output it printed.  `run_chapter` runs a chapter's listings
-in order in one `pyvcl.repl.Shell` attached to the given app socket (cut-through scope), as
-the reader's ``pyvcl repl`` would, and returns, per statement, what it printed.  After each
-statement the events it caused are given time to arrive (`SETTLE_S` of quiet), so they print
-as its output, as a reader typing at human speed sees them before the next prompt.
+in order in one `pyvcl.repl.Shell`, as the reader's ``pyvcl repl`` would, and returns, per
+statement, what it printed.  After each statement the events it caused are given time to
+arrive (`SETTLE_S` of quiet), so they print as its output, as a reader typing at human speed
+sees them before the next prompt.
+
+What a chapter needs from VPP it says in a line of its own (`requirements`)::
+
+    <!-- tour: stack=tcp -->
+
+- ``stack=ct`` (the default): the shell attaches to the given app socket with local scope
+  only, and ``peer()`` runs ``pyvcl nc --app-socket SOCKET --scope local``: cut-through.
+- ``stack=tcp``: the chapter also uses VPP's TCP stack, on the two-VRF topology
+  (`pyvcl.testing.hoststack.setup_two_vrf_tcp`, passed as ``tcp``).  The shell attaches in
+  the server's namespace with both scopes, as ``pyvcl repl --ns srv`` does; ``peer()`` runs
+  ``pyvcl nc --runtime-dir DIR --ns srv``, so a listing picks the other namespace and the
+  scope with ``peer(..., args=["--ns", "cli", "--scope", "global"])``.
 
 `normalise` blanks what changes from run to run (handles, offsets, contexts, segment names,
 app indices); `check_chapter` compares; `record_chapter` rewrites a chapter's outputs from a
@@ -20,14 +32,30 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-__all__ = ["Statement", "check_chapter", "normalise", "parse", "record_chapter", "run_chapter"]
+if TYPE_CHECKING:
+    from .hoststack import TwoVrfTcp
+
+__all__ = [
+    "STACKS",
+    "Statement",
+    "check_chapter",
+    "normalise",
+    "parse",
+    "record_chapter",
+    "requirements",
+    "run_chapter",
+]
 
 SETTLE_S = 0.3
 """Quiet time after a statement before its output is taken (events still coming in)."""
 MAX_SETTLE_S = 5.0
 
 _FENCE = "```pycon"
+_NEEDS = re.compile(r"^<!-- tour: (.*) -->$", re.M)
+STACKS = ("ct", "tcp")
+"""What ``stack=`` in a chapter's ``<!-- tour: ... -->`` line may say."""
 _VARYING = (
     "handle|listener_handle|context|client_index|segment_handle|app_session_index|vpp_evt_q|"
     "vpp_event_queue_address|server_rx_fifo|server_tx_fifo|rx_fifo|tx_fifo|session_index|"
@@ -39,6 +67,8 @@ _NORMALISE = [
     (re.compile(r"0x[0-9a-f]+"), "0x_"),
     (re.compile(r"\bseg-\d+-\d+-\d+"), "seg-_"),
     (re.compile(r"\bapp \d+"), "app N"),
+    # A TCP peer's port is VPP's pick (`transport_alloc_local_port`); cut-through's 0 stays.
+    (re.compile(r"(\brmt(?:=|\s+)\{'ip': '[^']*', 'port': )[1-9]\d*(?:, '\w*\.\.\.)?"), r"\1N"),
     (re.compile(r"[ \t]+$", re.M), ""),
 ]
 
@@ -86,14 +116,45 @@ def normalise(text: str) -> str:
     return text.strip("\n")
 
 
-def run_chapter(path: str | Path, app_socket: str) -> list[tuple[Statement, str]]:
-    """Run every statement of the chapter at ``path``; (statement, what it printed)."""
+def requirements(text: str) -> dict[str, str]:
+    """What a chapter asks of VPP, from its ``<!-- tour: key=value ... -->`` lines:
+    ``{"stack": "ct"}`` unless it says otherwise."""
+    needs = {"stack": "ct"}
+    for m in _NEEDS.finditer(text):
+        for item in m.group(1).split():
+            key, sep, value = item.partition("=")
+            if key != "stack" or not sep or value not in STACKS:
+                raise ValueError(
+                    f"<!-- tour: {m.group(1)} -->: {item!r} is not one of "
+                    f"{', '.join(f'stack={s}' for s in STACKS)}"
+                )
+            needs[key] = value
+    return needs
+
+
+def run_chapter(
+    path: str | Path, app_socket: str, tcp: TwoVrfTcp | None = None
+) -> list[tuple[Statement, str]]:
+    """Run every statement of the chapter at ``path``; (statement, what it printed).
+    ``app_socket`` is VPP's default namespace's; a chapter that needs VPP's TCP stack
+    (``stack=tcp``) runs on the two-VRF topology ``tcp`` instead."""
     from ..repl import Console, Shell  # (late: the testing package imports little)
     from ..vclsocket import VclApp
 
-    chapter = parse(Path(path).read_text())
-    vcl = VclApp(app_socket, scope_local=True, scope_global=False)
-    shell = Shell(vcl, peer_args=["--app-socket", app_socket, "--scope", "local"])
+    text = Path(path).read_text()
+    chapter = parse(text)
+    if requirements(text)["stack"] == "tcp":
+        if tcp is None:
+            raise ValueError(f"{path} needs VPP's TCP stack: the two-VRF topology (tcp=)")
+        sockets = tcp.server_socket.parent  # <runtime-dir>/app_ns_sockets/<namespace>
+        if sockets.name != "app_ns_sockets":
+            raise ValueError(f"{tcp.server_socket} is not in a runtime dir's app_ns_sockets")
+        vcl = VclApp(str(tcp.server_socket), scope_local=True, scope_global=True)
+        peer_args = ["--runtime-dir", str(sockets.parent), "--namespace-id", tcp.server_ns]
+    else:
+        vcl = VclApp(app_socket, scope_local=True, scope_global=False)
+        peer_args = ["--app-socket", app_socket, "--scope", "local"]
+    shell = Shell(vcl, peer_args=peer_args)
     results = []
     try:
         console = Console(shell.namespace())
@@ -132,10 +193,10 @@ def _settle(shell: object) -> None:
         time.sleep(0.02)
 
 
-def check_chapter(path: str | Path, app_socket: str) -> list[str]:
+def check_chapter(path: str | Path, app_socket: str, tcp: TwoVrfTcp | None = None) -> list[str]:
     """Run the chapter; the differences between what it says and what ran (empty: none)."""
     problems = []
-    for st, got in run_chapter(path, app_socket):
+    for st, got in run_chapter(path, app_socket, tcp):
         want, have = normalise(st.expected), normalise(got)
         if want != have:
             problems.append(
@@ -145,11 +206,11 @@ def check_chapter(path: str | Path, app_socket: str) -> list[str]:
     return problems
 
 
-def record_chapter(path: str | Path, app_socket: str) -> None:
+def record_chapter(path: str | Path, app_socket: str, tcp: TwoVrfTcp | None = None) -> None:
     """Rewrite the chapter's expected outputs with what a run printed."""
     p = Path(path)
     lines = p.read_text().splitlines()
-    results = run_chapter(p, app_socket)
+    results = run_chapter(p, app_socket, tcp)
     # Replace from the end, so earlier line numbers stay right.
     for st, got in reversed(results):
         start = st.line - 1 + st.source.count("\n") + 1
