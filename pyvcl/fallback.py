@@ -115,7 +115,9 @@ class KernelApp:
         s = socket.create_server((host, address[1]), family=family, backlog=backlog)
         return self._track(s)
 
-    def close(self) -> None:
+    def close(self, linger: float = 0.0) -> None:
+        """Close the sockets this app made (``linger``: `VclApp.close`'s, nothing to wait for
+        here: the kernel finishes a closed socket's work by itself)."""
         with self._lock:
             if self._closed:
                 return
@@ -347,8 +349,9 @@ class OpportunisticApp:
                 log.exception("pyvcl.fallback: an on_switch callback failed")
 
     # -- closing ----------------------------------------------------------------------------
-    def close(self) -> None:
-        """Stop following VPP, detach, and close the kernel sockets this app made."""
+    def close(self, linger: float = 0.0) -> None:
+        """Stop following VPP, detach (waiting up to ``linger`` s for VPP's CLEANUPs, see
+        `VclApp.close`), and close the kernel sockets this app made."""
         with self._lock:
             if self._closed:
                 return
@@ -361,7 +364,7 @@ class OpportunisticApp:
             self._retired, self._callbacks = [], []
         self._stop.set()
         for app in apps:
-            app.close()
+            app.close(linger)
 
     @property
     def closed(self) -> bool:

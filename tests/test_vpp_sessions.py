@@ -33,3 +33,37 @@ def test_ipv6_cut_through_echo(vpp: Any) -> None:
             assert c.recv(10) == b"v6!"
             assert c.getpeername() == ("::1", 18600, 0, 0)
         srv.close()
+
+
+def test_close_with_linger_handles_the_cleanups_first(vpp: Any) -> None:
+    """``VclApp.close(linger=...)`` waits for VPP's CLEANUP of the sessions closed already
+    (what `pyvcl nc` does, so that its trace shows its session's end); without it the app
+    leaves at once, the session still in the core's table."""
+    import time
+
+    opts = {"scope_global": False}
+    for linger in (0.0, 5.0):
+        with VclApp(vpp.app_socket(), name="linger-srv", **opts) as a:
+            srv = a.create_server(("127.0.0.1", 18601))
+            b = VclApp(vpp.app_socket(), name="linger-cli", **opts)
+
+            def serve() -> None:
+                conn, _ = srv.accept()
+                with conn:
+                    while conn.recv(100):
+                        pass
+
+            with CheckedThread(serve, name="linger-serve", timeout=10):
+                c = b.create_connection(("127.0.0.1", 18601), timeout=5)
+                c.sendall(b"bye")
+                c.close()
+                sessions = b.worker.layer.sessions
+                t0 = time.monotonic()
+                b.close(linger=linger)
+                took = time.monotonic() - t0
+            srv.close()
+        if linger:
+            assert not sessions, f"left before the CLEANUP: {list(sessions.values())}"
+            assert took < linger
+        else:
+            assert sessions, "the CLEANUP came before a close that does not wait for it"

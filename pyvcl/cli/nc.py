@@ -55,6 +55,7 @@ from .common import add_attach_options, add_stack_options, stack_choice, start_t
 # a cut-through writer whose chunk does not fit waits for a dequeue notification, and
 # 64 KiB chunks keep both sides busy where 1 MiB ones made them take turns (~2x faster).
 BUFSIZE = 1 << 16
+CLOSE_LINGER_S = 1.0  # at most, for VPP's CLEANUPs of closed sessions before detaching
 _STDIN_QUEUE = 16  # chunks read ahead of the connection
 
 
@@ -331,7 +332,9 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 130
     finally:
-        app.close()
+        # Wait a little for VPP's CLEANUPs: a debugging tool's trace should show its
+        # sessions' end, not a detach racing them.
+        app.close(linger=CLOSE_LINGER_S)
 
 
 def _report(e: BaseException, what: str) -> int:
