@@ -36,7 +36,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, help="write summary.json and findings/*.json here")
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds per input")
     p.add_argument("--memory", type=int, default=DEFAULT_MEMORY, help="address-space limit, bytes")
-    p.add_argument("--snapshots", help="directory of recorded snapshots (default: the shared data)")
+    p.add_argument(
+        "--snapshots",
+        help="directory of recorded snapshots, or one snapshot's DIR/NAME (default: the shared "
+        "data's, else the project's own ct-pyvcl-client-blocked)",
+    )
     p.add_argument("--no-minimise", action="store_true")
     p.add_argument(
         "--replay", type=Path, nargs="+", metavar="FINDING", help="re-run saved findings"

@@ -447,12 +447,22 @@ def _set_path(doc: Any, dotted: str, value: Any) -> None:
         node[last] = value
 
 
+OWN_SNAPSHOT = "ct-pyvcl-client-blocked"
+"""The project's own snapshot the fuzzer takes without the shared data: a connected
+cut-through client, as the shared data's ``ct-client-connected`` is."""
+
+
 def default_snapshot_dir() -> Path | None:
-    """The recorded snapshots, if present: ``PYVCL_SHARED_DIR`` (default ``../shared`` beside
-    the checkout, as for the tests) / vpp-v26.06/snapshots."""
-    shared = os.environ.get("PYVCL_SHARED_DIR") or Path(__file__).resolve().parents[4] / "shared"
+    """The recorded snapshots: ``PYVCL_SHARED_DIR`` (default ``../shared`` beside the
+    checkout, as for the tests) / vpp-v26.06/snapshots, else the project's own
+    (tests/fixtures/vpp-v26.06/snapshots/`OWN_SNAPSHOT` in a checkout), else None."""
+    root = Path(__file__).resolve().parents[3]
+    shared = os.environ.get("PYVCL_SHARED_DIR") or root.parent / "shared"
     d = Path(shared) / "vpp-v26.06" / "snapshots"
-    return d if d.is_dir() and (d / f"{SnapshotTarget.stem}.json").is_file() else None
+    if d.is_dir() and (d / f"{SnapshotTarget.stem}.json").is_file():
+        return d
+    own = root / "tests" / "fixtures" / "vpp-v26.06" / "snapshots" / OWN_SNAPSHOT
+    return own if own.with_name(own.name + ".json").is_file() else None
 
 
 # -- selftest: proves the runner's verdicts (not part of a fuzz run) ------------------------------
