@@ -47,7 +47,7 @@ def test_close_with_linger_handles_the_cleanups_first(vpp: Any) -> None:
             srv = a.create_server(("127.0.0.1", 18601))
             b = VclApp(vpp.app_socket(), name="linger-cli", **opts)
 
-            def serve() -> None:
+            def serve(srv: Any = srv) -> None:
                 conn, _ = srv.accept()
                 with conn:
                     while conn.recv(100):
