@@ -305,6 +305,27 @@ def test_aiohttp_200_concurrent_requests_and_an_8mib_echo(where: Placement, prog
     assert got == {"gets_ok": 200, "post_status": 200, "post_bytes": 8 << 20, "post_sha_ok": True}
 
 
+# -- uvloop ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("server_how, client_how", [("policy", "run"), ("run", "new_event_loop")])
+def test_uvloop_programs_run_on_asyncios_loop_over_vpp(
+    where: Placement, programs: Any, vpp: VppInstance, server_how: str, client_how: str
+) -> None:
+    """uvloop does its IO on descriptors, which carry no data under pyvcl run: its ways of
+    choosing a loop give asyncio's (pyvcl.interpose.loops), said once on stderr.  Before,
+    the server believed it listened and VPP had no listener."""
+    pytest.importorskip("uvloop")
+    port = next_port()
+    script = str(PROGRAMS / "uvloop_echo.py")
+    argv = [*where.server, script, "server", where.host, str(port), server_how]
+    server = programs("uvloop-server", argv, base_env())
+    server.wait_output('"listening"')
+    assert_listener_in_vpp_not_kernel(vpp, port)
+    argv = [*where.client, script, "client", where.host, str(port), client_how]
+    got = last_json(programs("uvloop-client", argv, base_env()).finish())
+    assert got == {"echo_ok": True, "loop": "_UnixSelectorEventLoop"}
+    assert server.stderr().count("uvloop does its IO on descriptors") == 1, server.describe()
+
+
 # -- socketserver ------------------------------------------------------------------------------
 def echo_server(programs: Any, where: Placement) -> int:
     port = next_port()

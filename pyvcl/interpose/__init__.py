@@ -89,7 +89,7 @@ def enable(app: Any, reopen: Callable[[], Any] | None = None) -> None:
     """Route new AF_INET/AF_INET6 stream sockets of this process through ``app`` (an
     `OpportunisticApp`: VPP while it is attached, kernel sockets or `VppUnreachable` while
     not).  ``reopen`` makes the app of a forked child (without it, a child uses the kernel)."""
-    from . import selecting, vsocket
+    from . import loops, selecting, vsocket
 
     _State.app, _State.reopen = app, reopen
     vsocket.backend = _backend
@@ -99,6 +99,7 @@ def enable(app: Any, reopen: Callable[[], Any] | None = None) -> None:
     tls.install(is_interposed, take_over=vsocket.take_over)
     if os.environ.get("PYVCL_INLINE", "1") != "0":
         selecting.install()
+    loops.install()
     socket.socket = vsocket.InterposedSocket  # type: ignore[misc]
 
 
@@ -109,7 +110,9 @@ def disable() -> None:
         from . import selecting
 
         selecting.uninstall()
-        from . import tls
+        from . import loops, tls
+
+        loops.uninstall()
 
         tls.uninstall()
         socket.socket = vsocket.std_socket  # type: ignore[misc]
