@@ -205,6 +205,55 @@ def test_what_cannot_run_fails_as_in_python(
     assert message in plain.err and ran.err.startswith("pyvcl run: ") and message in ran.err
 
 
+def test_a_console_script_on_path_runs_as_its_shebang_would(work: Path, tmp_path: Path) -> None:
+    """``pyvcl run uvicorn app:app``: a name that is no file here is looked up on PATH and run
+    if it is a Python program, with its path as ``sys.argv[0]``, as its ``#!`` line would."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    tool = bin_dir / "pyvcl-probe-tool"
+    tool.write_text("#!/usr/bin/env python3\n" + PROBE)
+    tool.chmod(0o755)
+    env = clean_env(tmp_path, PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
+    plain = run([str(tool), "x", "--y"], env, work)
+    ran = run(pyvcl_run("--kernel", "pyvcl-probe-tool", "x", "--y"), env, work)
+    assert plain.status == ran.status == 0, ran
+    seen, want = json.loads(ran.out.splitlines()[-1]), json.loads(plain.out.splitlines()[-1])
+    assert seen["argv"] == want["argv"] == [str(tool), "x", "--y"]
+    assert seen["path0"] == want["path0"] == str(bin_dir)
+
+
+@pytest.mark.parametrize("interpreter", [sys.executable, "python3"])
+def test_the_interpreters_name_before_the_program_is_left_out(
+    interpreter: str, work: Path, tmp_path: Path
+) -> None:
+    """``pyvcl run python3 -m MODULE`` (as LDP users type): the program runs in pyvcl's own
+    interpreter, so the name is dropped and what follows is the program."""
+    env = clean_env(tmp_path)
+    for program in (["-m", "probe_mod", "a"], ["probe.py", "b"]):
+        plain = run([sys.executable, *program], env, work)
+        ran = run(pyvcl_run("--kernel", interpreter, *program), env, work)
+        assert plain.status == ran.status == 0, ran
+        seen, want = json.loads(ran.out.splitlines()[-1]), json.loads(plain.out.splitlines()[-1])
+        assert seen["argv"] == want["argv"] and seen["name"] == "__main__"
+
+
+@pytest.mark.parametrize(
+    ("program", "message"),
+    [
+        (["ls", "-l"], "'ls' is not a Python program"),
+        ([sys.executable, "-u", "probe.py"], "options of the interpreter go before -m pyvcl"),
+        ([sys.executable], "give the program"),
+        (["no-such-tool-anywhere"], "can't open file"),
+    ],
+)
+def test_what_is_not_a_python_program_is_refused_clearly(
+    program: list[str], message: str, work: Path, tmp_path: Path
+) -> None:
+    ran = run(pyvcl_run("--kernel", *program), clean_env(tmp_path), work)
+    assert ran.status == 2 and ran.err.startswith("pyvcl run: ") and message in ran.err, ran
+    assert "Traceback" not in ran.err and not ran.out
+
+
 def test_usage_errors(work: Path, tmp_path: Path) -> None:
     env = clean_env(tmp_path)
     for args in (["--kernel"], ["--scope", "nowhere", "-c", "print(1)"], ["-m"]):

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
+import shutil
 import sys
 from collections.abc import Sequence
 from types import TracebackType
@@ -34,7 +36,9 @@ DESCRIPTION = (
 )
 EPILOG = (
     "program: -m MODULE runs a module as python -m does, -c CODE a string, SCRIPT a file "
-    "(or a directory or zip with __main__.py), - the program on stdin; the ARGS after it "
+    "(or a directory or zip with __main__.py; else a Python program on PATH, such as a "
+    "console script; a python interpreter's name before the program is left out), - the "
+    "program on stdin; the ARGS after it "
     "are the program's, options included.  Environment: PYVCL_RUN (the mode, JSON) and "
     "PYTHONPATH (pyvcl's boot directory first) are set for child processes."
 )
@@ -117,6 +121,57 @@ def _program(rest: list[str]) -> Program:
     return Program("script", first, rest[1:])
 
 
+_PYTHON_NAME = re.compile(r"python[0-9.]*$")
+_ELF = b"\x7fELF"
+
+
+def resolve_script(program: Program) -> Program:
+    """What SCRIPT means, as a user typing it means it (`_UsageError` if nothing fits):
+
+    - a file (or directory, or zip) that exists: that;
+    - a name without a slash that is not here: the Python program of that name on PATH, as a
+      console script is run (``pyvcl run uvicorn app:app``): ``sys.argv[0]`` is its path;
+    - a Python interpreter (``pyvcl run python3 -m http.server``): left out, since the
+      program runs in this one; what follows is the program, as for ``pyvcl run`` itself;
+    - any other executable: refused, saying what runs it instead.
+    """
+    target = program.target
+    path = target
+    if not os.path.exists(target):
+        found = shutil.which(target) if os.sep not in target else None
+        if found is None:
+            raise _UsageError(f"can't open file {os.path.abspath(target)!r}: no such file")
+        path = found
+    if os.path.isdir(path):
+        return program
+    try:
+        with open(path, "rb") as f:
+            head = f.read(256)
+    except OSError as e:
+        raise _UsageError(f"can't open file {os.path.abspath(path)!r}: {e.strerror}") from None
+    if head.startswith(_ELF):
+        if not _PYTHON_NAME.match(os.path.basename(path)):
+            raise _UsageError(
+                f"{target!r} is not a Python program: pyvcl run runs Python programs in its "
+                "own interpreter (a C program runs over VPP under C VCL's LDP, docs/run.md)"
+            )
+        if not program.args or (
+            program.args[0].startswith("-") and not _starts_program(program.args[0])
+        ):
+            raise _UsageError(
+                f"after {target!r}, give the program (-m MODULE, -c CODE, SCRIPT or -); "
+                "options of the interpreter go before -m pyvcl"
+            )
+        inner = _program(program.args)
+        return resolve_script(inner) if inner.kind == "script" else inner
+    if path != target:  # found on PATH: only a Python script will do
+        first_line = head.split(b"\n", 1)[0]
+        if not (first_line.startswith(b"#!") and b"python" in first_line):
+            raise _UsageError(f"{target!r} on PATH ({path}) is not a Python program")
+        return Program("script", path, program.args)
+    return program
+
+
 def main(argv: Sequence[str]) -> int:
     """``pyvcl run``: the program's exit status (its SystemExit propagates as it is)."""
     import atexit
@@ -135,9 +190,12 @@ def main(argv: Sequence[str]) -> int:
         parser.print_usage(sys.stderr)
         boot.say(str(e))
         return 2
-    if program.kind == "script" and not os.path.exists(program.target):
-        boot.say(f"can't open file {os.path.abspath(program.target)!r}: no such file")
-        return 2
+    if program.kind == "script":
+        try:
+            program = resolve_script(program)
+        except _UsageError as e:
+            boot.say(str(e))
+            return 2
     boot.hand_down(choice)
     start_tracing(args)
     try:
