@@ -61,8 +61,19 @@ def test_a_chapter_says_what_it_needs() -> None:
 
 @pytest.mark.vpp
 @pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda p: p.stem)
-def test_the_chapter_runs_as_printed(vpp: VppInstance, chapter: Path) -> None:
+def test_the_chapter_runs_as_printed(
+    vpp: VppInstance, chapter: Path, request: pytest.FixtureRequest
+) -> None:
     from pyvcl.testing.tour import check_chapter
+
+    if chapter.stem.startswith("06-") and "v26.02" in vpp.cli("show version"):
+        request.applymarker(
+            pytest.mark.xfail(
+                strict=True,
+                reason="the book describes VPP v26.06: v26.02 sends no CTRL_APP_DEL_SEGMENT "
+                "when the TCP session's last fifo goes at close (chapter 6)",
+            )
+        )
 
     tcp = None
     if requirements(chapter.read_text())["stack"] == "tcp":
