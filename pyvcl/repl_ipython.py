@@ -10,7 +10,8 @@ The same `pyvcl.repl.Shell` and namespace as the standard console, with the same
   queued meanwhile are handled too (IPython's ``pre_run_cell`` / ``post_run_cell``), so what
   came while a cell ran is printed before the next prompt, as the standard console does;
 - pyvcl's errors and bad arguments print one line starting with ``!`` and the session goes on;
-- ``exit()`` or Ctrl-D detach (no "really exit?" question) and the shell ends with status 0.
+- ``exit()`` or Ctrl-D detach (no "really exit?" question) and the shell ends with status 0;
+  ``exit(n)`` ends it with status n, as in the standard console.
 
 IPython is imported by name at run time (`importlib`), not with an ``import`` statement:
 pyvcl must install, import and type-check where it is absent.
@@ -122,12 +123,32 @@ def interact(shell: Shell, banner: str) -> int:
         ip.events.register("pre_run_cell", pump_between_cells)
         ip.events.register("post_run_cell", pump_between_cells)
         ip.set_custom_exc(ONE_LINE_ERRORS, _one_line)
+        leaving = _Exit(ip)
+        ip.user_ns["exit"] = ip.user_ns["quit"] = leaving
         ip.show_banner(banner + "\n")
         ip.mainloop()
         print("detached", flush=True)
-        return 0
+        return leaving.status
     finally:
         module.TerminalInteractiveShell.clear_instance()
+
+
+class _Exit:
+    """``exit(status)`` / ``quit(status)`` as the standard console has them (IPython's own
+    take no status): end the shell, which then ends with ``status`` (0 by default)."""
+
+    def __init__(self, ip: Any) -> None:
+        self._ip = ip
+        self.status = 0
+
+    def __repr__(self) -> str:
+        return "Use exit() or Ctrl-D to detach and leave"
+
+    def __call__(self, status: int = 0) -> None:
+        if not isinstance(status, int):
+            raise TypeError(f"exit status must be an int, not {type(status).__name__}")
+        self.status = status
+        self._ip.ask_exit()
 
 
 def _one_line(

@@ -230,3 +230,20 @@ def test_ipython_without_an_eventfd_still_shows_events_and_ctrl_d_ends_with_stat
         if nc is not None:
             nc.kill()
             nc.wait()
+
+
+@needs_ipython
+@pytest.mark.vpp
+def test_ipython_exit_with_a_status_ends_with_it(vpp: VppInstance, tmp_path: Path) -> None:
+    attach = ["--app-socket", str(vpp.app_socket()), "--scope", "local"]
+    shell = _terminal([sys.executable, "-m", "pyvcl", "repl", *attach], tmp_path)
+    try:
+        shell.expect(r"In \[1\]: ")
+        shell.type("exit", end="\r")  # (shown, not called: it says how to leave)
+        shell.expect("Use exit\\(\\) or Ctrl-D")
+        shell.expect(r"In \[2\]: ")
+        shell.type("exit(3)", end="\r")
+        shell.expect("detached")
+        assert shell.wait() == 3
+    finally:
+        shell.close()
