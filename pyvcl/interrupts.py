@@ -52,7 +52,6 @@ from typing import Any, TypeVar
 __all__ = [
     "DEFER_LIMIT_S",
     "REDELIVER_S",
-    "checkpoint",
     "guard_sigint_at_attach",
     "guard_signal",
     "interruptible",
@@ -64,6 +63,7 @@ REDELIVER_S = 0.002
 DEFER_LIMIT_S = 1.0
 """The longest a signal is held back; after that its handler runs wherever the program is."""
 ENV = "PYVCL_GUARD_SIGINT"
+_STALE_S = 1.0  # a hold-back chain sends again every REDELIVER_S: one older than this is over
 
 F = TypeVar("F", bound=Callable[..., Any])
 Handler = Callable[[int, "FrameType | None"], Any]
@@ -91,12 +91,6 @@ def interruptible(fn: F) -> F:
     _INTERRUPTIBLE.add(fn.__code__)
     _kinds.pop(fn.__code__, None)
     return fn
-
-
-@interruptible
-def checkpoint() -> None:
-    """A consistent point inside a long pyvcl loop: a held-back signal is delivered here
-    (Python checks for signals when a function is entered), at the cost of one call."""
 
 
 def _classify(code: CodeType) -> int:
@@ -152,6 +146,8 @@ def _wrap(signum: int, original: Handler) -> Handler:
     def pyvcl_guarded_handler(sig: int, frame: FrameType | None) -> Any:
         now = time.monotonic()
         first = _first_held.setdefault(sig, now)
+        if now - first > DEFER_LIMIT_S + _STALE_S:  # left by a chain that broke off: a new one
+            first = _first_held[sig] = now
         if now - first < DEFER_LIMIT_S and held_back(frame):
             if sig not in _scheduled:
                 _scheduled.add(sig)

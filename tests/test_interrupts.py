@@ -147,6 +147,19 @@ def test_a_held_back_handler_runs_once_after_the_step() -> None:
     assert ran - sent >= 0.15  # it waited for the step, which had 0.18 s to go
 
 
+def test_a_hold_back_that_broke_off_long_ago_does_not_count_against_the_next() -> None:
+    # (as if an earlier chain's last sending never came: its first arrival is left behind)
+    interrupts._first_held[signal.SIGUSR1] = time.monotonic() - 60
+    step = _library_code(
+        "def step(seconds):\n"
+        "    end = time.monotonic() + seconds\n"
+        "    while time.monotonic() < end:\n"
+        "        pass\n"
+    )
+    frames, sent, ran = _run_guarded(step, 0.2)
+    assert len(frames) == 1 and ran - sent >= 0.15
+
+
 def test_an_unmarked_wait_delays_a_signal_at_most_the_limit(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
