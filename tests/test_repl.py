@@ -170,6 +170,22 @@ class Terminal:
         os.close(self.fd)
 
 
+def nc_sending(attach: list[str], port: int, data: bytes) -> subprocess.Popen[bytes]:
+    """``pyvcl nc`` connected to 127.0.0.1:``port``, having sent ``data``; its stdin is left
+    open, so it stays connected until killed."""
+    nc = subprocess.Popen(
+        [sys.executable, "-m", "pyvcl", "nc", *attach, "127.0.0.1", str(port)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=dict(os.environ, VCL_CONFIG=""),
+    )
+    assert nc.stdin is not None
+    nc.stdin.write(data)
+    nc.stdin.flush()
+    return nc
+
+
 @pytest.mark.vpp
 def test_listen_accept_and_read_the_rx_fifo_by_hand(vpp: VppInstance, tmp_path: Path) -> None:
     sock = str(vpp.app_socket())
@@ -185,16 +201,7 @@ def test_listen_accept_and_read_the_rx_fifo_by_hand(vpp: VppInstance, tmp_path: 
         shell.type('l = listen("127.0.0.1", 18790)')
         shell.expect(r">> CTRL_LISTEN .*port=18790 .*ip='127.0.0.1'")
         shell.expect(r"<< CTRL_BOUND .*retval=0 .*lcl_port=18790")
-        nc = subprocess.Popen(
-            [sys.executable, "-m", "pyvcl", "nc", *attach, "127.0.0.1", "18790"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            env=dict(os.environ, VCL_CONFIG=""),
-        )
-        assert nc.stdin is not None
-        nc.stdin.write(b"hello from nc\n")
-        nc.stdin.flush()  # (left open: nc stays connected)
+        nc = nc_sending(attach, 18790, b"hello from nc\n")
         shell.type("c = accept(l)")
         shell.expect(r"<< CTRL_ACCEPTED .*server_rx_fifo=\d+")
         shell.expect(r">> CTRL_ACCEPTED_REPLY .*retval=0")

@@ -24,7 +24,7 @@ import pytest
 from pyvcl.repl_ipython import EventHook, available, wanted
 from pyvcl.testing.vpp import VppInstance
 
-from .test_repl import Terminal
+from .test_repl import Terminal, nc_sending
 
 needs_ipython = pytest.mark.skipif(
     not available(), reason="IPython is not installed (pyvcl repl then uses the code console)"
@@ -119,20 +119,6 @@ def _terminal(argv: list[str], tmp_path: Path) -> Terminal:
     return term
 
 
-def _nc(attach: list[str], port: int) -> subprocess.Popen[bytes]:
-    nc = subprocess.Popen(
-        [sys.executable, "-m", "pyvcl", "nc", *attach, "127.0.0.1", str(port)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=dict(os.environ, VCL_CONFIG=""),
-    )
-    assert nc.stdin is not None
-    nc.stdin.write(b"hello from nc\n")
-    nc.stdin.flush()  # (left open: nc stays connected)
-    return nc
-
-
 @needs_ipython
 @pytest.mark.vpp
 def test_ipython_shows_events_at_the_idle_prompt_and_exits_with_status_0(
@@ -151,7 +137,7 @@ def test_ipython_shows_events_at_the_idle_prompt_and_exits_with_status_0(
         # Half a line typed, then the prompt sits idle while nc connects: VPP's ACCEPTED is
         # printed as it comes, above the prompt, which is drawn again with the half line.
         shell.type("1 +", end="")
-        nc = _nc(attach, 18791)
+        nc = nc_sending(attach, 18791, b"hello from nc\n")
         shell.expect(r"<< CTRL_ACCEPTED .*server_rx_fifo=\d+")
         shell.expect(r"In \[2\]: 1 \+")
         shell.type(" 2", end="\r")
@@ -216,7 +202,8 @@ def test_ipython_without_an_eventfd_still_shows_events_and_ctrl_d_ends_with_stat
         shell.type('l = listen("127.0.0.1", 18792)', end="\r")
         shell.expect(r"<< CTRL_BOUND .*retval=0 .*lcl_port=18792")
         shell.expect(r"In \[2\]: ")
-        nc = _nc(attach, 18792)  # (the idle prompt looks at the queue: no eventfd wakes it)
+        # (the idle prompt looks at the queue: no eventfd wakes it)
+        nc = nc_sending(attach, 18792, b"hello from nc\n")
         shell.expect(r"<< CTRL_ACCEPTED .*server_rx_fifo=\d+")
         # The prompt drawn again below the event: only then is the terminal raw again.
         # (prompt_toolkit prints above the prompt with the terminal in cooked mode, where

@@ -30,6 +30,13 @@ EXIT_LIMIT = 15.0
 pytestmark = pytest.mark.vpp
 
 
+def _listener(nc: Any, sock: str, port: int) -> Any:
+    """A ``pyvcl nc -l`` on 127.0.0.1:``port`` for the program to connect to, listening."""
+    srv = nc("--app-socket", sock, "-v", "-l", "127.0.0.1", str(port))
+    srv.wait_for(f"listening on 127.0.0.1:{port}")
+    return srv
+
+
 def _run(sock: str, code: str, trace: Path | None = None, **kw: Any) -> subprocess.Popen[str]:
     options = ["--trace", str(trace)] if trace is not None else []
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VCL_", "PYVCL_"))}
@@ -85,8 +92,7 @@ def test_exit_closes_open_sessions_and_detaches(vpp: Any, nc: Any, tmp_path: Pat
     session's disconnect and cleanup, the listener's unlisten and the app's detach; the peer
     got the bytes and then EOF; the status is 3; the trace replays through the core."""
     sock, trace = str(vpp.app_socket()), tmp_path / "run.trace"
-    srv = nc("--app-socket", sock, "-v", "-l", "127.0.0.1", "25101")
-    srv.wait_for("listening on 127.0.0.1:25101")
+    srv = _listener(nc, sock, 25101)
     status, _, err = _finish(_run(sock, """
         import socket, sys
         listener = socket.create_server(("127.0.0.1", 25102))
@@ -121,8 +127,7 @@ def test_exit_with_daemon_threads_blocked_in_vpp_calls(vpp: Any, nc: Any, tmp_pa
     program exits: the exit ends within the bound, with the program's status, without a
     traceback from those threads, and the app still detaches."""
     sock, trace = str(vpp.app_socket()), tmp_path / "run.trace"
-    srv = nc("--app-socket", sock, "-v", "-l", "127.0.0.1", "25103")
-    srv.wait_for("listening on 127.0.0.1:25103")
+    srv = _listener(nc, sock, 25103)
     status, out, err = _finish(_run(sock, """
         import selectors, socket, sys, threading, time
         s = socket.create_connection(("127.0.0.1", 25103))
@@ -152,8 +157,7 @@ def test_exit_after_vpp_died(vpp_factory: Any, nc: Any, tmp_path: Path) -> None:
     said to the dead VPP (no detach in the trace), the exit is prompt, the status 4."""
     own = vpp_factory()
     sock, trace = str(own.app_socket()), tmp_path / "run.trace"
-    srv = nc("--app-socket", sock, "-v", "-l", "127.0.0.1", "25105")
-    srv.wait_for("listening on 127.0.0.1:25105")
+    _listener(nc, sock, 25105)
     p = _run(sock, """
         import socket, sys
         s = socket.create_connection(("127.0.0.1", 25105))
@@ -179,8 +183,7 @@ def test_exit_with_vpp_frozen(vpp_factory: Any, nc: Any, tmp_path: Path) -> None
     status is 9, and what was sent in the meantime is in the trace."""
     own = vpp_factory()
     sock, trace = str(own.app_socket()), tmp_path / "run.trace"
-    srv = nc("--app-socket", sock, "-v", "-l", "127.0.0.1", "25109")
-    srv.wait_for("listening on 127.0.0.1:25109")
+    _listener(nc, sock, 25109)
     p = _run(sock, """
         import socket, sys
         s = socket.create_connection(("127.0.0.1", 25109))
@@ -206,8 +209,7 @@ def test_a_forked_child_leaves_the_parents_app_alone(vpp: Any, nc: Any, tmp_path
     parent holds a connection: the child's exit is prompt with its own status, says nothing
     to VPP (no trace file of its own), and the parent's connection goes on working."""
     sock, trace = str(vpp.app_socket()), tmp_path / "run.trace"
-    srv = nc("--app-socket", sock, "-v", "-l", "127.0.0.1", "25106")
-    srv.wait_for("listening on 127.0.0.1:25106")
+    srv = _listener(nc, sock, 25106)
     status, out, err = _finish(_run(sock, """
         import os, socket, sys
         s = socket.create_connection(("127.0.0.1", 25106))
@@ -236,8 +238,7 @@ def test_a_forked_child_that_connects_leaves_with_its_own_app(
     without closing: it closes its session and detaches its own app (its trace, FILE.PID),
     and its parent's app is left alone (the parent's trace has one detach, its own)."""
     sock, trace = str(vpp.app_socket()), tmp_path / "run.trace"
-    srv = nc("--app-socket", sock, "-v", "-l", "127.0.0.1", "25110")
-    srv.wait_for("listening on 127.0.0.1:25110")
+    srv = _listener(nc, sock, 25110)
     status, out, err = _finish(_run(sock, """
         import os, socket, sys
         own = socket.create_server(("127.0.0.1", 25111))
@@ -265,8 +266,7 @@ def test_exit_by_ctrl_c_does_not_leave(vpp: Any, nc: Any, tmp_path: Path) -> Non
     """An uncaught KeyboardInterrupt: the process dies by SIGINT, as python's would, without
     the goodbye (as C VCL, whose exit handlers a signal skips)."""
     sock, trace = str(vpp.app_socket()), tmp_path / "run.trace"
-    srv = nc("--app-socket", sock, "-v", "-l", "127.0.0.1", "25107")
-    srv.wait_for("listening on 127.0.0.1:25107")
+    _listener(nc, sock, 25107)
     status, _, err = _finish(_run(sock, """
         import socket
         s = socket.create_connection(("127.0.0.1", 25107))
@@ -283,8 +283,7 @@ def test_a_python_child_leaves_too(vpp: Any, nc: Any, tmp_path: Path) -> None:
     connects and exits with sys.exit(8) without closing: it detaches in its own trace file
     (FILE.PID), and its parent sees its status."""
     sock, trace = str(vpp.app_socket()), tmp_path / "run.trace"
-    srv = nc("--app-socket", sock, "-v", "-l", "127.0.0.1", "25108")
-    srv.wait_for("listening on 127.0.0.1:25108")
+    srv = _listener(nc, sock, 25108)
     child = (
         "import socket, sys; "
         "s = socket.create_connection(('127.0.0.1', 25108)); s.sendall(b'child'); sys.exit(8)"
