@@ -25,7 +25,8 @@ module picks its own ports so modules never collide.
 
 Tests that use any of these (directly or through other fixtures) get the ``vpp`` marker, so
 ``pytest -m vpp`` / ``-m "not vpp"`` select them.  When such a test fails, the tail of each
-VPP's console and log is added to the report.
+VPP's console and log is added to the report, and the apps VPP marks congested (which refuses
+their connects: `pyvcl.testing.congestion`).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from pyvcl.errors import VppUnreachable
+from pyvcl.testing.congestion import congestion_report
 from pyvcl.testing.vpp import VppInstall, VppInstance, find_vpp, why_missing
 from pyvcl.wire.abi import check_live_layouts
 
@@ -109,6 +111,9 @@ def pytest_runtest_makereport(
     for inst in dict.fromkeys(instances):
         state = "running" if inst.is_running() else f"exited, status {inst.returncode}"
         report.sections.append((f"VPP pid {inst.pid} ({state})", inst.log_tail(40)))
+        marked = congestion_report(inst) if inst.is_running() else None
+        if marked:
+            report.sections.append((f"VPP pid {inst.pid}: apps marked congested", marked))
 
 
 @pytest.fixture(scope="session")
