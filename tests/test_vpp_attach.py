@@ -265,6 +265,24 @@ def test_vpp_with_workers_has_one_mq_per_thread(vpp_factory: Any) -> None:
         assert listen_and_wait(app, 17200, context=5).retval == 0
 
 
+@pytest.mark.parametrize("workers", [0, 1])
+def test_an_app_attached_right_after_a_detach_is_not_detached_too(
+    vpp_factory: Any, workers: int
+) -> None:
+    """VPP reuses api client indices: a detach that closed the socket before VPP handled its
+    APP_DETACH left that message to detach the next app given the same index.  With private
+    rx mqs (handled on an idle thread's timer tick) that was every time: the next listen
+    found the socket closed (VppDisconnected)."""
+    inst = vpp_factory(workers=workers, session_options=["use-private-rx-mqs"])
+    first = App.attach(inst.app_socket(), name="pyvcl-first")
+    index = first.api_client_handle
+    first.detach()
+    with App.attach(inst.app_socket(), name="pyvcl-next") as app:
+        assert app.api_client_handle == index  # (what made the stale message hit it)
+        assert listen_and_wait(app, 17300, context=6).retval == 0
+        assert "pyvcl-next" in app_names(inst)
+
+
 NO_PARENT = 0xFFFFFFFFFFFFFFFF
 
 

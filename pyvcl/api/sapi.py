@@ -199,20 +199,21 @@ class SapiSocket:
             )
         return msg
 
-    def poll_closed(self) -> bool:
+    def poll_closed(self, timeout: float = 0.0) -> bool:
         """True if VPP has closed its end (hang-up or error pending), without consuming a
-        frame and without waiting.  Asks poll(2) rather than peeking: a peek on this socket
-        waits up to its timeout when another thread took the pending frame first (a socket
-        with a timeout polls before every receive, MSG_DONTWAIT or not), and a timed-out
-        peek must not read as "closed".  A unix SEQPACKET socket reports POLLHUP once its
-        peer is closed (unix_release_sock shuts both directions), pending frames or not."""
+        frame; waits up to ``timeout`` seconds for it (default: not at all).  Asks poll(2)
+        rather than peeking: a peek on this socket waits up to its timeout when another
+        thread took the pending frame first (a socket with a timeout polls before every
+        receive, MSG_DONTWAIT or not), and a timed-out peek must not read as "closed".  A
+        unix SEQPACKET socket reports POLLHUP once its peer is closed (unix_release_sock
+        shuts both directions), pending frames or not."""
         fd = self.sock.fileno()
         if fd < 0:
             return True  # closed on our side: nothing more will come from VPP either
         poller = select.poll()
         poller.register(fd, _CLOSED_MASK)
         try:
-            ready = poller.poll(0)
+            ready = poller.poll(max(0, round(timeout * 1000)))
         except InterruptedError:
             return False
         return any(mask & _CLOSED_MASK for _, mask in ready)

@@ -238,8 +238,17 @@ class App(_WorkerBase):
     # -- teardown -------------------------------------------------------------------------------
     def detach(self, release: bool = True) -> None:
         """Tell VPP we leave (APP_DETACH), then release everything (`close`), even if the
-        goodbye fails.  Idempotent.  The goodbye is said once, within about twice
-        `DETACH_SYNC_TIMEOUT`, and not at all once VPP closed the app socket (it is gone).
+        goodbye fails.  Idempotent.  The goodbye is said once, within about three times
+        `DETACH_SYNC_TIMEOUT` (twice against a VPP that does not answer), and not at all once
+        VPP closed the app socket (it is gone).
+
+        After the APP_DETACH we wait for VPP to close the app socket, which it does once it
+        has detached us.  Closing first would leave the message queued: VPP detaches the app
+        at the close anyway, then handles the stale APP_DETACH, whose client index the next
+        app to attach may have been given already (VPP reuses them), and detaches *that* app.
+        With ``session { use-private-rx-mqs }`` an idle VPP thread handles such a message on
+        a timer tick (100 ms; 500 ms on the main thread of a VPP with workers), late enough
+        for an app attached right after to be hit every time; the wait takes that long there.
 
         ``release=False`` says the goodbye only: the mappings and fds stay until `close` or
         the process's end (at interpreter exit, where other threads may still look at them:
@@ -256,12 +265,14 @@ class App(_WorkerBase):
             ):
                 self.said_goodbye = True
                 with contextlib.suppress(VclError, OSError):
-                    self.sync_with_vpp(DETACH_SYNC_TIMEOUT)
+                    answering = self.sync_with_vpp(DETACH_SYNC_TIMEOUT)
                     self.send_ctrl(
                         SessionEvent.CTRL_APP_DETACH,
                         client_index=self.api_client_handle,
                         timeout=DETACH_SYNC_TIMEOUT,
                     )
+                    if answering:  # (a VPP that left the probes unanswered would not close)
+                        self.sapi.poll_closed(DETACH_SYNC_TIMEOUT)
         finally:
             if release:
                 self.close()

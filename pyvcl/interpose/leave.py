@@ -14,9 +14,10 @@ It must never hold up the exit or change how it ends:
 
 * **Bounded.**  Taking the app from other threads, closing the sessions and waiting for
   their CLEANUPs: `EXIT_TIMEOUT` in all; then, per app, the detach's sync and goodbye,
-  within about twice ``DETACH_SYNC_TIMEOUT`` (pyvcl.app).  At most about 3 s against a VPP
-  that stopped answering (5 s for a process with a second app, made to connect to itself);
-  a few milliseconds against one that answers.
+  within about twice ``DETACH_SYNC_TIMEOUT`` against a VPP that stopped answering (three
+  times against one that answers but is slow to close the app socket: pyvcl.app).  At most
+  about 3 s against a VPP that stopped answering (5 s for a process with a second app, made
+  to connect to itself); a few milliseconds against one that answers.
 * **Skipped** when there is nothing to say or nobody to say it to: the app was closed
   already, VPP is gone (it closed the app socket), the app is a forked parent's (a child
   that never used interposed sockets has none of its own), or the exit is by SIGINT (an
