@@ -69,3 +69,43 @@ def test_fresh_apps_are_not_congested(vpp_with_workers: Any) -> None:
         assert congestion_report(vpp_with_workers) is None
     finally:
         stack.close()
+
+
+@pytest.mark.vpp
+def test_a_stack_whose_counter_wrapped_attaches_its_apps_again(
+    vpp_with_workers: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pyvcl.testing import congestion
+    from pyvcl.testing.conformance import VclStack
+    from pyvcl.testing.conformance.checks import check_echo
+
+    stack = VclStack(vpp_with_workers, "local", first_port=26950)
+    try:
+        assert stack.reattach_if_vpp_wrapped() is None  # fresh apps: nothing to do
+        before = stack.server_app.app.app_index
+        old_server = stack.server_app
+        real = congestion.app_congestion
+
+        def wrapped_server(vpp: Any, app_indices: Any = None) -> list[AppWorkerCongestion]:
+            out = real(vpp, app_indices)
+            return [
+                AppWorkerCongestion(w.app_index, w.app_name, w.wrk_index, 255)
+                if w.app_index == before
+                else w
+                for w in out
+            ]
+
+        monkeypatch.setattr(congestion, "app_congestion", wrapped_server)
+        found = stack.reattach_if_vpp_wrapped()
+        assert found == "pyvcl-ct-srv mq-cong 255", found
+        assert old_server.app.closed and stack.server_app is not old_server
+        monkeypatch.undo()
+        # (VPP may give the new app the old index; its worker is new, its counter zero)
+        fresh = [stack.server_app.app.app_index, stack.client_app.app.app_index]
+        assert [w.mq_congested for w in congestion.app_congestion(vpp_with_workers, fresh)] == [
+            0,
+            0,
+        ]
+        check_echo(stack)  # the new apps serve
+    finally:
+        stack.close()

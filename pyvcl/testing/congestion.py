@@ -25,6 +25,7 @@ marks congested for good") tells the story with the measurements.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -33,13 +34,23 @@ from .errors import VppError
 if TYPE_CHECKING:
     from .vpp import VppInstance
 
-__all__ = ["AppWorkerCongestion", "app_congestion", "congestion_report", "parse_app_workers"]
+__all__ = [
+    "AppWorkerCongestion",
+    "CounterWrappedWarning",
+    "app_congestion",
+    "congestion_report",
+    "parse_app_workers",
+]
 
 # ``show app`` lists "Index  Name  Namespace" rows; ``show app <index>`` (format_application,
 # verbose 1) names the app, then one line per worker (format_app_worker).
 _APP_ROW = re.compile(r"^(\d+)\s+(\S+)", re.MULTILINE)
 _APP_NAME = re.compile(r"^app-name (\S+) app-index (\d+)", re.MULTILINE)
 _WORKER = re.compile(r"wrk-index (\d+) app-index (\d+) .*?mq-cong (\d+)")
+
+
+class CounterWrappedWarning(UserWarning):
+    """VPP's congestion counter for a test's app had wrapped, and the app was attached again."""
 
 
 @dataclass(frozen=True)
@@ -67,11 +78,16 @@ def parse_app_workers(app_detail: str) -> list[AppWorkerCongestion]:
     ]
 
 
-def app_congestion(vpp: VppInstance) -> list[AppWorkerCongestion]:
-    """Every attached app worker's counter, read now (one CLI call per app)."""
+def app_congestion(
+    vpp: VppInstance, app_indices: Iterable[int] | None = None
+) -> list[AppWorkerCongestion]:
+    """The counters of the workers of the apps with these indices (default: every attached
+    app), read now: one CLI call per app."""
+    if app_indices is None:
+        app_indices = [int(m.group(1)) for m in _APP_ROW.finditer(vpp.cli("show app"))]
     out: list[AppWorkerCongestion] = []
-    for m in _APP_ROW.finditer(vpp.cli("show app")):
-        out.extend(parse_app_workers(vpp.cli(f"show app {m.group(1)}", check=False)))
+    for index in app_indices:
+        out.extend(parse_app_workers(vpp.cli(f"show app {index}", check=False)))
     return out
 
 

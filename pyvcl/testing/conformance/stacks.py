@@ -91,8 +91,6 @@ class VclStack:
     sets up `VppInstance.setup_two_vrf_tcp`); see `pyvcl.testing.hoststack.topology`."""
 
     def __init__(self, vpp: Any, scope: str = "local", first_port: int = 21000) -> None:
-        from ...vclsocket import VclApp
-
         if scope not in _SCOPE_TOPOLOGY:
             raise ValueError(f"scope must be 'local' or 'global', not {scope!r}")
         topo = topology(vpp, _SCOPE_TOPOLOGY[scope])
@@ -101,12 +99,32 @@ class VclStack:
         self.topology = topo
         self.host = topo.host
         self._port = first_port
-        self.server_app = VclApp(
-            topo.server.socket, name=f"{self.name}-srv", **topo.server.pyvcl_opts
-        )
-        self.client_app = VclApp(
-            topo.client.socket, name=f"{self.name}-cli", **topo.client.pyvcl_opts
-        )
+        self._attach_apps()
+
+    def _attach_apps(self) -> None:
+        from ...vclsocket import VclApp
+
+        topo, name = self.topology, f"pyvcl-{self.topology.name}"
+        self.server_app = VclApp(topo.server.socket, name=f"{name}-srv", **topo.server.pyvcl_opts)
+        self.client_app = VclApp(topo.client.socket, name=f"{name}-cli", **topo.client.pyvcl_opts)
+
+    def reattach_if_vpp_wrapped(self) -> str | None:
+        """Attach both apps afresh when VPP's congestion counter for either has wrapped (a VPP
+        bug, `pyvcl.testing.congestion`): VPP would refuse their connects and drop SYNs to
+        their listeners for the next ~250 event flushes, whatever a check does.  Returns what
+        was found, for a warning; None (after one CLI call per app) when nothing was."""
+        if not getattr(self.vpp, "workers", 0):
+            return None  # one VPP thread cannot race itself
+        from ..congestion import app_congestion
+
+        mine = {self.server_app.app.app_index, self.client_app.app.app_index}
+        n_threads = self.vpp.workers + 1
+        wrapped = [w for w in app_congestion(self.vpp, mine) if w.wrapped(n_threads)]
+        if not wrapped:
+            return None
+        self.close()
+        self._attach_apps()
+        return ", ".join(f"{w.app_name} mq-cong {w.mq_congested}" for w in wrapped)
 
     def _next_port(self) -> int:
         self._port += 1
