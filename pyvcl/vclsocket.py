@@ -31,6 +31,7 @@ from .api.messages import AttachOptions
 from .app import App
 from .errors import LocalError, NotConnected, Timeout, VclError, WouldBlock
 from .session.core import Session, State
+from .session.idle import IdleDrain
 from .session.worker import DataPath, SessionWorker, listen_connect_error
 from .wire.enums import TransportProto
 
@@ -129,6 +130,9 @@ class VclApp:
         self.worker = SessionWorker(self.app)
         self.worker.busy_poll = spin / 1e6
         self.session_timeout = session_timeout or _DEFAULT_SESSION_TIMEOUT
+        # Consumes VPP's messages while none of our threads waits: a full queue makes VPP
+        # refuse our connects (pyvcl.session.idle).
+        self.idle_drain = IdleDrain(self.worker)
 
     @property
     def busy_poll(self) -> float:
@@ -182,6 +186,7 @@ class VclApp:
             return
         if linger > 0:
             self._await_cleanups(linger)
+        self.idle_drain.stop()
         self.worker.shutdown_worker(LocalError("the VclApp was closed", errno.EBADF))
         self.app.detach()
 

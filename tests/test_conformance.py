@@ -70,18 +70,11 @@ def stack(request: pytest.FixtureRequest, vcl_stacks: dict[str, VclStack]) -> St
 
 # Known differences from kernel TCP, each with the reason.
 DIFFERENCES = {
-    ("send_after_peer_close_is_broken_pipe", "pyvcl-tcp"): (
-        "through VPP's TCP stack a peer's close and half-close both arrive as DISCONNECTED; "
-        "pyvcl, like C VCL, keeps sending allowed (request/response over a half-closed "
-        "connection must work) and VPP v26.06 sends no reset for data to a closed peer"
-    ),
-    **{
-        (check, "pyvcl-ct"): (
-            "VPP v26.06 passes no half-close on cut-through sessions: the peer never sees "
-            "shutdown(SHUT_WR) / write_eof() as EOF, only the close (docs/async.md)"
-        )
-        for check in ("half_close_then_reply", "aio_half_close_then_reply")
-    },
+    (check, "pyvcl-ct"): (
+        "VPP v26.06 passes no half-close on cut-through sessions: the peer never sees "
+        "shutdown(SHUT_WR) / write_eof() as EOF, only the close (docs/async.md)"
+    )
+    for check in ("half_close_then_reply", "aio_half_close_then_reply")
 }
 
 

@@ -447,6 +447,19 @@ def test_transport_cleanup_confirmation_is_not_repeated_on_close(
     gone(layer, s, 0x51)
 
 
+@pytest.mark.parametrize("event", [disconnected, reset], ids=["disconnected", "reset"])
+def test_a_confirmed_session_has_no_fifos_to_touch(layer: SessionLayer, event: Any) -> None:
+    """Once we confirmed the end after CLEANUP(TRANSPORT), VPP may free the session and its
+    fifos before CLEANUP(SESSION) says so: neither readable nor writable any more (VCL moves
+    it to UPDATED, which is not open)."""
+    s = make_connected(layer, 0x54)
+    layer.handle_event(event(0x54))
+    assert not s.released
+    layer.handle_event(cleanup(0x54, CleanupType.TRANSPORT))
+    assert s.confirmed and s.released
+    assert not s.readable_state and not s.writable_state
+
+
 FREED_PATHS = [None, disconnected, reset]
 FREED_IDS = ["ready", "disc", "reset"]
 

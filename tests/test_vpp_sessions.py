@@ -67,3 +67,43 @@ def test_close_with_linger_handles_the_cleanups_first(vpp: Any) -> None:
             assert took < linger
         else:
             assert sessions, "the CLEANUP came before a close that does not wait for it"
+
+
+def test_an_app_left_alone_after_many_closes_is_not_marked_congested(vpp: Any) -> None:
+    """Each closed session brings CLEANUPs; 80 closed at once fill the app's 128-slot
+    control ring while none of its threads waits.  VPP then marks the app congested, which
+    refuses its connects (and, on a VPP with workers, can wrap its counter:
+    pyvcl.testing.congestion).  The idle drain (pyvcl.session.idle) takes them instead."""
+    import time
+
+    from pyvcl.testing.congestion import app_congestion
+
+    n, addr, opts = 80, ("127.0.0.1", 18602), {"scope_global": False}
+    with (
+        VclApp(vpp.app_socket(), name="idle-srv", **opts) as a,
+        VclApp(vpp.app_socket(), name="idle-cli", **opts) as b,
+    ):
+        srv = a.create_server(addr)
+        accepted: list[Any] = []
+
+        def accept(k: int) -> None:
+            for _ in range(k):
+                accepted.append(srv.accept()[0])
+
+        with CheckedThread(accept, n, name="idle-accept", timeout=20):
+            clients = [b.create_connection(addr, timeout=5) for _ in range(n)]
+        for s in clients + accepted:
+            s.close()  # (no call waits on VPP from here on)
+        time.sleep(1)
+        marked = {
+            w.app_name: w.mq_congested
+            for w in app_congestion(vpp, [a.app.app_index, b.app.app_index])
+        }
+        assert marked == {"idle-srv": 0, "idle-cli": 0}, marked
+        assert a.idle_drain.drains and b.idle_drain.drains
+        with (
+            CheckedThread(accept, 1, name="idle-accept-again", timeout=5),
+            b.create_connection(addr, timeout=5),
+        ):
+            pass
+        srv.close()

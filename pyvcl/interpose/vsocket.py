@@ -536,7 +536,7 @@ class InterposedSocket(std_socket, metaclass=_Facade):
         if timeout != 0 and not w.wait_until(lambda: vcl.readiness(True, False)[0], timeout):
             raise TimeoutError("timed out")
         with w.lock:
-            if s.state in (State.READY, State.PEER_CLOSED) and not s.freed:
+            if s.state in (State.READY, State.PEER_CLOSED) and not s.released:
                 rx, _ = w.fifos(s)
                 n = min(bufsize, rx.max_dequeue())
                 if n:
@@ -682,7 +682,7 @@ class InterposedSocket(std_socket, metaclass=_Facade):
     @staticmethod
     def _fifo_size(vcl: VclSocket, which: int) -> int:
         s = vcl.session
-        if s.fifos is None or s.freed:
+        if s.fifos is None or s.released:
             return 0
         with vcl.worker.lock:
             return vcl.worker.fifos(s)[which].size

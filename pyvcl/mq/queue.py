@@ -215,6 +215,11 @@ class MessageQueue(Producer):
             raise self._bad(f"queue cursize {n} > maxsize {self.maxsize}")
         return int(n)
 
+    def head_now(self) -> int:
+        """The consumer's position in the queue (``head``), read now: it moves only when a
+        consumer takes messages, so an unchanged head with messages waiting says nobody did."""
+        return int(self._words[self._qh_word])
+
     def fileno(self) -> int:
         """The eventfd (eventfd mode only), for selectors/asyncio.  When it is readable call
         `clear_signal` and then `drain` until it returns nothing."""

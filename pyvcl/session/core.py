@@ -100,8 +100,15 @@ class Session:
         return self.handle & 0xFFFFFFFF
 
     @property
+    def released(self) -> bool:
+        """Its fifos are VPP's again, or may be at any moment: VPP sent CLEANUP(SESSION)
+        (`freed`), or we confirmed its end after CLEANUP(TRANSPORT) (`confirmed`), after which
+        VPP frees the session.  Nothing may touch them any more."""
+        return self.freed or self.confirmed
+
+    @property
     def readable_state(self) -> bool:
-        return self.state in (State.READY, State.PEER_CLOSED) and not self.freed
+        return self.state in (State.READY, State.PEER_CLOSED) and not self.released
 
     @property
     def writable_state(self) -> bool:
@@ -110,9 +117,11 @@ class Session:
         # there DISCONNECTED means the peer is gone and writing is a broken pipe.
         if self.state == State.PEER_CLOSED and self.cut_through:
             return False
-        # Not once VPP freed it: its fifos and index may already belong to another session.
+        # Not once VPP freed it (or may): its fifos and index may belong to another session.
         return (
-            self.state in (State.READY, State.PEER_CLOSED) and not self.shut_wr and not self.freed
+            self.state in (State.READY, State.PEER_CLOSED)
+            and not self.shut_wr
+            and not self.released
         )
 
 

@@ -193,6 +193,8 @@ class SessionWorker:
 
     # -- fifos ------------------------------------------------------------------------------
     def fifos(self, s: Session) -> tuple[Fifo, Fifo]:
+        if s.released:  # (callers look first; this keeps a missed look out of VPP's memory)
+            raise NotConnected("VPP has taken back this session's fifos")
         pair = self._fifos.get(s.index)
         if pair is not None:
             return pair
@@ -244,7 +246,7 @@ class SessionWorker:
         while True:
             with self.lock:
                 self._check_readable(s)
-                if s.freed:  # VPP freed the fifos: what was unread is gone
+                if s.released:  # VPP freed the fifos (or may): what was unread is gone
                     if s.peer_closed:
                         return 0
                     raise ConnectionReset("connection reset (VPP freed the session)")
@@ -392,6 +394,8 @@ class SessionWorker:
             raise BrokenPipe("cannot send after shutdown or close")
         if s.freed:
             raise NotConnected("VPP freed this session")
+        if s.confirmed:  # the transport is gone (CLEANUP(TRANSPORT)) after the peer's close
+            raise BrokenPipe("the peer closed the connection")
         if s.state == State.PEER_CLOSED and s.cut_through:
             raise BrokenPipe("the peer closed the connection")
         if not s.writable_state:
@@ -493,6 +497,18 @@ class SessionWorker:
             mq = self.app.app_mq
             if mq is not None:
                 mq.clear_signal()  # before the drain: what comes after it signals again
+            self._poll_round(0)
+            return True
+
+    def drain_unattended(self) -> bool:
+        """Handle the events queued now, without waiting, unless a thread is the poller or
+        holds the reservation (then False): for `pyvcl.session.idle`, when nobody consumes.
+        Raises the worker's error once VPP is gone or the app closed."""
+        with self.lock:
+            if self.dead is not None:
+                raise self.dead
+            if self._polling or self._reserved_elsewhere():
+                return False
             self._poll_round(0)
             return True
 
@@ -635,7 +651,9 @@ class DataPath:
             acquire()
             try:
                 st = s.state
-                if (st is not _READY and st is not _PEER_CLOSED) or s.freed or w.dead:
+                if (st is not _READY and st is not _PEER_CLOSED) or s.freed or s.confirmed:
+                    return -1  # (confirmed: after CLEANUP(TRANSPORT), fifos released)
+                if w.dead:
                     return -1
                 n = dequeue_into(view)
                 return n if n > 0 else -1
@@ -647,7 +665,9 @@ class DataPath:
             acquire()
             try:
                 st = s.state
-                if (st is not _READY and st is not _PEER_CLOSED) or s.freed or w.dead:
+                if (st is not _READY and st is not _PEER_CLOSED) or s.freed or s.confirmed:
+                    return None  # (confirmed: after CLEANUP(TRANSPORT), fifos released)
+                if w.dead:
                     return None
                 return dequeue(bufsize) or None
             finally:
