@@ -27,7 +27,7 @@ class _Mq:
 
 class _Worker:
     def __init__(self, mq: _Mq) -> None:
-        self.app = type("App", (), {"app_mq": mq})()
+        self.app = type("App", (), {"app_mq": mq, "closed": False})()
         self.free = True  # no thread is the poller
         self.drained = 0
 

@@ -62,6 +62,8 @@ class IdleDrain:
 
     def _run(self) -> None:
         while not self._stopping.wait(self._period):
+            if self._worker.app.closed:
+                return
             try:
                 self.look()
             except VclError:

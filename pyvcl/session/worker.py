@@ -651,9 +651,12 @@ class DataPath:
             acquire()
             try:
                 st = s.state
-                if (st is not _READY and st is not _PEER_CLOSED) or s.freed or s.confirmed:
-                    return -1  # (confirmed: after CLEANUP(TRANSPORT), fifos released)
-                if w.dead:
+                if (
+                    (st is not _READY and st is not _PEER_CLOSED)
+                    or s.freed
+                    or s.confirmed
+                    or w.dead
+                ):
                     return -1
                 n = dequeue_into(view)
                 return n if n > 0 else -1
@@ -665,9 +668,12 @@ class DataPath:
             acquire()
             try:
                 st = s.state
-                if (st is not _READY and st is not _PEER_CLOSED) or s.freed or s.confirmed:
-                    return None  # (confirmed: after CLEANUP(TRANSPORT), fifos released)
-                if w.dead:
+                if (
+                    (st is not _READY and st is not _PEER_CLOSED)
+                    or s.freed
+                    or s.confirmed
+                    or w.dead
+                ):
                     return None
                 return dequeue(bufsize) or None
             finally:
