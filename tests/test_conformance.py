@@ -60,7 +60,7 @@ def stack(request: pytest.FixtureRequest, vcl_stacks: dict[str, VclStack]) -> St
         vcl_stacks[name].name = name
     stack = vcl_stacks[name]
     wrapped = stack.reattach_if_vpp_wrapped()
-    if wrapped:  # (seen after a previous check's teardown, under CPU contention)
+    if wrapped:  # a VPP bug (pyvcl.testing.congestion), not this check's to fail on
         warnings.warn(
             CounterWrappedWarning(f"{name}: VPP's counter wrapped ({wrapped}); apps re-attached"),
             stacklevel=1,

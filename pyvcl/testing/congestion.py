@@ -14,12 +14,12 @@ threads flushing to the same app at once can therefore both subtract: the counte
 255, and the app stays "congested" until some 255 further flushes bring it back to zero --
 for an idle listener, never.
 
-The lock contention that starts it needs a VPP thread holding the app's mq lock to lose its
-CPU for the other's 100 ``usleep (1)`` tries (milliseconds): a VPP whose worker busy-polls
-one core of a two-core machine while the app runs on the other is enough.  A value above the
-number of VPP threads can only be that wrap.  Nothing an app writes can cause or clear it;
-a new attach gets a new app worker, at zero.  docs/robustness.md (section 5, "An app VPP
-marks congested for good") tells the story with the measurements.
+What marks an app in the first place: a control ring its app left full (no thread of it
+consuming: `pyvcl.session.idle` exists for that), or a VPP thread that holds the app's mq
+lock losing its CPU for the other's 100 ``usleep (1)`` tries.  A value above the number of
+VPP threads can only be the wrap.  An app cannot clear it; a new attach gets a new app
+worker, at zero.  docs/robustness.md (section 5, "An app VPP marks congested, for good")
+tells the story with the measurements.
 """
 
 from __future__ import annotations
