@@ -49,6 +49,25 @@ def _run(sock: str, code: str, trace: Path | None = None, **kw: Any) -> subproce
     )  # fmt: skip
 
 
+def _connected_until_told(
+    nc: Any, sock: str, trace: Path, port: int, status: int, send: bytes = b""
+) -> subprocess.Popen[str]:
+    """A program that connects to a listener on ``port`` (sending ``send``), says so, and on
+    a line from stdin exits with ``status``, the connection still open."""
+    _listener(nc, sock, port)
+    p = _run(sock, f"""
+        import socket, sys
+        s = socket.create_connection(("127.0.0.1", {port}))
+        s.sendall({send!r})
+        print("connected", flush=True)
+        sys.stdin.readline()
+        sys.exit({status})
+    """, trace, stdin=subprocess.PIPE)  # fmt: skip
+    assert p.stdout is not None
+    assert p.stdout.readline().strip() == "connected"
+    return p
+
+
 def _finish(p: subprocess.Popen[str], stdin: str | None = None) -> tuple[int, str, str]:
     """Exit status, stdout and stderr; fails the test (killing the program) if it has not
     ended within EXIT_LIMIT."""
@@ -157,17 +176,7 @@ def test_exit_after_vpp_died(vpp_factory: Any, nc: Any, tmp_path: Path) -> None:
     said to the dead VPP (no detach in the trace), the exit is prompt, the status 4."""
     own = vpp_factory()
     sock, trace = str(own.app_socket()), tmp_path / "run.trace"
-    _listener(nc, sock, 25105)
-    p = _run(sock, """
-        import socket, sys
-        s = socket.create_connection(("127.0.0.1", 25105))
-        s.sendall(b"x")
-        print("connected", flush=True)
-        sys.stdin.readline()
-        sys.exit(4)
-    """, trace, stdin=subprocess.PIPE)  # fmt: skip
-    assert p.stdout is not None
-    assert p.stdout.readline().strip() == "connected"
+    p = _connected_until_told(nc, sock, trace, 25105, status=4, send=b"x")
     assert own.pid is not None
     os.kill(own.pid, signal.SIGKILL)
     own.stop()
@@ -183,16 +192,7 @@ def test_exit_with_vpp_frozen(vpp_factory: Any, nc: Any, tmp_path: Path) -> None
     status is 9, and what was sent in the meantime is in the trace."""
     own = vpp_factory()
     sock, trace = str(own.app_socket()), tmp_path / "run.trace"
-    _listener(nc, sock, 25109)
-    p = _run(sock, """
-        import socket, sys
-        s = socket.create_connection(("127.0.0.1", 25109))
-        print("connected", flush=True)
-        sys.stdin.readline()
-        sys.exit(9)
-    """, trace, stdin=subprocess.PIPE)  # fmt: skip
-    assert p.stdout is not None
-    assert p.stdout.readline().strip() == "connected"
+    p = _connected_until_told(nc, sock, trace, 25109, status=9)
     assert own.pid is not None
     os.kill(own.pid, signal.SIGSTOP)
     try:
