@@ -7,7 +7,10 @@ importable at the prompt.  What happens on the wire is shown as it happens:
 - every event VPP sends is printed when it is handled, one line (``<< CTRL_BOUND ...``):
   before each prompt the shell handles what is queued (the prompt object's ``__str__`` does
   it, so nothing prints in the middle of a line being typed), and a helper that waits (accept,
-  connect, `Shell.wait`) prints them as they come;
+  connect, `Shell.wait`) prints them as they come.  Events that another thread handles (the
+  app's `pyvcl.session.idle.IdleDrain`, while the shell waits on something else or sits at
+  the prompt) are printed at the shell's next pump, after the output of the statement that
+  was running, never in the middle of it;
 - every control message the app sends is printed too (``>> CTRL_LISTEN ...``);
 - `Shell.history` keeps both, with times, and `Shell.export` writes it as JSON.
 
@@ -73,6 +76,11 @@ class Shell:
         self.events: list[Event] = []
         self.history: list[dict[str, Any]] = []
         self._t0 = time.monotonic()
+        # Lines for the shell's own thread to print (`show_pending`): what the idle drain
+        # handled while that thread was busy elsewhere.
+        self._thread = threading.get_ident()
+        self._pending: list[str] = []
+        self._pending_lock = threading.Lock()
         self.worker.on_events = self._on_events
         execute = self.worker.execute
 
@@ -97,7 +105,7 @@ class Shell:
             self.history.append(
                 {"t": self._stamp(), "dir": "vpp->app", "type": ev.name, "fields": _plain(ev)}
             )
-            print(f"<< {one_line(ev)}", file=self.out, flush=True)
+            self._show(f"<< {one_line(ev)}")
 
     def _sent(self, event_type: int, fields: dict[str, Any]) -> None:
         name = _event_name(event_type)
@@ -106,11 +114,30 @@ class Shell:
         )
         decl = CTRL_PAYLOADS.get(event_type)
         readable = _without_raw(decode.payload_dict(decl, decl.build(**fields))) if decl else fields
-        print(f">> {name} {_fields_line(readable)}".rstrip(), file=self.out, flush=True)
+        self._show(f">> {name} {_fields_line(readable)}".rstrip())
+
+    def _show(self, line: str) -> None:
+        """Print ``line`` now from the shell's thread; from another, at its next pump."""
+        with self._pending_lock:
+            self._pending.append(line)
+        if threading.get_ident() == self._thread:
+            self.show_pending()
+
+    def show_pending(self) -> None:
+        """Print, in order, what was exchanged and not yet printed."""
+        with self._pending_lock:
+            lines, self._pending = self._pending, []
+        for line in lines:
+            print(line, file=self.out, flush=True)
 
     def pump(self) -> None:
-        """Handle (and print) the events queued now."""
-        self.worker.pump()
+        """Handle (and print) the events queued now, and print what the idle drain handled
+        since the last pump."""
+        try:
+            self.worker.pump()
+        finally:
+            self.vcl.idle_drain.release()  # (`MqView.wait_pending` holds it until now)
+            self.show_pending()
 
     # -- the helpers -------------------------------------------------------------------------
     def listen(self, ip: str = "127.0.0.1", port: int = 0) -> VclSocket:
@@ -170,7 +197,7 @@ class Shell:
         ``i``, VPP's worker ``i``'s (where the app's messages go; ``app.vpp_mqs[i]``)."""
         if which == "app":
             assert self.app.app_mq is not None
-            return MqView(self.app.app_mq, "app")
+            return MqView(self.app.app_mq, "app", hold=self.vcl.idle_drain.hold)
         if isinstance(which, int) and 0 <= which < len(self.app.vpp_mqs):
             return MqView(self.app.vpp_mqs[which], f"vpp[{which}]")
         raise ValueError(
@@ -381,9 +408,12 @@ class MqView:
     the pending messages decoded, ``signalled()`` whether its eventfd is set (read only:
     nothing is consumed, nothing reset); ``mq`` is the `pyvcl.mq.queue.MessageQueue`."""
 
-    def __init__(self, mq: MessageQueue, role: str = "") -> None:
+    def __init__(
+        self, mq: MessageQueue, role: str = "", hold: Callable[[], None] | None = None
+    ) -> None:
         self.mq = mq
         self.role = role
+        self._hold = hold  # keeps the app's idle drain off the queue until the shell's pump
 
     def pending(self) -> list[Event]:
         """The messages waiting, in queue order, decoded (not consumed)."""
@@ -391,7 +421,10 @@ class MqView:
 
     def wait_pending(self, n: int = 1, timeout: float = 10.0) -> MqView:
         """Wait up to ``timeout`` s until at least ``n`` messages are pending, without taking
-        any (the shell handles them before the next prompt); this view, to ``show()``."""
+        any (the shell handles them before the next prompt, and until then the app's idle
+        drain leaves them too); this view, to ``show()``."""
+        if self._hold is not None:
+            self._hold()
         deadline = time.monotonic() + timeout
         while self.mq.size_now() < n and time.monotonic() < deadline:
             time.sleep(0.01)

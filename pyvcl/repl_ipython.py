@@ -91,6 +91,7 @@ class EventHook:
         try:
             if signalled:
                 self.shell.worker.pump_signalled()  # (resets the eventfd: select sleeps again)
+                self.shell.show_pending()  # (the idle drain signals after it handled some)
             else:
                 self.shell.pump()
         except VclError as e:

@@ -78,6 +78,19 @@ def test_a_poller_keeps_its_role(parts: Any) -> None:
     assert worker.drained == 0 and mq.resignals == 0
 
 
+def test_a_hold_leaves_the_queue_as_it_is_until_released(parts: Any) -> None:
+    mq, worker, drain = parts
+    mq.size = 2
+    drain.hold()
+    for _ in range(3):
+        assert not drain.look()
+    assert worker.drained == 0 and mq.size == 2
+    drain.release()
+    assert not drain.look()  # first sight after the hold: a whole period is owed again
+    assert drain.look()
+    assert worker.drained == 1
+
+
 def test_the_thread_looks_by_itself_and_stops() -> None:
     mq = _Mq()
     worker = _Worker(mq)

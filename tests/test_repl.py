@@ -8,6 +8,7 @@ pieces that need no VPP: the fifo drawing, the hexdump, one-line errors, and mes
 
 from __future__ import annotations
 
+import io
 import os
 import pty
 import re
@@ -16,13 +17,17 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from pyvcl.fifo import Fifo
-from pyvcl.repl import Console, FifoView, MqView, Peer, _event_type, hexdump
+from pyvcl.repl import Console, FifoView, MqView, Peer, Shell, _event_type, hexdump
+from pyvcl.session.core import State
+from pyvcl.session.idle import PERIOD
 from pyvcl.testing.vpp import VppInstance
+from pyvcl.vclsocket import VclApp
 from pyvcl.wire.enums import SessionEvent
 
 from .fifo_fixtures import alloc_fifo
@@ -277,3 +282,71 @@ def test_ctrl_c_ends_a_blocking_read_and_the_session_goes_on(vpp: VppInstance) -
         assert shell.wait() == 0
     finally:
         shell.close()
+
+
+# -- the shell and the app's idle drain (in this process) ------------------------------------
+@pytest.fixture
+def shell_on(vpp: VppInstance) -> Iterator[tuple[Shell, io.StringIO]]:
+    sock = str(vpp.app_socket())
+    vcl = VclApp(sock, scope_local=True, scope_global=False)
+    out = io.StringIO()
+    shell = Shell(vcl, out=out, peer_args=["--app-socket", sock, "--scope", "local"])
+    try:
+        yield shell, out
+    finally:
+        try:
+            shell.close_peers()
+        finally:
+            vcl.close()
+
+
+def _until(ready: Callable[[], bool], what: str, timeout: float = TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        time.sleep(0.01)
+
+
+@pytest.mark.vpp
+def test_events_handled_while_the_shell_is_busy_print_at_its_next_pump(
+    shell_on: tuple[Shell, io.StringIO],
+) -> None:
+    """While a statement waits on something else (``p.finish()`` waits for the peer to
+    exit), the app's idle drain handles VPP's events; the shell prints them at its next
+    pump, after the statement's output, never in the middle of it (the tour's listings
+    depend on it: chapter 7 once printed the peer's DISCONNECTED before ``p.finish()``'s 0)."""
+    shell, out = shell_on
+    listener = shell.listen("127.0.0.1", 18793)
+    p = shell.peer("127.0.0.1", 18793, "bye\n")
+    c = shell.accept(listener)
+    assert c.recv(16) == b"bye\n"
+    shell.pump()
+    out.seek(0)
+    out.truncate()
+    assert p.finish() == 0
+    # Nobody in this thread consumes now: only the idle drain can take the DISCONNECTED.
+    _until(lambda: c.session.state is State.PEER_CLOSED, "the idle drain took DISCONNECTED")
+    assert out.getvalue() == ""
+    assert shell.history[-1]["type"] == "CTRL_DISCONNECTED"  # (kept in order, with its time)
+    shell.pump()
+    assert out.getvalue().startswith("<< CTRL_DISCONNECTED ")
+
+
+@pytest.mark.vpp
+def test_wait_pending_keeps_the_idle_drain_off_until_the_shells_pump(
+    shell_on: tuple[Shell, io.StringIO],
+) -> None:
+    """``mq().wait_pending(n)`` is for looking at messages as they wait: the idle drain
+    leaves them there (however long the look takes) until the shell's next pump takes them."""
+    shell, out = shell_on
+    listener = shell.listen("127.0.0.1", 18794)
+    shell.peer("127.0.0.1", 18794, "hi\n")
+    view = shell.mq().wait_pending(2)
+    time.sleep(5 * PERIOD)  # (the drain would have taken them after two looks)
+    assert [ev.name for ev in view.pending()][:2] == ["CTRL_APP_ADD_SEGMENT", "CTRL_ACCEPTED"]
+    shell.pump()
+    assert view.pending() == []
+    assert "<< CTRL_ACCEPTED " in out.getvalue()
+    assert not shell.vcl.idle_drain.held
+    shell.accept(listener)

@@ -88,6 +88,9 @@ class _Shell:
             os.eventfd_write(self.eventfd, 1)  # VPP signals again
         return True
 
+    def show_pending(self) -> None:
+        pass
+
     def pump(self) -> None:  # (not for a signalled eventfd: a key, so that the test ends)
         os.write(self.context.w, b"x")
 

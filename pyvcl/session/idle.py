@@ -39,6 +39,7 @@ class IdleDrain:
         self._period = period
         self._stopping = threading.Event()
         self._seen: int | None = None  # the queue head at the last look that found messages
+        self._held = False  # `hold`: someone wants the queue left as VPP wrote it
         self.drains = 0  # how many times the thread had to step in
         self._thread = threading.Thread(target=self._run, name="pyvcl-idle-drain", daemon=True)
         self._thread.start()
@@ -46,7 +47,7 @@ class IdleDrain:
     def look(self) -> bool:
         """One look (what the thread does every period); True if it handled messages."""
         mq = self._worker.app.app_mq
-        if mq is None or mq.size_now() == 0:
+        if self._held or mq is None or mq.size_now() == 0:
             self._seen = None
             return False
         head = mq.head_now()
@@ -68,6 +69,19 @@ class IdleDrain:
                 self.look()
             except VclError:
                 return  # VPP gone or the app closed: the worker reports it to its callers
+
+    def hold(self) -> None:
+        """Leave the queue alone until `release`: for a look at messages as they wait
+        (``mq().wait_pending()`` in ``pyvcl repl``).  The holder must release soon: while
+        held, nobody may be consuming."""
+        self._held = True
+
+    def release(self) -> None:
+        self._held = False
+
+    @property
+    def held(self) -> bool:
+        return self._held
 
     @property
     def running(self) -> bool:
