@@ -644,6 +644,8 @@ class DataPath:
     ) -> tuple[Callable[[Any], int], Callable[[int], bytes | None]]:
         s, w = self._s, self._w
         acquire, release = w.lock.acquire, w.lock.release
+        # (``s.freed or s.confirmed`` below is `Session.released` spelled out: no property
+        # call on the per-call path)
 
         def recv_into(view: Any) -> int:
             """Read what is there into ``view``; -1 when nothing is (the general path then
